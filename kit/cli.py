@@ -1,0 +1,44 @@
+"""The ``kit`` command. Each subcommand lives in ``kit/commands/<name>.py`` with an ``add_parser(subparsers)``.
+
+A ``KitError`` (bad input, unknown name) is printed as one line with a non-zero exit; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kit import __version__
+from kit.errors import KitError
+
+# Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
+# libraries such as torch inside their ``run`` functions).
+COMMANDS = ["competitions", "demo_data", "folds", "check_data"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kit", description="k-fold training, TTA, ensembling and Kaggle "
+                                     "submissions for histopathology and skin-lesion image competitions.")
+    parser.add_argument("--version", action="version", version=f"kit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"kit.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KitError as e:
+        print(f"kit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Leak-safe cross-validation folds: a seeded, pure function of the label table, written once to ``folds.csv``.
+
+Stratified on the target (the class index for multiclass) so that every fold keeps the class balance, and grouped
+(patient, lesion, slide) whenever groups exist, so that no group's images sit on both sides of a split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from kit.data.labels import read_csv
+from kit.errors import DataError
+from kit.io import write_csv_atomic
+
+
+def check_class_counts(target: np.ndarray, n_folds: int, class_names: list[str] | None = None) -> None:
+    values, counts = np.unique(target, return_counts=True)
+    too_few = [(v, c) for v, c in zip(values, counts) if c < n_folds]
+    if too_few:
+        def name(v):
+            return class_names[int(v)] if class_names else str(v)
+        listed = ", ".join(f"{name(v)} has {c}" for v, c in too_few)
+        raise DataError(f"too few samples for {n_folds} folds: class {listed} (need at least {n_folds} each); "
+                        f"lower --n-folds or add data")
+
+
+def make_folds(target: np.ndarray, groups: np.ndarray | None, n_folds: int = 5, seed: int = 42,
+               class_names: list[str] | None = None) -> np.ndarray:
+    """Fold index (0..n_folds-1) for each row. With ``groups``, all rows of a group share a fold."""
+    target = np.asarray(target)
+    if n_folds < 2:
+        raise DataError(f"--n-folds must be at least 2, got {n_folds}")
+    check_class_counts(target, n_folds, class_names)
+    fold = np.full(len(target), -1, dtype=np.int64)
+    if groups is not None and len(np.unique(groups)) < len(groups):
+        n_groups = len(np.unique(groups))
+        if n_groups < n_folds:
+            raise DataError(f"only {n_groups} groups for {n_folds} folds")
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(target)), target, groups)
+    else:  # every row its own group: the plain stratified splitter is the same thing, and much faster
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(target)), target)
+    for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    return fold
+
+
+def load_group_mapping(path: Path, ids: pd.Series, id_col: str) -> np.ndarray:
+    """Groups from a user's mapping CSV (id column + one group column, e.g. a patch-to-slide table for HCD)."""
+    path = Path(path)
+    df = read_csv(path, [], what="group mapping file")
+    key = id_col if id_col in df.columns else ("id" if "id" in df.columns else None)
+    if key is None or len(df.columns) < 2:
+        raise DataError(f"{path}: expected an id column ('{id_col}' or 'id') and a group column; found {list(df.columns)}")
+    group_col = next(c for c in df.columns if c != key)
+    mapping = df.drop_duplicates(key).set_index(key)[group_col]
+    groups = ids.map(mapping)
+    if groups.isna().any():
+        missing = ids[groups.isna()]
+        raise DataError(f"{path}: {len(missing)} of {len(ids)} ids have no group, first: {', '.join(missing[:5])}")
+    return groups.to_numpy()
+
+
+def write_folds(path: Path, ids: pd.Series, fold: np.ndarray, id_col: str) -> Path:
+    return write_csv_atomic(pd.DataFrame({id_col: ids.to_numpy(), "fold": fold}), path)
+
+
+def read_folds(path: Path, ids: pd.Series, id_col: str) -> np.ndarray:
+    """Fold per id from a ``folds.csv``; every id of the table must be there."""
+    df = read_csv(path, [id_col, "fold"], what="folds file")
+    folds = pd.to_numeric(df["fold"], errors="coerce")
+    if folds.isna().any():
+        i = int(np.flatnonzero(folds.isna().to_numpy())[0])
+        raise DataError(f"{path} line {i + 2}: fold '{df['fold'].iloc[i]}' is not an integer")
+    mapping = pd.Series(folds.astype(int).to_numpy(), index=df[id_col])
+    fold = ids.map(mapping)
+    if fold.isna().any():
+        missing = ids[fold.isna()]
+        raise DataError(f"{path}: {len(missing)} of {len(ids)} ids have no fold, first: {', '.join(missing[:5])}")
+    return fold.to_numpy().astype(np.int64)
