@@ -1,0 +1,64 @@
+"""Competition metrics, by name: ROC AUC, ISIC 2024 partial AUC above 80% TPR, balanced multiclass accuracy.
+
+Every metric takes ``(y_true, y_pred)`` with ``y_true`` the 0/1 target (binary) or class index (multiclass) and
+``y_pred`` the positive-class probability (binary, shape N) or class probabilities (multiclass, shape N x C), and
+returns a float where higher is better.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+
+from kit.errors import ConfigError, DataError
+
+
+def auc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        raise DataError("AUC needs both classes in the targets; this split has only one")
+    return float(roc_auc_score(y_true, y_pred))
+
+
+def pauc_above_tpr(y_true: np.ndarray, y_pred: np.ndarray, min_tpr: float = 0.80) -> float:
+    """Partial AUC over TPR in [min_tpr, 1], as the ISIC 2024 challenge scores it (range 0 to 1 - min_tpr = 0.2).
+
+    The official code flips the problem: scores are negated and labels swapped, so the region TPR >= 0.8 becomes
+    FPR <= 0.2 of the flipped curve, and the unnormalised area there is the partial AUC.
+    """
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        raise DataError("pAUC needs both classes in the targets; this split has only one")
+    v_gt = np.abs(y_true - 1)
+    v_pred = -np.asarray(y_pred, dtype=float)
+    max_fpr = abs(1 - min_tpr)
+    fpr, tpr, _ = roc_curve(v_gt, v_pred)
+    stop = np.searchsorted(fpr, max_fpr, "right")
+    x_interp = [fpr[stop - 1], fpr[stop]]
+    y_interp = [tpr[stop - 1], tpr[stop]]
+    tpr = np.append(tpr[:stop], np.interp(max_fpr, x_interp, y_interp))
+    fpr = np.append(fpr[:stop], max_fpr)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in y_true (the ISIC 2018/2019 score), from class probabilities."""
+    y_pred = np.asarray(y_pred)
+    labels = y_pred.argmax(axis=1) if y_pred.ndim == 2 else y_pred
+    return float(balanced_accuracy_score(np.asarray(y_true), labels))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "auc": auc,
+    "pauc80": pauc_above_tpr,
+    "balanced_accuracy": balanced_accuracy,
+}
+
+
+def get_metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ConfigError(f"unknown metric '{name}'; known: {', '.join(METRICS)}") from None
