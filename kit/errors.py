@@ -11,3 +11,7 @@ class DataError(KitError):
 
 class ConfigError(KitError):
     """An unknown competition, model, config key or option value."""
+
+
+class SubmissionError(KitError):
+    """A submission that does not match the competition's format: columns, ids, or values."""

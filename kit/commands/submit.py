@@ -1,0 +1,57 @@
+"""kit submit: validate a submission CSV against the competition's test ids, then (later) upload it to Kaggle."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("submit", help="validate a submission CSV (--dry-run) before uploading it",
+                       description="Check a submission CSV, whoever wrote it, against the competition's format "
+                       "and test ids: header and column order, missing / extra / duplicate ids, NaN, infinite "
+                       "and out-of-range values, multiclass rows summing to 1. Every problem is listed at once.")
+    p.add_argument("file", metavar="FILE", help="the submission CSV")
+    p.add_argument("--competition", required=True)
+    p.add_argument("--data", default=None, help="competition data folder (the test ids come from its sample "
+                   "submission or test list); required unless --ids-from is given")
+    p.add_argument("--ids-from", metavar="SAMPLE.csv", default=None,
+                   help="take the expected test ids from this CSV's id column instead of --data")
+    p.add_argument("--dry-run", action="store_true", help="validate only; upload nothing")
+    p.add_argument("-m", "--message", default=None, help="submission description shown on Kaggle")
+    p.set_defaults(func=run)
+
+
+def expected_ids(spec, data_dir: str | None, ids_from: str | None) -> list[str] | None:
+    """The test ids to compare against: from --ids-from, else None (validate_file then reads them under --data)."""
+    from kit.data.labels import check_ids, read_csv
+    from kit.errors import ConfigError
+
+    if ids_from is None:
+        if data_dir is None:
+            raise ConfigError("--data DIR is required (the expected test ids come from the competition folder), "
+                              "or give --ids-from SAMPLE.csv")
+        return None
+    id_col = spec.submission_columns[0]
+    df = read_csv(ids_from, [id_col], what="id list")
+    check_ids(df, id_col, ids_from)
+    return df[id_col].tolist()
+
+
+def upload(spec, path: str, message: str | None) -> int:
+    """Send a validated submission to Kaggle (not implemented yet: kit.kaggle.upload_submission will do it)."""
+    from kit.errors import ConfigError
+
+    raise ConfigError(f"uploads are not implemented yet: {path} is valid; use `kit submit --dry-run` to validate "
+                      f"and upload it by hand: kaggle competitions submit -c {spec.name} -f {path} "
+                      f"-m \"{message or 'kit submission'}\"")
+
+
+def run(args) -> int:
+    from kit.competitions import get_competition
+    from kit.submission import validate_file
+
+    spec = get_competition(args.competition)
+    # the upload must only ever see a file that passed validation: validate first, always
+    rows = validate_file(spec, args.file, args.data, expected_ids(spec, args.data, args.ids_from))
+    print(f"valid: {rows} rows in {args.file} ({spec.name})")
+    if args.dry_run:
+        return 0
+    return upload(spec, args.file, args.message)
