@@ -1,0 +1,69 @@
+"""kit train: k-fold training into a run folder (or --resume an interrupted one)."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train k folds and write checkpoints, OOF predictions and CV scores",
+                       description="Train each fold on the others and validate on it. Writes runs/<name>/: "
+                       "config.yaml, folds.csv, fold{k}/best.pt, last.pt, history.csv, oof.csv, scores.json. "
+                       "Interrupt at any time and continue with --resume.")
+    p.add_argument("--competition", help="competition name (see `kit competitions`)")
+    p.add_argument("--data", help="competition data folder")
+    p.add_argument("--out", help="run folder to create, e.g. runs/hcd-resnet18")
+    p.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file; "
+                   "default: the competition's preset")
+    p.add_argument("--folds", default=None, help="comma-separated folds to train, e.g. 0,1 (default: all)")
+    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds` (default: made on the fly)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--exclude", default=None, metavar="CSV",
+                   help="ids to leave out (the bad-image list of `kit check-data --skip-bad-images`)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    p.set_defaults(func=run)
+
+
+def _parse_folds(text):
+    from kit.errors import ConfigError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds expects comma-separated integers, got '{text}'") from None
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from kit.config import load_config
+    from kit.errors import ConfigError
+    from kit.train import resume_config, train_folds
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    if args.resume:
+        cfg, data_dir, folds = resume_config(Path(args.resume))
+        if args.overrides or args.config:
+            raise ConfigError("--resume continues a run with its saved config; --set/--config are not allowed")
+        out = Path(args.resume)
+        data_dir = Path(args.data) if args.data else data_dir
+    else:
+        missing = [f"--{n}" for n in ("competition", "data", "out") if not getattr(args, n)]
+        if missing:
+            raise ConfigError(f"missing {', '.join(missing)} (or use --resume RUN_DIR)")
+        cfg = load_config(args.competition, args.config, args.overrides)
+        out, data_dir = Path(args.out), Path(args.data)
+        folds = _parse_folds(args.folds) if args.folds else None
+        if (out / "config.yaml").exists():
+            raise ConfigError(f"{out} already holds a run; use --resume {out} or another --out")
+    exclude = None
+    if args.exclude:
+        from kit.data.labels import read_csv
+
+        exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
+    result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude)
+    print(f"\n{'fold':>6}  {result.metric}")
+    for k, score in result.fold_scores.items():
+        print(f"{k:>6}  {score:.4f}")
+    print(f"{'mean':>6}  {result.mean_fold_score:.4f}")
+    print(f"{'CV':>6}  {result.cv_score:.4f}   (pooled out-of-fold, from {out / 'oof.csv'})")
+    return 0

@@ -1,0 +1,242 @@
+"""Models by name: any timm backbone, kit's classic CNNs (registered with timm), an optional metadata branch, and
+the freeze / unfreeze steps of feature extraction then fine-tuning.
+
+Weights only ever come from a local file (Kaggle kernels run offline): timm's ``pretrained_cfg_overlay=dict(file=...)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from torch import nn
+
+from kit.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------------------
+# The classic CNNs, registered so that timm.create_model("classic_cnn") works like any timm model.
+
+
+class ClassicCNN(nn.Module):
+    """The lecture's convnet: Conv 32-64-128-128 (3x3, ReLU, 2x2 max-pool), Dense 512, one output.
+
+    Inputs are only rescaled to [0, 1] (Keras ``rescale=1/255``), hence mean 0 and std 1 in ``pretrained_cfg``.
+    With ``batch_norm=True`` it is the histopathology variant: BatchNorm after every conv and Dropout between blocks.
+    """
+
+    def __init__(self, num_classes: int = 1, in_chans: int = 3, img_size: int = 150, batch_norm: bool = False,
+                 drop_rate: float = 0.5, **_):
+        super().__init__()
+        layers: list[nn.Module] = []
+        chans = [in_chans, 32, 64, 128, 128]
+        side = img_size
+        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
+            layers.append(nn.Conv2d(c_in, c_out, 3, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            if batch_norm:
+                layers.append(nn.Dropout(0.1))
+            side = (side - 2) // 2
+        if side < 1:
+            raise ConfigError(f"classic_cnn needs img_size >= 46, got {img_size}")
+        self.features = nn.Sequential(*layers)
+        self.num_features = 128 * side * side
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.fc = nn.Sequential(nn.Linear(self.num_features, 512), nn.ReLU(inplace=True))
+        self.head = nn.Linear(512, num_classes) if num_classes else nn.Identity()
+        self.pretrained_cfg = {"input_size": (in_chans, img_size, img_size), "mean": (0.0,) * in_chans,
+                               "std": (1.0,) * in_chans, "interpolation": "bilinear", "crop_pct": 1.0,
+                               "num_classes": num_classes}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.fc(torch.flatten(x, 1))
+        x = F.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, *_, **__) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(512, num_classes) if num_classes else nn.Identity()
+
+
+@register_model
+def classic_cnn(pretrained: bool = False, **kwargs) -> ClassicCNN:
+    """The lecture's 4-block convnet (150x150 input by default)."""
+    kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)
+    return ClassicCNN(batch_norm=False, **kwargs)
+
+
+@register_model
+def classic_cnn_bn(pretrained: bool = False, **kwargs) -> ClassicCNN:
+    """The BatchNorm/Dropout variant used on the 96x96 histopathology patches."""
+    kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs.setdefault("img_size", 96)
+    return ClassicCNN(batch_norm=True, **kwargs)
+
+
+KIT_MODELS = ("classic_cnn", "classic_cnn_bn")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metadata fusion
+
+
+class MetaFusion(nn.Module):
+    """Image features from a backbone (no head) concatenated with an MLP embedding of tabular metadata."""
+
+    def __init__(self, backbone: nn.Module, n_meta: int, num_classes: int, drop_rate: float = 0.3):
+        super().__init__()
+        self.backbone = backbone
+        self.meta = nn.Sequential(nn.Linear(n_meta, 64), nn.BatchNorm1d(64), nn.SiLU(), nn.Dropout(drop_rate),
+                                  nn.Linear(64, 32), nn.BatchNorm1d(32), nn.SiLU())
+        self.head = nn.Linear(backbone.num_features + 32, num_classes)
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        img = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        return self.head(torch.cat([img, self.meta(meta)], dim=1))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Factory
+
+
+def _check_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise ConfigError(f"unknown model '{name}'{hint} (any timm model name, or one of {', '.join(KIT_MODELS)})")
+
+
+def _load_weights_error(name: str, path: Path, err: Exception) -> ConfigError:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    detail = "; ".join(lines[1:4]) if len(lines) > 1 else str(err)
+    return ConfigError(f"weights file {path} does not fit model '{name}': {detail[:600]}")
+
+
+def create_backbone(name: str, num_classes: int, weights: str | None = None, img_size: int | None = None,
+                    drop_rate: float = 0.0) -> nn.Module:
+    """A timm (or kit) model with ``num_classes`` outputs (0 = features only), weights from a local file or none."""
+    _check_name(name)
+    kwargs: dict = {"num_classes": num_classes}
+    if drop_rate:
+        kwargs["drop_rate"] = drop_rate
+    if name in KIT_MODELS and img_size:
+        kwargs["img_size"] = img_size
+    if not weights:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"weights file not found: {path}")
+    if name in KIT_MODELS:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise _load_weights_error(name, path, e) from e
+        return model
+    _check_weights_fit(name, path, timm.create_model(name, pretrained=False, **kwargs))
+    # timm drops the pretrained classifier itself when num_classes differs from the file's
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+
+
+def _check_weights_fit(name: str, path: Path, model: nn.Module) -> None:
+    """Raise naming the keys when a weights file does not fit ``model`` (classifier keys may differ).
+
+    timm only logs unexpected keys, so a resnet34 file would silently half-load into a resnet18 without this.
+    """
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path))
+    except Exception as e:  # torch/safetensors raise many types for a file that is not a state dict
+        raise ConfigError(f"weights file {path} cannot be read as a state dict ({e})") from e
+    own = model.state_dict()
+    classifier = model.pretrained_cfg.get("classifier", "")
+    classifier = classifier if isinstance(classifier, str) else ""
+
+    def is_head(key: str) -> bool:
+        return bool(classifier) and key.startswith(classifier + ".")
+
+    missing = [k for k in own if k not in state and not is_head(k)]
+    unexpected = [k for k in state if k not in own and not is_head(k)]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and not is_head(k) and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [(label, keys) for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                  ("wrong shape", mismatched)) if keys]
+    if problems:
+        detail = "; ".join(f"{len(keys)} {label} keys, e.g. {', '.join(keys[:3])}" for label, keys in problems)
+        raise ConfigError(f"weights file {path} does not fit model '{name}': {detail}")
+
+
+def build_model(name: str, num_outputs: int, weights: str | None = None, img_size: int | None = None,
+                drop_rate: float = 0.0, n_meta: int = 0) -> nn.Module:
+    """The model a run trains: a backbone with ``num_outputs`` logits, fused with metadata when ``n_meta`` > 0."""
+    if n_meta:
+        backbone = create_backbone(name, 0, weights, img_size, drop_rate)
+        return MetaFusion(backbone, n_meta, num_outputs)
+    return create_backbone(name, num_outputs, weights, img_size, drop_rate)
+
+
+def data_config(model: nn.Module, img_size: int | None = None) -> dict:
+    """Input size, mean and std from the backbone's timm data config (``img_size`` overrides the size)."""
+    cfg = timm.data.resolve_model_data_config(getattr(model, "backbone", model))
+    size = img_size or cfg["input_size"][-1]
+    return {"input_size": (3, size, size), "mean": tuple(float(v) for v in cfg["mean"]),
+            "std": tuple(float(v) for v in cfg["std"])}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feature extraction, then fine-tuning
+
+
+def head_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters that stay trainable while the backbone is frozen (classifier, metadata branch)."""
+    if isinstance(model, MetaFusion):
+        return {id(p) for m in (model.meta, model.head) for p in m.parameters()}
+    head = {id(p) for p in model.get_classifier().parameters()}
+    if isinstance(model, ClassicCNN):  # its dense layer is part of the classifier in the lecture's recipe
+        head |= {id(p) for p in model.fc.parameters()}
+    return head
+
+
+def backbone_blocks(model: nn.Module) -> list[nn.Module]:
+    """Top-level modules of the backbone that hold parameters, input to output."""
+    body = model.backbone if isinstance(model, MetaFusion) else model
+    head = head_parameters(model)
+    return [m for m in body.children() if any(id(p) not in head for p in m.parameters())]
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool, top_blocks: int = 0) -> None:
+    """Freeze the backbone (head stays trainable), or unfreeze all of it / its top ``top_blocks`` blocks."""
+    head = head_parameters(model)
+    blocks = backbone_blocks(model)
+    chosen = blocks[-top_blocks:] if (trainable and top_blocks) else blocks
+    for block in blocks:
+        for p in block.parameters():
+            if id(p) not in head:
+                p.requires_grad = trainable and block in chosen
+
+
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """Backbone blocks with no trainable parameter: kept in eval mode so BatchNorm statistics stay as loaded."""
+    return [b for b in backbone_blocks(model) if not any(p.requires_grad for p in b.parameters())]
