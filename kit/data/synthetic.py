@@ -146,8 +146,8 @@ def lesion_image(rng: np.random.Generator, look: LesionLook, size: int = 128,
 # Writers, one per layout
 
 
-def _hex_id(seed: int, i: int) -> str:
-    return hashlib.sha1(f"kit-demo-{seed}-{i}".encode()).hexdigest()
+def _hex_id(seed: int, i: int, split: str = "train") -> str:
+    return hashlib.sha1(f"kit-demo-{seed}-{i}{'' if split == 'train' else '-' + split}".encode()).hexdigest()
 
 
 def _encode_jpeg(img: np.ndarray) -> bytes:
@@ -169,13 +169,14 @@ def write_histopathology(out: Path, n: int, seed: int, n_test: int) -> None:
     ids = [_hex_id(seed, i) for i in range(n)]
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "test").mkdir(parents=True, exist_ok=True)
-    for i, (id_, y) in enumerate(zip(ids, labels)):
+    for i, (id_, y) in enumerate(zip(ids, labels, strict=True)):
         with atomic_path(out / "train" / f"{id_}.tif") as tmp:
             tifffile.imwrite(tmp, histo_patch(_child_rng(seed, i), bool(y)), photometric="rgb")
-    test_ids = [_hex_id(seed + 1, i) for i in range(n_test)]
+    # test ids and patches keyed apart from every seed's training ones (seed + 1 made them seed + 1's train set)
+    test_ids = [_hex_id(seed, i, "test") for i in range(n_test)]
     for i, id_ in enumerate(test_ids):
         with atomic_path(out / "test" / f"{id_}.tif") as tmp:
-            tifffile.imwrite(tmp, histo_patch(_child_rng(seed + 1, i), rng.random() < 0.4), photometric="rgb")
+            tifffile.imwrite(tmp, histo_patch(_child_rng(seed, i, 1), rng.random() < 0.4), photometric="rgb")
     write_csv_atomic(pd.DataFrame({"id": ids, "label": labels}), out / "train_labels.csv")
     write_csv_atomic(pd.DataFrame({"id": test_ids, "label": 0}), out / "sample_submission.csv")
 
@@ -183,9 +184,9 @@ def write_histopathology(out: Path, n: int, seed: int, n_test: int) -> None:
 SITES = ["torso", "lower extremity", "upper extremity", "head/neck", "palms/soles", "oral/genital"]
 
 
-def _patients(rng: np.random.Generator, n: int, prefix: str, per: tuple[int, int]) -> list[dict]:
-    """Rows for n images spread over patients with ``per`` images each."""
-    rows, p = [], 0
+def _patients(rng: np.random.Generator, n: int, prefix: str, per: tuple[int, int], first: int = 0) -> list[dict]:
+    """Rows for n images spread over patients with ``per`` images each, numbered from ``first``."""
+    rows, p = [], first
     while len(rows) < n:
         k = int(rng.integers(*per))
         sex = "male" if rng.random() < 0.5 else "female"
@@ -198,7 +199,9 @@ def _patients(rng: np.random.Generator, n: int, prefix: str, per: tuple[int, int
 
 def _binary_lesions(spec: Competition, out: Path, n: int, seed: int, n_test: int, size: int, pos_rate: float):
     rng = np.random.default_rng(seed)
-    rows = _patients(rng, n + n_test, "IP", (2, 7))
+    rows = _patients(rng, n, "IP", (2, 7))
+    # test patients are new people, as in the competitions: no patient on both sides of the train/test split
+    rows += _patients(rng, n_test, "IP", (2, 7), first=len({r["patient"] for r in rows}))
     for i, row in enumerate(rows):
         # older patients carry more melanoma, as in the real data: the metadata branch has something to learn
         p = pos_rate * (0.4 + 1.2 * (row["age"] - 10) / 80)
@@ -212,7 +215,7 @@ def _binary_lesions(spec: Competition, out: Path, n: int, seed: int, n_test: int
 def write_siim_isic(spec: Competition, out: Path, n: int, seed: int, n_test: int, size: int) -> None:
     train, test = _binary_lesions(spec, out, n, seed, n_test, size, pos_rate=0.2)
     for split, df in (("train", train), ("test", test)):
-        for id_, img in zip(df["id"], df["image"]):
+        for id_, img in zip(df["id"], df["image"], strict=True):
             _write_bytes(out / "jpeg" / split / f"{id_}.jpg", _encode_jpeg(img))
     cols = {"id": "image_name", "patient": "patient_id", "site": "anatom_site_general_challenge", "age": "age_approx"}
     train = train.assign(diagnosis="unknown", benign_malignant=np.where(train["target"] == 1, "malignant", "benign"))
@@ -230,7 +233,7 @@ def write_isic_2024(spec: Competition, out: Path, n: int, seed: int, n_test: int
     train, test = _binary_lesions(spec, out, n, seed, n_test, size, pos_rate=0.15)
     for name, df in (("train-image.hdf5", train), ("test-image.hdf5", test)):
         with atomic_path(out / name) as tmp, h5py.File(tmp, "w") as h5:
-            for id_, img in zip(df["id"], df["image"]):
+            for id_, img in zip(df["id"], df["image"], strict=True):
                 h5.create_dataset(id_, data=np.bytes_(_encode_jpeg(img)))
     cols = {"id": "isic_id", "patient": "patient_id", "site": "anatom_site_general", "age": "age_approx"}
     meta = ["isic_id", "patient_id", "age_approx", "sex", "anatom_site_general"]
@@ -250,14 +253,15 @@ def _multiclass_lesions(spec: Competition, n: int, seed: int, n_test: int, size:
     weights = np.array([CLASS_WEIGHTS[c] for c in spec.classes])
     weights /= weights.sum()
     rows, lesion = [], 0
-    while len(rows) < n + n_test:
-        cls = int(rng.choice(len(spec.classes), p=weights))
-        patient = _patients(rng, 1, "IP", (1, 2))[0]
-        for _ in range(int(rng.integers(1, 4))):  # 1-3 photos of one lesion, as in HAM10000
-            rows.append({**patient, "cls": cls, "lesion": f"HAM_{seed % 100:02d}{lesion:05d}",
-                         "lesion_seed": seed * 100_003 + lesion})
-        lesion += 1
-    rows = rows[: n + n_test]
+    for end in (n, n + n_test):  # train lesions, then new ones for test: no lesion on both sides
+        while len(rows) < end:
+            cls = int(rng.choice(len(spec.classes), p=weights))
+            patient = _patients(rng, 1, "IP", (1, 2))[0]
+            for _ in range(int(rng.integers(1, 4))):  # 1-3 photos of one lesion, as in HAM10000
+                rows.append({**patient, "cls": cls, "lesion": f"HAM_{seed % 100:02d}{lesion:05d}",
+                             "lesion_seed": seed * 100_003 + lesion})
+            lesion += 1
+        rows = rows[:end]
     for i, row in enumerate(rows):
         row["id"] = f"ISIC_{seed % 1000:03d}{i:04d}" if n + n_test <= 10_000 else f"ISIC_{seed}_{i:07d}"
         row["image"] = lesion_image(_child_rng(seed, i), LOOKS[spec.classes[row["cls"]]], size, row["lesion_seed"])
@@ -271,7 +275,7 @@ def write_isic_multiclass(spec: Competition, out: Path, n: int, seed: int, n_tes
     train_dir = out / spec.train_images[0].path
     test_dir = out / spec.test_images[0].path
     for folder, df in ((train_dir, train), (test_dir, test)):
-        for id_, img in zip(df["id"], df["image"]):
+        for id_, img in zip(df["id"], df["image"], strict=True):
             _write_bytes(folder / f"{id_}.jpg", _encode_jpeg(img))
     onehot = pd.DataFrame(np.eye(len(spec.classes))[train["cls"]], columns=list(spec.classes))
     write_csv_atomic(pd.concat([train[["id"]].rename(columns={"id": spec.id_col}), onehot], axis=1),
