@@ -15,3 +15,7 @@ class ConfigError(KitError):
 
 class SubmissionError(KitError):
     """A submission that does not match the competition's format: columns, ids, or values."""
+
+
+class KaggleError(KitError):
+    """A Kaggle API call failed: missing or rejected credentials, rules not accepted, a limit, a failed upload."""

@@ -1,10 +1,10 @@
-"""kit submit: validate a submission CSV against the competition's test ids, then (later) upload it to Kaggle."""
+"""kit submit: validate a submission CSV against the competition's test ids, then upload it to Kaggle."""
 
 from __future__ import annotations
 
 
 def add_parser(sub):
-    p = sub.add_parser("submit", help="validate a submission CSV (--dry-run) before uploading it",
+    p = sub.add_parser("submit", help="validate a submission CSV, then upload it to Kaggle",
                        description="Check a submission CSV, whoever wrote it, against the competition's format "
                        "and test ids: header and column order, missing / extra / duplicate ids, NaN, infinite "
                        "and out-of-range values, multiclass rows summing to 1. Every problem is listed at once.")
@@ -16,6 +16,10 @@ def add_parser(sub):
                    help="take the expected test ids from this CSV's id column instead of --data")
     p.add_argument("--dry-run", action="store_true", help="validate only; upload nothing")
     p.add_argument("-m", "--message", default=None, help="submission description shown on Kaggle")
+    p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
+                   help="how long to wait for the public score (default 600; 0: check once, do not wait)")
+    p.add_argument("--poll-every", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between score checks (default 10)")
     p.set_defaults(func=run)
 
 
@@ -35,13 +39,16 @@ def expected_ids(spec, data_dir: str | None, ids_from: str | None) -> list[str] 
     return df[id_col].tolist()
 
 
-def upload(spec, path: str, message: str | None) -> int:
-    """Send a validated submission to Kaggle (not implemented yet: kit.kaggle.upload_submission will do it)."""
-    from kit.errors import ConfigError
+def upload(spec, path: str, message: str | None, wait: float = 600.0, poll_every: float = 10.0) -> int:
+    """Send a validated submission to Kaggle, wait for its public score, log it in submissions/log.csv."""
+    from kit.errors import KaggleError
+    from kit.kaggle import upload_submission
 
-    raise ConfigError(f"uploads are not implemented yet: {path} is valid; use `kit submit --dry-run` to validate "
-                      f"and upload it by hand: kaggle competitions submit -c {spec.name} -f {path} "
-                      f"-m \"{message or 'kit submission'}\"")
+    result = upload_submission(spec.name, path, message or "kit submission", timeout=wait, poll_every=poll_every)
+    if result.status == "error":
+        raise KaggleError(result.summary())
+    print(result.summary())
+    return 0
 
 
 def run(args) -> int:
@@ -54,4 +61,4 @@ def run(args) -> int:
     print(f"valid: {rows} rows in {args.file} ({spec.name})")
     if args.dry_run:
         return 0
-    return upload(spec, args.file, args.message)
+    return upload(spec, args.file, args.message, args.wait, args.poll_every)

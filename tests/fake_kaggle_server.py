@@ -1,0 +1,193 @@
+"""A loopback imitation of the Kaggle API endpoints that ``kaggle competitions submit`` calls (kaggle 2.2.4).
+
+The real client has no endpoint setting, but ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` (read when ``kaggle`` is imported)
+makes it POST to ``http://localhost/api/v1/<Service>/<Method>``, and ``requests`` sends plain-http calls through
+``HTTP_PROXY``; so ``FakeKaggle.env()`` points both at this server, which then sees absolute-form request lines
+(``POST http://localhost/api/v1/... HTTP/1.1``). Every request is recorded (method, path, JSON body, uploaded bytes,
+headers) for tests to assert on; ``fail`` makes one step answer an HTTP error the way Kaggle does (a JSON body
+``{"code": N, "message": ...}``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+SERVICE = "competitions.CompetitionApiService"
+ERROR_MESSAGES = {
+    401: "Unauthenticated",
+    403: "You must accept this competition's rules before you'll be able to submit.",
+    404: "Competition not found",
+    429: "Your team has used its daily Submission allowance (5) today, please try again tomorrow UTC",
+}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    body: dict | None
+    data: bytes
+    headers: dict[str, str]
+
+    @property
+    def endpoint(self) -> str:
+        """``Service/Method`` for API calls, ``PUT /upload/...`` for the file upload."""
+        prefix = "/api/v1/"
+        return self.path[len(prefix):] if self.path.startswith(prefix) else f"{self.method} {self.path}"
+
+
+@dataclass
+class Submission:
+    ref: int
+    competition: str
+    description: str
+    file_name: str
+    polls_left: int
+    listed: int = 0
+
+
+@dataclass
+class FakeKaggle:
+    """The fake API: construct with the behaviour wanted, use as a context manager, then read ``requests``."""
+
+    username: str = "kit-test-user"
+    key: str = "kit-test-key-0123456789abcdef"
+    token: str = "KGAT_kit-test-token-0123456789"
+    fail: dict[str, int] = field(default_factory=dict)
+    """``{"StartSubmissionUpload": 403, "PUT": 403, "CreateSubmission": 429, ...}``: answer that step with the code."""
+    pending_polls: int = 0
+    """ListSubmissions reports a new submission PENDING this many times before its final status."""
+    final_status: str = "COMPLETE"
+    public_score: str = "0.9731"
+    error_description: str = "Submission must have 20 rows"
+    requests: list[Request] = field(default_factory=list)
+    submissions: list[Submission] = field(default_factory=list)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that send the real client's calls here (set both cases: lowercase wins)."""
+        proxy = f"http://127.0.0.1:{self.port}"
+        return {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HTTP_PROXY": proxy, "http_proxy": proxy,
+                "NO_PROXY": "", "no_proxy": ""}
+
+    def endpoints(self) -> list[str]:
+        return [r.endpoint for r in self.requests]
+
+    def __enter__(self) -> FakeKaggle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # --- behaviour ---------------------------------------------------------------------------------------------------
+
+    def authorized(self, headers: dict[str, str]) -> bool:
+        auth = headers.get("Authorization", "")
+        basic = base64.b64encode(f"{self.username}:{self.key}".encode()).decode()
+        return auth in (f"Basic {basic}", f"Bearer {self.token}")
+
+    def answer(self, request: Request) -> tuple[int, dict]:
+        """(HTTP status, JSON reply) for one recorded request."""
+        method = request.endpoint.rsplit("/", 1)[-1]
+        step = "PUT" if request.method == "PUT" else method
+        if step in self.fail:
+            code = self.fail[step]
+            return code, {"code": code, "message": ERROR_MESSAGES.get(code, "error")}
+        if request.method == "PUT":
+            self.uploads[request.path.rsplit("/", 1)[-1]] = request.data
+            return 200, {}
+        body = request.body or {}
+        if method == "IntrospectToken":  # the access-token flow checks the token before any call
+            ok = body.get("token") == self.token
+            return 200, {"active": ok, "username": self.username if ok else ""}
+        if not self.authorized(request.headers):
+            return 401, {"code": 401, "message": ERROR_MESSAGES[401]}
+        if method == "StartSubmissionUpload":
+            token = f"blob-token-{len(self.requests)}"
+            return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}
+        if method == "CreateSubmission":
+            return self._create(body)
+        if method == "ListSubmissions":
+            return 200, {"submissions": [self._listing(s) for s in reversed(self.submissions)
+                                         if s.competition == body.get("competitionName")]}
+        return 404, {"code": 404, "message": f"no fake for {request.endpoint}"}
+
+    def _create(self, body: dict) -> tuple[int, dict]:
+        token = body.get("blobFileTokens", "")
+        if token not in self.uploads:
+            return 400, {"code": 400, "message": f"blob token {token!r} was never uploaded"}
+        ref = 50_000_000 + len(self.submissions) + 1
+        self.submissions.append(Submission(ref, body.get("competitionName", ""), body.get("submissionDescription", ""),
+                                           token, self.pending_polls))
+        return 200, {"message": "Successfully submitted to " + body.get("competitionName", ""), "ref": ref}
+
+    def _listing(self, s: Submission) -> dict:
+        s.listed += 1
+        done = s.listed > s.polls_left
+        item = {"ref": s.ref, "description": s.description, "fileName": "submission.csv",
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "status": self.final_status if done else "PENDING"}
+        if done and self.final_status == "COMPLETE":
+            item["publicScore"] = self.public_score
+        if done and self.final_status == "ERROR":
+            item["errorDescription"] = self.error_description
+        return item
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        out = b""
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                handler.rfile.readline()
+                return out
+            out += handler.rfile.read(size)
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            data = _read_body(self)
+            body = None
+            if self.command == "POST" and data:
+                body = json.loads(data)
+            request = Request(self.command, urlsplit(self.path).path, body, data if self.command == "PUT" else b"",
+                              dict(self.headers.items()))
+            with fake._lock:
+                fake.requests.append(request)
+                status, reply = fake.answer(request)
+            payload = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_POST = _serve
+        do_PUT = _serve
+
+        def log_message(self, format, *args) -> None:  # keep pytest output clean; the requests are recorded
+            pass
+
+    return Handler
