@@ -120,6 +120,11 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
         raise ConfigError(f"config key '{key}' cannot be null")
     if annotation.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation.startswith("float") and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string; users write it that way
+            return float(value)
+        except ValueError:
+            pass
     expected = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation.split(" ")[0])
     if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
         raise ConfigError(f"config key '{key}' must be {annotation}, got {value!r}")

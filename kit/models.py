@@ -219,24 +219,34 @@ def head_parameters(model: nn.Module) -> set[int]:
     return head
 
 
-def backbone_blocks(model: nn.Module) -> list[nn.Module]:
-    """Top-level modules of the backbone that hold parameters, input to output."""
+def backbone_blocks(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The backbone's parameters in blocks, input to output: timm's own grouping (``group_matcher``: stem, stages,
+    and for VGG each conv layer) where the model has one, its top-level children otherwise."""
     body = model.backbone if isinstance(model, MetaFusion) else model
     head = head_parameters(model)
-    return [m for m in body.children() if any(id(p) not in head for p in m.parameters())]
+    if hasattr(body, "group_matcher"):
+        from timm.models import group_parameters
+
+        named = dict(body.named_parameters())
+        groups = group_parameters(body, body.group_matcher(coarse=True))
+        blocks = [[named[n] for n in names] for _, names in sorted(groups.items())]
+    else:
+        blocks = [list(m.parameters()) for m in body.children()]
+    blocks = [[p for p in block if id(p) not in head] for block in blocks]
+    return [b for b in blocks if b]
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool, top_blocks: int = 0) -> None:
     """Freeze the backbone (head stays trainable), or unfreeze all of it / its top ``top_blocks`` blocks."""
-    head = head_parameters(model)
     blocks = backbone_blocks(model)
-    chosen = blocks[-top_blocks:] if (trainable and top_blocks) else blocks
+    chosen = blocks[-top_blocks:] if (trainable and top_blocks) else (blocks if trainable else [])
+    chosen_ids = {id(p) for block in chosen for p in block}
     for block in blocks:
-        for p in block.parameters():
-            if id(p) not in head:
-                p.requires_grad = trainable and block in chosen
+        for p in block:
+            p.requires_grad = id(p) in chosen_ids
 
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
-    """Backbone blocks with no trainable parameter: kept in eval mode so BatchNorm statistics stay as loaded."""
-    return [b for b in backbone_blocks(model) if not any(p.requires_grad for p in b.parameters())]
+    """BatchNorm layers with no trainable parameter: kept in eval mode so their statistics stay as loaded."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in m.parameters())]

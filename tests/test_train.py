@@ -1,0 +1,212 @@
+"""The fold loop end to end on small synthetic data: artifacts, self-describing checkpoints, scores from OOF, resume
+after a real kill, and the bad-input errors of training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from kit.cli import main
+from kit.config import load_config
+from kit.errors import ConfigError, DataError
+from kit.metrics import auc
+from kit.train import TrainingError, model_from_description, train_folds
+
+TINY = ["model.name=test_resnet", "model.img_size=48", "train.batch_size=16", "train.epochs=2", "n_folds=2",
+        "train.scheduler=cosine", "train.lr=0.003"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(demo_data, tmp_path_factory):
+    data = demo_data("histopathologic-cancer-detection", n=64)
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config("histopathologic-cancer-detection", overrides=TINY)
+    result = train_folds(cfg, data, run)
+    return data, run, result
+
+
+def test_run_folder_has_every_artifact(tiny_run):
+    _, run, _ = tiny_run
+    for name in ("config.yaml", "run.json", "folds.csv", "oof.csv", "scores.json", "augmentation.yaml"):
+        assert (run / name).is_file(), name
+    for k in (0, 1):
+        for name in ("best.pt", "last.pt", "history.csv", "oof.csv", "result.json"):
+            assert (run / f"fold{k}" / name).is_file(), f"fold{k}/{name}"
+        history = pd.read_csv(run / f"fold{k}" / "history.csv")
+        assert list(history.columns) == ["epoch", "train_loss", "auc", "lr", "images_per_s"]
+        assert len(history) == 2
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["name"] == "test_resnet"
+    assert saved["kit"]["versions"]["torch"] == torch.__version__.split("+")[0] or saved["kit"]["versions"]["torch"]
+    # no temp files left behind by the atomic writes
+    assert not [p for p in run.rglob("*.tmp")]
+
+
+def test_scores_are_computed_from_oof(tiny_run):
+    _, run, result = tiny_run
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    assert list(oof.columns) == ["id", "fold", "target", "pred"]
+    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
+    assert sorted(oof["id"]) == sorted(folds["id"])  # every training id predicted exactly once, out of fold
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["cv"] == pytest.approx(auc(oof["target"], oof["pred"]))
+    for k, g in oof.groupby("fold"):
+        assert scores["folds"][str(k)] == pytest.approx(auc(g["target"], g["pred"]))
+        assert (folds.set_index("id").loc[g["id"], "fold"] == k).all()
+    assert result.cv_score == pytest.approx(scores["cv"])
+
+
+def test_checkpoint_rebuilds_the_model_alone(tiny_run):
+    data, run, _ = tiny_run
+    ckpt = torch.load(run / "fold0" / "best.pt", weights_only=False)
+    for key in ("model", "model_state", "classes", "input_size", "mean", "std", "config", "competition", "task"):
+        assert key in ckpt
+    assert ckpt["input_size"] == 48 and ckpt["classes"] == ["label"]
+    model = model_from_description(ckpt["model"])
+    model.load_state_dict(ckpt["model_state"])  # strict: the description is complete
+    model.eval()
+    # the rebuilt model reproduces the saved OOF predictions of its fold
+    from kit.data.readers import open_store
+
+    oof = pd.read_csv(run / "fold0" / "oof.csv", dtype={"id": str}).head(8)
+    store = open_store(__import__("kit.competitions", fromlist=["x"]).get_competition("hcd"), data)
+    from kit.data.dataset import _fit
+
+    x = torch.stack([torch.from_numpy(_fit(store.read(i), 48).transpose(2, 0, 1).copy()) for i in oof["id"]])
+    mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
+    with torch.inference_mode():
+        probs = torch.sigmoid(model((x.float() / 255 - mean) / std).squeeze(1)).numpy()
+    np.testing.assert_allclose(probs, oof["pred"].to_numpy(), atol=1e-5)
+
+
+def test_finished_folds_are_skipped(tiny_run, capsys):
+    data, run, result = tiny_run
+    before = (run / "fold0" / "best.pt").stat().st_mtime_ns
+    cfg = load_config("histopathologic-cancer-detection", overrides=TINY)
+    again = train_folds(cfg, data, run)
+    assert "already finished" in capsys.readouterr().out
+    assert (run / "fold0" / "best.pt").stat().st_mtime_ns == before
+    assert again.cv_score == pytest.approx(result.cv_score)
+
+
+def _kit(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kit.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_run_resumes_to_the_same_oof(demo_data, tmp_path):
+    """Kill a real training process mid-epoch (SIGKILL: no cleanup), resume, compare with an uninterrupted run."""
+    data = demo_data("histopathologic-cancer-detection", n=96)
+    args = ["train", "--competition", "histopathologic-cancer-detection", "--data", str(data), "--no-progress",
+            "--set", "model.name=test_resnet", "--set", "model.img_size=48", "--set", "train.batch_size=8",
+            "--set", "train.epochs=3", "--set", "n_folds=2", "--set", "train.ema=true",
+            "--set", "train.warmup_epochs=1"]
+    reference = tmp_path / "reference"
+    ref = _kit(*args, "--out", str(reference))
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+
+    killed = tmp_path / "killed"
+    proc = _kit(*args, "--out", str(killed))
+    history = killed / "fold0" / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if history.is_file() and len(pd.read_csv(history)) >= 1:
+            time.sleep(0.5)  # well inside epoch 2 (an epoch takes seconds here)
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "oof.csv").exists()
+    assert (killed / "fold0" / "last.pt").is_file()
+
+    resumed = _kit("train", "--resume", str(killed), "--no-progress")
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out
+    assert "resuming after epoch" in out
+    a = pd.read_csv(reference / "oof.csv", dtype={"id": str})
+    b = pd.read_csv(killed / "oof.csv", dtype={"id": str})
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6)
+    ra, rb = json.loads((reference / "scores.json").read_text()), json.loads((killed / "scores.json").read_text())
+    assert ra["cv"] == pytest.approx(rb["cv"], abs=1e-9)
+
+
+def test_multiclass_with_metadata_and_freeze(demo_data, tmp_path):
+    data = demo_data("isic-2018-task3", n=90, size=48)
+    cfg = load_config("isic-2018-task3", overrides=[
+        "model.name=test_resnet", "model.img_size=48", "model.use_metadata=true", "model.freeze_epochs=1",
+        "train.batch_size=16", "train.epochs=2", "n_folds=2", "aug.preset=isic", "train.class_weights=true"])
+    result = train_folds(cfg, data, tmp_path / "run")
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv")
+    classes = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert list(oof.columns) == ["image", "fold", "target", *classes]
+    np.testing.assert_allclose(oof[classes].sum(axis=1), 1.0, atol=1e-5)
+    assert 0.0 <= result.cv_score <= 1.0
+    ckpt = torch.load(tmp_path / "run" / "fold0" / "best.pt", weights_only=False)
+    assert ckpt["model"]["n_meta"] > 0 and ckpt["meta_encoder"]["sites"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: each a clear error naming the culprit
+
+
+def test_unknown_backbone_lists_close_matches(demo_data, tmp_path, capsys):
+    data = demo_data("histopathologic-cancer-detection", n=64)
+    rc = main(["train", "--competition", "hcd", "--data", str(data), "--out", str(tmp_path / "r"),
+               "--set", "model.name=resnet_18"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "unknown model 'resnet_18'" in err and "resnet18" in err
+    assert "Traceback" not in err
+
+
+def test_weights_that_do_not_fit_name_the_keys(tmp_path):
+    from kit.models import build_model
+
+    path = tmp_path / "resnet34.pth"
+    torch.save(build_model("resnet34", 1000).state_dict(), path)
+    with pytest.raises(ConfigError, match=r"does not fit model 'resnet18'.*unexpected keys, e\.g\. layer1\.2"):
+        build_model("resnet18", 2, weights=str(path))
+    good = tmp_path / "resnet18.pth"
+    state = build_model("resnet18", 1000).state_dict()
+    torch.save(state, good)
+    loaded = build_model("resnet18", 2, weights=str(good))  # classifier differs: dropped, the rest loaded
+    torch.testing.assert_close(loaded.state_dict()["conv1.weight"], state["conv1.weight"])
+
+
+def test_unknown_config_key_lists_valid_ones(demo_data, tmp_path, capsys):
+    data = demo_data("histopathologic-cancer-detection", n=64)
+    rc = main(["train", "--competition", "hcd", "--data", str(data), "--out", str(tmp_path / "r"),
+               "--set", "train.learning_rate=0.1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "unknown config key 'train.learning_rate'" in err and "train.lr" in err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_too_few_samples_of_a_class(demo_data, tmp_path):
+    data = demo_data("histopathologic-cancer-detection", n=64)
+    cfg = load_config("hcd", overrides=TINY + ["n_folds=30"])
+    with pytest.raises(DataError, match=r"too few samples for 30 folds: class 1 has \d+ \(need"):
+        train_folds(cfg, data, tmp_path / "r")
+
+
+def test_nan_loss_stops_the_fold_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
+    data = demo_data("histopathologic-cancer-detection", n=64)
+    # SGD at an absurd rate: weights overflow to inf after the first epoch's updates, the loss turns NaN
+    cfg = load_config("hcd", overrides=TINY + ["train.optimizer=sgd", "train.lr=1e30", "train.scheduler=none",
+                                               "train.epochs=3", "train.weight_decay=0.0"])
+    with pytest.raises(TrainingError, match=r"fold 0 epoch \d: the loss became nan.*Last good checkpoint kept"):
+        train_folds(cfg, data, tmp_path / "r")
+    assert not (tmp_path / "r" / "fold0" / "result.json").exists()
+    assert not (tmp_path / "r" / "oof.csv").exists()
