@@ -15,7 +15,7 @@ from kit.errors import KitError
 
 # Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
 # libraries such as torch inside their ``run`` functions).
-COMMANDS = ["competitions", "demo_data", "folds", "check_data", "train", "submit"]
+COMMANDS = ["competitions", "demo_data", "folds", "check_data", "train", "predict", "ensemble", "report", "submit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

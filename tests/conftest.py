@@ -40,3 +40,35 @@ def demo_data(demo_root):
         return cache[key]
 
     return get
+
+
+# Tiny trained-and-predicted runs shared by tests/test_predict.py, test_ensemble.py and test_report.py: training is
+# the slow part, so it happens once per session. Two binary runs on one folds.csv (for ensembling) and one multiclass
+# run with a metadata branch.
+TINY = ["model.name=test_resnet", "model.img_size=32", "n_folds=2", "train.batch_size=16", "train.warmup_epochs=0",
+        "train.device=cpu"]
+PREDICTED_RUNS = {
+    # name: (competition, demo data (n, size), config overrides, predict kwargs)
+    "hcd_a": ("histopathologic-cancer-detection", (60, None), ["train.epochs=2"], {"tta": "8"}),
+    "hcd_b": ("histopathologic-cancer-detection", (60, None), ["train.epochs=2", "train.seed=7", "train.lr=0.003"],
+              {"tta": "2", "merge": "gmean"}),
+    "multi": ("isic-2018-task3", (60, 48), ["train.epochs=1", "aug.preset=none", "model.use_metadata=true"],
+              {"tta": "4"}),
+}
+
+
+@pytest.fixture(scope="session")
+def predicted_runs(demo_data, tmp_path_factory) -> dict:
+    """name -> kit.predict.PredictResult of a tiny run trained with kit.train.train_folds and predicted with TTA."""
+    from kit.config import load_config
+    from kit.predict import predict_run
+    from kit.train import train_folds
+
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, (competition, (n, size), overrides, predict_kw) in PREDICTED_RUNS.items():
+        data = demo_data(competition, n=n, size=size)
+        cfg = load_config(competition, overrides=TINY + overrides)
+        train_folds(cfg, data, root / name)
+        out[name] = predict_run(root / name, out_dir=root / "submissions", **predict_kw)
+    return out

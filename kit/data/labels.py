@@ -131,7 +131,8 @@ def load_train_table(competition: str | Competition, data_dir: str | Path) -> pd
 
 
 def load_test_table(competition: str | Competition, data_dir: str | Path) -> pd.DataFrame:
-    """The test ids in submission order (from the first test list present), with metadata where the list has it.
+    """The test ids in submission order (from the first test list present), with metadata (and the ``group``
+    column, patient) where the list has it.
 
     A competition without a test list (ISIC 2018) takes the ids of the test image folder, sorted.
     """
@@ -145,6 +146,9 @@ def load_test_table(competition: str | Competition, data_dir: str | Path) -> pd.
             df = read_csv(path, [id_list.id_col], what="test list")
             check_ids(df, id_list.id_col, path)
             table = pd.DataFrame({"id": df[id_list.id_col].to_numpy()})
+            if spec.group_col and spec.group_col in df.columns:
+                # the metadata encoder counts images per patient from this column, as it does on the train table
+                table["group"] = df[spec.group_col].fillna(df[id_list.id_col]).to_numpy()
             if spec.has_metadata:
                 table = pd.concat([table, _metadata(df).reset_index(drop=True)], axis=1)
             return table

@@ -1,0 +1,26 @@
+"""kit ensemble: blend the OOF and test predictions of several predicted runs into one submission."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("ensemble", help="blend several predicted runs (mean, rank, gmean, fitted weights)",
+                       description="Blend runs trained on the same folds.csv and predicted with kit predict. "
+                       "Prints the CV of each run and of every blend side by side (a fitted blend's CV is nested: "
+                       "weights fitted on the other folds' OOF, scored on the held-out fold), then writes a "
+                       "validated submission of the chosen blend and a JSON summary next to it.")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="predicted run folders")
+    p.add_argument("--method", default="mean",
+                   help="mean | rank (percentile ranks, binary) | gmean | fit (ensemble selection on OOF)")
+    p.add_argument("--name", default="ensemble", help="the name in the submission file (default ensemble)")
+    p.add_argument("--data", default=None, help="competition data folder for the test ids (default: the first run's)")
+    p.add_argument("--out-dir", default="submissions", help="where the submission goes (default submissions)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from kit.ensemble import ensemble_runs
+
+    result = ensemble_runs(args.run_dirs, args.method, args.out_dir, args.name, args.data)
+    print(result.submission)
+    return 0

@@ -1,0 +1,36 @@
+"""kit predict: TTA predictions of a run's folds on the test set (and their OOF images), then a submission."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("predict", help="predict the test images with each fold's checkpoint and TTA; write a "
+                       "submission", description="For each fold's best.pt (the model rebuilt from the checkpoint "
+                       "alone), predict the test images and the fold's out-of-fold images with TTA. Writes "
+                       "RUN_DIR/test_fold{k}.csv, oof_tta.csv, scores_tta.json (CV without and with TTA), "
+                       "report/ plots, and a validated submission of the folds blended.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
+    p.add_argument("--data", default=None, help="competition data folder (default: the run's, from run.json)")
+    p.add_argument("--tta", default="8", help="TTA view set: 1 (none), 2 (+hflip), 4 (flips), 8 (dihedral group); "
+                   "default 8")
+    p.add_argument("--merge", default="mean", help="how TTA views merge: mean, gmean, max, logits (default mean)")
+    p.add_argument("--folds", default=None, help="comma-separated folds to use, e.g. 0,1 (default: every finished fold)")
+    p.add_argument("--fold-merge", default="mean", help="how folds blend: mean, rank, gmean (default mean)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (default: twice the training batch over the views per forward)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as in training)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--out-dir", default="submissions", help="where the submission goes (default submissions)")
+    p.add_argument("--no-report", action="store_true", help="skip the report/ plots")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from kit.commands.train import _parse_folds
+    from kit.predict import predict_run
+
+    folds = _parse_folds(args.folds) if args.folds else None
+    result = predict_run(args.run_dir, args.data, args.tta, args.merge, folds, args.batch_size, args.fold_merge,
+                         args.out_dir, args.device, args.workers, report=not args.no_report)
+    print(result.submission)
+    return 0

@@ -1,0 +1,20 @@
+"""kit report: PNG plots of a run (ROC, confusion matrix, per-class recall, training curves) in RUN_DIR/report/."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("report", help="draw a run's ROC / confusion matrix / training curves as PNG",
+                       description="Read the run's oof.csv (and oof_tta.csv) and fold histories and write PNGs to "
+                       "RUN_DIR/report/: ROC with AUC per fold and overall (binary), normalised confusion matrix and "
+                       "per-class recall (multiclass), loss and metric against epoch per fold.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from kit.report import write_report
+
+    for path in write_report(args.run_dir):
+        print(path)
+    return 0

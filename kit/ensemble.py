@@ -1,0 +1,416 @@
+"""Blending predictions: the folds of one run, and several runs into one submission.
+
+A blend is a strategy with two steps: ``weights`` (equal, or fitted on out-of-fold predictions) and ``combine``
+(arithmetic mean, mean of percentile ranks, geometric mean). Weights fitted on the OOF that also reports the score
+would flatter the blend, so a fitted blend's CV is nested: for each fold the weights are fitted on the other folds'
+OOF and scored on the held-out one; the final weights, used for the test set, are fitted on all OOF.
+
+>>> result = ensemble_runs(["runs/a", "runs/b"], method="fit")
+>>> result.submission   # submissions/<competition>-ensemble-<UTC stamp>.csv, validated
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from kit.competitions import Competition, get_competition
+from kit.errors import ConfigError, DataError, KitError
+from kit.io import write_text_atomic
+from kit.metrics import get_metric
+
+__all__ = [
+    "Blend",
+    "BlendScore",
+    "EnsembleResult",
+    "Member",
+    "caruana_weights",
+    "check_same_folds",
+    "ensemble_runs",
+    "get_blend",
+    "list_blends",
+    "load_member",
+    "prediction_columns",
+    "register_blend",
+    "score_blends",
+]
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+CARUANA_ITERATIONS = 25
+"""Greedy steps of ensemble selection; the best-scoring prefix is kept, so more steps never hurt the fit itself."""
+_EPS = 1e-7  # floor for log-probabilities in the geometric mean: a 0 from one member must not zero the blend
+
+
+def prediction_columns(spec: Competition) -> list[str]:
+    """The prediction columns of oof.csv / test_fold{k}.csv: ``pred`` (binary) or one per class."""
+    return ["pred"] if spec.is_binary else list(spec.classes)
+
+
+# --------------------------------------------------------------------------------------------------- blends
+class Blend:
+    """Equal weights and a weighted arithmetic mean; subclasses change how weights are found or how they combine."""
+
+    name = "mean"
+    fitted = False
+    """Whether ``weights`` learns from the OOF (then the blend's CV must be nested)."""
+
+    def note(self, task: str) -> str:
+        """What to tell the user about this blend for ``task`` (empty: nothing)."""
+        return ""
+
+    def weights(self, preds: Sequence[np.ndarray], target: np.ndarray, metric: Metric) -> np.ndarray:
+        return np.full(len(preds), 1.0 / len(preds))
+
+    def combine(self, preds: Sequence[np.ndarray], weights: np.ndarray, task: str) -> np.ndarray:
+        return _weighted(np.stack(preds), weights)
+
+
+def _weighted(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean over the first axis of an (M, N) or (M, N, C) stack."""
+    w = np.asarray(weights, dtype=np.float64).reshape(-1, *([1] * (stack.ndim - 1)))
+    return (stack * w).sum(axis=0) / w.sum()
+
+
+_BLENDS: dict[str, Blend] = {}
+
+
+def register_blend(cls: type[Blend]) -> type[Blend]:
+    """Class decorator: register one instance of ``cls`` under its ``name``."""
+    if cls.name in _BLENDS:
+        raise ConfigError(f"blend method '{cls.name}' is registered twice")
+    _BLENDS[cls.name] = cls()
+    return cls
+
+
+def list_blends() -> list[str]:
+    return list(_BLENDS)
+
+
+def get_blend(name: str) -> Blend:
+    """The registered blend ``name``; an unknown one raises with the list of known ones."""
+    if name not in _BLENDS:
+        close = difflib.get_close_matches(name, list(_BLENDS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown blend method '{name}'.{hint} Known: {', '.join(_BLENDS)}")
+    return _BLENDS[name]
+
+
+register_blend(Blend)
+
+
+@register_blend
+class RankBlend(Blend):
+    """Mean of percentile ranks (the SIIM-ISIC 2020 winners' blend): only the order of each model's scores counts."""
+
+    name = "rank"
+
+    def note(self, task: str) -> str:
+        if task == "binary":
+            return ""
+        return "rank: a percentile rank per class column breaks the rows' probabilities apart; multiclass uses mean"
+
+    def combine(self, preds: Sequence[np.ndarray], weights: np.ndarray, task: str) -> np.ndarray:
+        if task != "binary":
+            return super().combine(preds, weights, task)
+        # rank / n lies in (0, 1], a valid probability column for the submission; ties share their mean rank
+        return _weighted(np.stack([rankdata(p) / len(p) for p in preds]), weights)
+
+
+@register_blend
+class GMeanBlend(Blend):
+    """Weighted geometric mean of the probabilities (rows renormalised for multiclass)."""
+
+    name = "gmean"
+
+    def combine(self, preds: Sequence[np.ndarray], weights: np.ndarray, task: str) -> np.ndarray:
+        out = np.exp(_weighted(np.log(np.clip(np.stack(preds), _EPS, 1.0)), weights))
+        return out if task == "binary" else out / out.sum(axis=1, keepdims=True)
+
+
+@register_blend
+class FitBlend(Blend):
+    """Weights from greedy forward ensemble selection with replacement (Caruana et al. 2004) on the OOF."""
+
+    name = "fit"
+    fitted = True
+
+    def weights(self, preds: Sequence[np.ndarray], target: np.ndarray, metric: Metric) -> np.ndarray:
+        return caruana_weights(preds, target, metric)
+
+
+def caruana_weights(preds: Sequence[np.ndarray], target: np.ndarray, metric: Metric,
+                    iterations: int = CARUANA_ITERATIONS) -> np.ndarray:
+    """Weights (summing to 1) from ensemble selection: start from the best member, add (with replacement) the one
+    that most improves the metric of the running mean, keep the best-scoring prefix of the selections."""
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in preds])
+    counts = np.zeros(len(stack))
+    first = int(np.argmax([metric(target, p) for p in stack]))
+    counts[first], total = 1, stack[first].copy()
+    best_score, best_counts = metric(target, total), counts.copy()
+    for _ in range(iterations - 1):
+        n = counts.sum()
+        scores = [metric(target, (total + p) / (n + 1)) for p in stack]
+        j = int(np.argmax(scores))  # ties go to the earlier member: deterministic
+        counts[j] += 1
+        total += stack[j]
+        if scores[j] > best_score:
+            best_score, best_counts = scores[j], counts.copy()
+    return best_counts / best_counts.sum()
+
+
+# -------------------------------------------------------------------------------------------------- members
+@dataclass
+class Member:
+    """One run's predictions: OOF (aligned to ``ids``) and the fold-blended test predictions."""
+
+    name: str
+    run_dir: Path
+    spec: Competition
+    ids: np.ndarray
+    fold: np.ndarray
+    target: np.ndarray
+    oof: np.ndarray
+    oof_source: str
+    test_ids: np.ndarray
+    test: np.ndarray
+    folds: list[int]
+    data_dir: Path | None = None
+
+
+def _values(spec: Competition, df: pd.DataFrame, path: Path) -> np.ndarray:
+    cols = prediction_columns(spec)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: prediction columns {missing} missing; found {list(df.columns)}")
+    values = df[cols].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: NaN or infinite predictions")
+    return values[:, 0] if spec.is_binary else values
+
+
+def _run_competition(run_dir: Path) -> Competition:
+    from kit.config import load_saved_config
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise KitError(f"{run_dir} is not a kit run folder (no config.yaml)")
+    return get_competition(load_saved_config(path).competition)
+
+
+def load_member(run_dir: str | Path, fold_blend: str = "mean") -> Member:
+    """A predicted run (``kit predict`` wrote predict.json, oof_tta.csv and test_fold{k}.csv); its test folds are
+    combined with the blend ``fold_blend`` (equal weights)."""
+    run_dir = Path(run_dir)
+    spec = _run_competition(run_dir)
+    info_path = run_dir / "predict.json"
+    if not info_path.is_file():
+        raise KitError(f"{run_dir} has no test predictions (no predict.json): run `kit predict {run_dir}` first")
+    info = json.loads(info_path.read_text())
+    folds = [int(k) for k in info["folds"]]
+    oof_path = run_dir / info.get("oof", "oof_tta.csv")
+    if not oof_path.is_file():
+        raise KitError(f"{oof_path} is missing: run `kit predict {run_dir}` again")
+    oof = pd.read_csv(oof_path, dtype={spec.id_col: str})
+    test_ids, test_preds = None, []
+    for k in folds:
+        path = run_dir / f"test_fold{k}.csv"
+        if not path.is_file():
+            raise KitError(f"{path} is missing: run `kit predict {run_dir}` again")
+        df = pd.read_csv(path, dtype={spec.id_col: str})
+        ids = df[spec.id_col].to_numpy()
+        if test_ids is None:
+            test_ids = ids
+        elif not np.array_equal(ids, test_ids):
+            raise DataError(f"{path}: its ids differ from those of test_fold{folds[0]}.csv in the same run")
+        test_preds.append(_values(spec, df, path))
+    blend = get_blend("mean" if get_blend(fold_blend).fitted else fold_blend)
+    test = blend.combine(test_preds, np.full(len(test_preds), 1.0 / len(test_preds)), spec.task)
+    data = info.get("data")
+    return Member(run_dir.name, run_dir, spec, oof[spec.id_col].to_numpy(), oof["fold"].to_numpy(dtype=int),
+                  oof["target"].to_numpy(dtype=int), _values(spec, oof, oof_path), oof_path.name, test_ids, test,
+                  folds, Path(data) if data else None)
+
+
+def check_same_folds(run_dirs: Sequence[Path]) -> None:
+    """Raise unless every run has the same folds.csv (same ids, each in the same fold)."""
+    first = _read_folds(run_dirs[0])
+    for other in run_dirs[1:]:
+        folds = _read_folds(other)
+        only_a, only_b = first.index.difference(folds.index), folds.index.difference(first.index)
+        if len(only_a) or len(only_b):
+            raise DataError(f"{run_dirs[0]}/folds.csv and {other}/folds.csv hold different ids "
+                            f"({len(only_a)} only in the first, {len(only_b)} only in the second, e.g. "
+                            f"{', '.join(list(only_a[:3]) + list(only_b[:3]))}); blend runs trained on one folds.csv "
+                            "(kit train --folds-file)")
+        moved = first.index[first.to_numpy() != folds.reindex(first.index).to_numpy()]
+        if len(moved):
+            raise DataError(f"{run_dirs[0]}/folds.csv and {other}/folds.csv differ: {len(moved)} of {len(first)} ids "
+                            f"in another fold (first: {', '.join(moved[:5])}); their OOF scores are not comparable "
+                            "and a blend fitted on them would leak. Retrain with kit train --folds-file")
+
+
+def _read_folds(run_dir: Path) -> pd.Series:
+    path = Path(run_dir) / "folds.csv"
+    if not path.is_file():
+        raise KitError(f"{path} is missing: {run_dir} is not a complete kit run folder")
+    df = pd.read_csv(path, dtype=str)
+    return pd.Series(df["fold"].to_numpy(), index=df.iloc[:, 0].to_numpy())
+
+
+def _align(members: list[Member]) -> None:
+    """Reorder every member's OOF and test rows to the first member's ids; raise when the id sets differ."""
+    ref = members[0]
+    for m in members[1:]:
+        for what, ids, ref_ids in (("out-of-fold", m.ids, ref.ids), ("test", m.test_ids, ref.test_ids)):
+            if set(ids) != set(ref_ids):
+                diff = sorted(set(ids) ^ set(ref_ids))
+                raise DataError(f"runs {ref.run_dir} and {m.run_dir} predict different {what} ids ({len(diff)} "
+                                f"differ, e.g. {', '.join(diff[:5])}); predict the same folds of both runs")
+        order = pd.Index(m.ids).get_indexer(ref.ids)
+        m.ids, m.fold, m.target, m.oof = m.ids[order], m.fold[order], m.target[order], m.oof[order]
+        if not np.array_equal(m.target, ref.target):
+            raise DataError(f"{m.run_dir}: OOF targets differ from those of {ref.run_dir} for the same ids")
+        t_order = pd.Index(m.test_ids).get_indexer(ref.test_ids)
+        m.test_ids, m.test = m.test_ids[t_order], m.test[t_order]
+
+
+# --------------------------------------------------------------------------------------------------- scores
+@dataclass
+class BlendScore:
+    """One member's or one blend's out-of-fold score."""
+
+    name: str
+    cv: float
+    mean_of_folds: float
+    folds: dict[int, float]
+    nested: bool = False
+    in_sample: float | None = None
+    """For a fitted blend: the score of the final weights on the OOF they were fitted on (optimistic)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def _score(name: str, pred: np.ndarray, target: np.ndarray, fold: np.ndarray, metric: Metric, **kw) -> BlendScore:
+    per_fold = {int(k): metric(target[fold == k], pred[fold == k]) for k in np.unique(fold)}
+    return BlendScore(name, metric(target, pred), float(np.mean(list(per_fold.values()))), per_fold, **kw)
+
+
+def nested_predictions(blend: Blend, preds: Sequence[np.ndarray], target: np.ndarray, fold: np.ndarray,
+                       metric: Metric, task: str) -> np.ndarray:
+    """OOF predictions of ``blend`` where each fold's weights were fitted on the other folds only."""
+    out = np.empty_like(np.asarray(preds[0], dtype=np.float64))
+    for k in np.unique(fold):
+        held = fold == k
+        w = blend.weights([p[~held] for p in preds], target[~held], metric)
+        out[held] = blend.combine([p[held] for p in preds], w, task)
+    return out
+
+
+def score_blends(members: list[Member], methods: Sequence[str] | None = None) -> tuple[list[BlendScore],
+                                                                                       dict[str, np.ndarray]]:
+    """Scores of each member and each blend (a fitted blend's CV nested over the folds), and each blend's final
+    weights (fitted on all OOF)."""
+    spec = members[0].spec
+    metric = get_metric(spec.metric)
+    target, fold = members[0].target, members[0].fold
+    preds = [m.oof for m in members]
+    names = [m.name for m in members]
+    rows = [_score(m.name, m.oof, target, fold, metric, note=f"member ({m.oof_source})") for m in members]
+    weights: dict[str, np.ndarray] = {}
+    for method in methods or list_blends():
+        blend = get_blend(method)
+        w = blend.weights(preds, target, metric)
+        weights[method] = w
+        named = dict(zip(names, (float(x) for x in w), strict=True))
+        if blend.fitted:
+            nested = nested_predictions(blend, preds, target, fold, metric, spec.task)
+            rows.append(_score(f"blend {method}", nested, target, fold, metric, nested=True,
+                               in_sample=metric(target, blend.combine(preds, w, spec.task)), weights=named,
+                               note="nested CV: weights fitted on the other folds"))
+        else:
+            rows.append(_score(f"blend {method}", blend.combine(preds, w, spec.task), target, fold, metric,
+                               weights=named, note=blend.note(spec.task) or "no fitted weights"))
+    return rows, weights
+
+
+def format_scores(metric: str, rows: list[BlendScore]) -> str:
+    """The side-by-side table printed by ``kit ensemble``."""
+    width = max(len(r.name) for r in rows) + 2
+    lines = [f"{'':<{width}}{metric + ' CV':>12}{'mean of folds':>15}  weights / notes"]
+    for r in rows:
+        extra = r.note
+        if r.weights and (r.nested or len(set(r.weights.values())) > 1):
+            extra = " ".join(f"{k}={v:.2f}" for k, v in r.weights.items()) + f"; {r.note}"
+        if r.in_sample is not None:
+            extra += f"; in-sample {r.in_sample:.4f} (optimistic, not a CV)"
+        lines.append(f"{r.name:<{width}}{r.cv:>12.4f}{r.mean_of_folds:>15.4f}  {extra}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- ensemble
+@dataclass
+class EnsembleResult:
+    method: str
+    scores: list[BlendScore]
+    weights: dict[str, float]
+    submission: Path
+    summary: Path
+
+
+def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", out_dir: str | Path = "submissions",
+                  name: str = "ensemble", data_dir: str | Path | None = None,
+                  verbose: bool = True) -> EnsembleResult:
+    """Blend the OOF and test predictions of predicted runs; write a validated submission and a JSON summary."""
+    blend = get_blend(method)
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise ConfigError("kit ensemble needs at least one run folder")
+    members = [load_member(r, method) for r in run_dirs]
+    spec = members[0].spec
+    for m in members[1:]:
+        if m.spec.name != spec.name:
+            raise ConfigError(f"{m.run_dir} is a {m.spec.name} run but {members[0].run_dir} is {spec.name}")
+    check_same_folds(run_dirs)
+    if len({m.name for m in members}) < len(members):
+        for m in members:
+            m.name = str(m.run_dir)
+    _align(members)
+    if blend.note(spec.task):
+        print(f"note: {blend.note(spec.task)}")
+    rows, weights = score_blends(members)
+    if verbose:
+        print(format_scores(spec.metric, rows))
+    w = weights[method]
+    test = blend.combine([m.test for m in members], w, spec.task)
+    expected = _expected_test_ids(spec, members, data_dir)
+    from kit.submission import write_submission
+
+    path = write_submission(spec, members[0].test_ids, test, name, out_dir, expected_ids=expected)
+    named = {m.name: float(x) for m, x in zip(members, w, strict=True)}
+    summary = write_text_atomic(path.with_suffix(".json"), json.dumps({
+        "competition": spec.name, "metric": spec.metric, "method": method, "weights": named,
+        "members": [{"name": m.name, "run_dir": str(m.run_dir), "oof": m.oof_source, "folds": m.folds}
+                    for m in members],
+        "scores": [r.__dict__ for r in rows]}, indent=2, default=float))
+    print(f"wrote {path} ({method} blend of {len(members)} run{'s' * (len(members) > 1)}; summary {summary.name})")
+    return EnsembleResult(method, rows, named, path, summary)
+
+
+def _expected_test_ids(spec: Competition, members: list[Member], data_dir: str | Path | None) -> list[str]:
+    """The competition's test ids from the data folder (--data, else the first run's), else the predicted ids."""
+    from kit.data.labels import load_test_table
+
+    folder = Path(data_dir) if data_dir else members[0].data_dir
+    if folder is not None and folder.is_dir():
+        return load_test_table(spec, folder)["id"].tolist()
+    if data_dir:
+        raise DataError(f"data folder not found: {data_dir}")
+    print(f"note: data folder {folder} not found here; the submission is checked against the predicted test ids")
+    return [str(i) for i in members[0].test_ids]

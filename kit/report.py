@@ -1,0 +1,174 @@
+"""Plots of a run as PNG files in ``RUN_DIR/report/``: ROC curves (binary), confusion matrix and per-class recall
+(multiclass), training curves per fold. Everything is read from the run's saved files (oof.csv, oof_tta.csv,
+fold{k}/history.csv), so a report can be redrawn on any machine.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no global figure state, no GUI backend, safe in
+threads and on headless machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from kit.competitions import Competition, get_competition
+from kit.errors import KitError
+from kit.io import atomic_path
+
+__all__ = ["confusion_matrix", "write_report"]
+
+DPI = 110
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)  # attaches the Agg canvas to the figure
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _oof(spec: Competition, run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "oof.csv"
+    if path.is_file():
+        return pd.read_csv(path, dtype={spec.id_col: str})
+    parts = sorted(run_dir.glob("fold*/oof.csv"))
+    if not parts:
+        raise KitError(f"{run_dir} has no out-of-fold predictions (no oof.csv, no fold*/oof.csv) to report on")
+    return pd.concat([pd.read_csv(p, dtype={spec.id_col: str}) for p in parts], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------------ binary
+def plot_roc(spec: Competition, oof: pd.DataFrame, path: Path, oof_tta: pd.DataFrame | None = None) -> Path:
+    """ROC curve of each fold (thin) and of the pooled OOF (thick), with their AUC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.add_subplot()
+    for k, g in oof.groupby("fold"):
+        if g["target"].nunique() < 2:
+            continue  # a fold with one class has no ROC curve
+        fpr, tpr, _ = roc_curve(g["target"], g["pred"])
+        ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"fold {k}: AUC {roc_auc_score(g['target'], g['pred']):.4f}")
+    curves = [("overall", oof, "-")] + ([("overall, TTA", oof_tta, "--")] if oof_tta is not None else [])
+    for name, df, style in curves:
+        fpr, tpr, _ = roc_curve(df["target"], df["pred"])
+        ax.plot(fpr, tpr, style, lw=2.5, color="black" if style == "-" else "tab:red",
+                label=f"{name}: AUC {roc_auc_score(df['target'], df['pred']):.4f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
+           title=f"{spec.name}: out-of-fold ROC (n={len(oof)})")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------------------------- multiclass
+def confusion_matrix(target: np.ndarray, pred_class: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts: rows are the true class, columns the predicted one."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(target, dtype=int), np.asarray(pred_class, dtype=int)), 1)
+    return cm
+
+
+def _class_stats(spec: Competition, oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts matrix, row-normalised matrix with NaN rows for absent classes, per-class recall)."""
+    probs = oof[list(spec.classes)].to_numpy(dtype=np.float64)
+    cm = confusion_matrix(oof["target"].to_numpy(), probs.argmax(axis=1), len(spec.classes))
+    support = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(support > 0, cm / np.maximum(support, 1), np.nan)
+    return cm, norm, np.diag(norm)
+
+
+def plot_confusion(spec: Competition, oof: pd.DataFrame, path: Path) -> Path:
+    """Confusion matrix normalised per true class (each row sums to 1), counts in brackets."""
+    cm, norm, _ = _class_stats(spec, oof)
+    n = len(spec.classes)
+    fig = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.nan_to_num(norm), vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    for i in range(n):
+        for j in range(n):
+            if np.isnan(norm[i, j]):
+                continue
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), spec.classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), [f"{c} (n={cm[i].sum()})" for i, c in enumerate(spec.classes)])
+    ax.set(xlabel="predicted class", ylabel="true class", title=f"{spec.name}: out-of-fold confusion (normalised)")
+    return _save(fig, path)
+
+
+def plot_recall(spec: Competition, oof: pd.DataFrame, path: Path) -> Path:
+    """Recall of each class, with the balanced accuracy (their mean over present classes) as a line."""
+    cm, _, recall = _class_stats(spec, oof)
+    fig = Figure(figsize=(1.5 + 0.6 * len(spec.classes), 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(spec.classes))
+    ax.bar(x, np.nan_to_num(recall), color="tab:blue")
+    for i, r in enumerate(recall):
+        ax.text(i, (0 if np.isnan(r) else r) + 0.02, "n=0" if np.isnan(r) else f"{r:.2f}", ha="center", fontsize=8)
+    balanced = float(np.nanmean(recall))
+    ax.axhline(balanced, color="tab:red", ls="--", label=f"balanced accuracy {balanced:.4f}")
+    ax.set_xticks(x, spec.classes, rotation=45, ha="right")
+    ax.set(ylim=(0, 1.1), ylabel="recall", title=f"{spec.name}: per-class recall (out-of-fold)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------- training
+def plot_training_curves(spec: Competition, run_dir: Path, path: Path) -> Path | None:
+    """Training loss and validation metric against epoch, one line per fold; None when no fold has a history."""
+    histories = {int(p.parent.name.removeprefix("fold")): pd.read_csv(p)
+                 for p in sorted(run_dir.glob("fold*/history.csv")) if p.parent.name.removeprefix("fold").isdigit()}
+    if not histories:
+        return None
+    fig = Figure(figsize=(11, 4))
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    for k, h in sorted(histories.items()):
+        loss_ax.plot(h["epoch"], h["train_loss"], marker="o", ms=3, label=f"fold {k}")
+        if spec.metric in h:
+            metric_ax.plot(h["epoch"], h[spec.metric], marker="o", ms=3, label=f"fold {k}")
+            best = h[spec.metric].idxmax()
+            metric_ax.scatter(h["epoch"][best], h[spec.metric][best], s=60, facecolors="none", edgecolors="black")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    metric_ax.set(xlabel="epoch", ylabel=spec.metric, title=f"validation {spec.metric} (circle: best epoch)")
+    for ax in (loss_ax, metric_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{run_dir.name}: training curves")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------- entry
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Draw every plot that the run's files allow into ``RUN_DIR/report/``; return the paths written."""
+    from kit.config import load_saved_config
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise KitError(f"{run_dir} is not a kit run folder (no config.yaml)")
+    spec = get_competition(load_saved_config(cfg_path).competition)
+    out = run_dir / "report"
+    oof = _oof(spec, run_dir)
+    written = []
+    if spec.is_binary:
+        tta_path = run_dir / "oof_tta.csv"
+        oof_tta = pd.read_csv(tta_path, dtype={spec.id_col: str}) if tta_path.is_file() else None
+        written.append(plot_roc(spec, oof, out / "roc.png", oof_tta))
+    else:
+        written.append(plot_confusion(spec, oof, out / "confusion.png"))
+        written.append(plot_recall(spec, oof, out / "recall.png"))
+    curves = plot_training_curves(spec, run_dir, out / "training_curves.png")
+    if curves is not None:
+        written.append(curves)
+    return written
