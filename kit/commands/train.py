@@ -61,9 +61,14 @@ def run(args) -> int:
 
         exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
     result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude)
+    from kit.report import write_report
+
+    written = write_report(out)
     print(f"\n{'fold':>6}  {result.metric}")
     for k, score in result.fold_scores.items():
         print(f"{k:>6}  {score:.4f}")
     print(f"{'mean':>6}  {result.mean_fold_score:.4f}")
     print(f"{'CV':>6}  {result.cv_score:.4f}   (pooled out-of-fold, from {out / 'oof.csv'})")
+    if written:
+        print(f"report: {len(written)} plots in {out / 'report'}")
     return 0

@@ -65,7 +65,7 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.store = store
         self.images = images
-        self.targets = None if targets is None else torch.as_tensor(targets)
+        self.targets = None if targets is None else torch.tensor(np.asarray(targets))  # a copy: pandas arrays are read-only
         self.meta = None if meta is None else torch.as_tensor(meta, dtype=torch.float32)
 
     def __len__(self) -> int:
