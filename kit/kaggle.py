@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from kit.competitions import get_competition
 from kit.errors import DataError, KaggleError
 from kit.io import write_text_atomic
 
-__all__ = ["LOG_COLUMNS", "SubmissionResult", "append_log", "credentials_source", "upload_submission"]
+__all__ = ["LOG_COLUMNS", "SubmissionResult", "api_errors", "append_log", "authenticated_client",
+           "credentials_source", "upload_submission"]
 
 DEFAULT_LOG = Path("submissions") / "log.csv"
 LOG_COLUMNS = ("time", "competition", "file", "sha256", "message", "ref", "status", "public_score")
@@ -67,8 +68,7 @@ def upload_submission(competition: str, path: str | os.PathLike, message: str, t
     if not path.is_file():
         raise DataError(f"submission file {path} not found")
     digest = sha256_of(path)
-    source = credentials_source()  # raises before `import kaggle` can print its help or exit
-    api = _client(source)
+    api, source = authenticated_client()
     with _api_errors(slug, source):
         response = api.competition_submit(str(path), message, slug, quiet=True)
     ref = int(getattr(response, "ref", 0) or 0)
@@ -167,6 +167,12 @@ def _client(source: str) -> Any:
     return kaggle.api
 
 
+def authenticated_client() -> tuple[Any, str]:
+    """The kaggle client's ``kaggle.api``, authenticated, and where its credentials came from (for messages)."""
+    source = credentials_source()  # raises before `import kaggle` can print its help or exit
+    return _client(source), source
+
+
 # --- HTTP errors -> one clear line ------------------------------------------------------------------------------------
 
 def _reply_detail(response: Any) -> str:
@@ -178,8 +184,11 @@ def _reply_detail(response: Any) -> str:
 
 
 @contextlib.contextmanager
-def _api_errors(slug: str, source: str) -> Iterator[None]:
-    """Turn the client's HTTP and connection errors into KaggleError messages that say what to do."""
+def api_errors(subject: str, source: str, hints: Mapping[int, str] | None = None) -> Iterator[None]:
+    """Turn the client's HTTP, connection and input errors in a call about ``subject`` into one-line KaggleErrors.
+
+    ``hints`` maps an HTTP status to its message, with ``{said}`` where the status and Kaggle's reason go.
+    """
     import requests
 
     try:
@@ -192,19 +201,25 @@ def _api_errors(slug: str, source: str) -> Iterator[None]:
         if code == 401:
             raise KaggleError(f"Kaggle rejected the credentials from {source}{said}: check the username and key "
                               "or token, or create a new token at https://www.kaggle.com/settings/api") from None
-        if code == 403:
-            raise KaggleError(f"Kaggle refused the submission to {slug}{said}: if you have not accepted the "
-                              f"competition rules, accept them at https://www.kaggle.com/competitions/{slug}/rules "
-                              "while signed in with this account; otherwise this account may not submit to "
-                              "it") from None
-        if code == 404:
-            raise KaggleError(f"Kaggle has no competition '{slug}' open to this account{said}") from None
-        if code == 429:
-            raise KaggleError(f"daily submission limit for {slug} reached{said}: the count resets at 00:00 UTC; "
-                              "nothing was submitted") from None
-        raise KaggleError(f"Kaggle API call for {slug} failed{said}") from None
+        if hints and code in hints:
+            raise KaggleError(hints[code].format(said=said)) from None
+        raise KaggleError(f"Kaggle API call for {subject} failed{said}") from None
     except requests.RequestException as e:
-        raise KaggleError(f"could not reach Kaggle for {slug}: {type(e).__name__}: {e}") from None
+        raise KaggleError(f"could not reach Kaggle for {subject}: {type(e).__name__}: {e}") from None
+    except ValueError as e:  # the client checks its inputs (slugs, metadata files) with ValueError
+        raise KaggleError(f"the kaggle client refused the call for {subject}: {e}") from None
+
+
+def _api_errors(slug: str, source: str) -> contextlib.AbstractContextManager[None]:
+    """:func:`api_errors` with what to do when a competition refuses a submission."""
+    return api_errors(slug, source, {
+        403: f"Kaggle refused the submission to {slug}{{said}}: if you have not accepted the competition rules, "
+             f"accept them at https://www.kaggle.com/competitions/{slug}/rules while signed in with this account; "
+             "otherwise this account may not submit to it",
+        404: f"Kaggle has no competition '{slug}' open to this account{{said}}",
+        429: f"daily submission limit for {slug} reached{{said}}: the count resets at 00:00 UTC; nothing was "
+             "submitted",
+    })
 
 
 # --- polling ----------------------------------------------------------------------------------------------------------

@@ -128,8 +128,8 @@ class PredictResult:
     run_dir: Path
     folds: list[int]
     test_files: dict[int, Path]
-    oof_tta: Path
-    scores: dict
+    oof_tta: Path | None
+    scores: dict | None
     submission: Path
 
 
@@ -203,8 +203,11 @@ def format_tta_scores(scores: dict) -> str:
 def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: str | int = "8", merge: str = "mean",
                 folds: Sequence[int] | None = None, batch_size: int | None = None, fold_blend: str = "mean",
                 out_dir: str | Path = "submissions", device: str = "auto", workers: int | None = None,
-                report: bool = True) -> PredictResult:
-    """Predict the test and OOF images with each fold's best.pt and TTA; blend the folds into a submission."""
+                report: bool = True, with_oof: bool = True) -> PredictResult:
+    """Predict the test and OOF images with each fold's best.pt and TTA; blend the folds into a submission.
+
+    ``with_oof=False`` predicts the test images only (a Kaggle kernel: the training images are not worth its time).
+    """
     run_dir = Path(run_dir).resolve()  # its name names the submission, also when given as '.'
     info = _run_info(run_dir)
     data_dir = Path(data_dir or info["data"])
@@ -229,7 +232,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
             test_store = open_store(spec, data_dir, "test")
             check_images_exist(test_store, list(test_table["id"]), what="test ids")
             test_source = ImageSource(test_store, keep=True)
-            train_source = ImageSource(open_store(spec, data_dir, "train"), keep=False)
+            train_source = ImageSource(open_store(spec, data_dir, "train"), keep=False) if with_oof else None
         elif ckpt["competition"] != spec.name:
             raise KitError(f"{run_dir}/fold{k}/best.pt is a {ckpt['competition']} model; fold {folds[0]} is {spec.name}")
         rt = _runtime(ckpt, dev)
@@ -241,17 +244,20 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
                                // default_views_per_forward(dev, len(fold_tta.views)))
         n_workers = _workers(ckpt, dev) if workers is None else workers
 
-        oof = pd.read_csv(run_dir / f"fold{k}" / "oof.csv", dtype={spec.id_col: str})
-        oof_ids = oof[spec.id_col].tolist()
-        check_images_exist(train_source.store, oof_ids, what=f"fold {k} out-of-fold ids")
-        oof_meta = None
-        if rt.use_meta:
-            train_rows = _train_rows(spec, data_dir, run_dir) if train_rows is None else train_rows
-            encoded = _encoded_meta(ckpt, train_rows)
-            oof_meta = encoded[pd.Index(train_rows["id"]).get_indexer(oof_ids)]
-        oof_probs = predict_dataset(model, train_source.dataset(oof_ids, size, cached, oof_meta), rt, fold_tta, bs,
-                                    n_workers)
-        oof_frames.append(_frame(spec, oof_ids, oof_probs, fold=k, target=oof["target"].to_numpy()))
+        oof_note = ""
+        if with_oof:
+            oof = pd.read_csv(run_dir / f"fold{k}" / "oof.csv", dtype={spec.id_col: str})
+            oof_ids = oof[spec.id_col].tolist()
+            check_images_exist(train_source.store, oof_ids, what=f"fold {k} out-of-fold ids")
+            oof_meta = None
+            if rt.use_meta:
+                train_rows = _train_rows(spec, data_dir, run_dir) if train_rows is None else train_rows
+                encoded = _encoded_meta(ckpt, train_rows)
+                oof_meta = encoded[pd.Index(train_rows["id"]).get_indexer(oof_ids)]
+            oof_probs = predict_dataset(model, train_source.dataset(oof_ids, size, cached, oof_meta), rt, fold_tta, bs,
+                                        n_workers)
+            oof_frames.append(_frame(spec, oof_ids, oof_probs, fold=k, target=oof["target"].to_numpy()))
+            oof_note = f"{len(oof_ids)} out-of-fold + "
 
         test_meta = _encoded_meta(ckpt, test_table) if rt.use_meta else None
         probs = predict_dataset(model, test_source.dataset(test_table["id"], size, cached, test_meta), rt, fold_tta,
@@ -259,15 +265,17 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
         test_files[k] = write_csv_atomic(_frame(spec, test_table["id"].to_numpy(), probs),
                                          run_dir / f"test_fold{k}.csv")
         test_preds.append(probs)
-        print(f"fold {k}: {len(oof_ids)} out-of-fold + {len(test_table)} test images, TTA x{len(fold_tta.views)} "
+        print(f"fold {k}: {oof_note}{len(test_table)} test images, TTA x{len(fold_tta.views)} "
               f"({merge}) in {time.perf_counter() - start:.1f}s", flush=True)
         del model
 
-    oof_tta = pd.concat(oof_frames, ignore_index=True)
-    oof_path = write_csv_atomic(oof_tta, run_dir / "oof_tta.csv")
-    scores = _tta_scores(spec, collect_oof(spec, run_dir, folds), oof_tta, fold_tta)
-    write_text_atomic(run_dir / "scores_tta.json", json.dumps(scores, indent=2))
-    print(format_tta_scores(scores))
+    oof_path = scores = None
+    if with_oof:
+        oof_tta = pd.concat(oof_frames, ignore_index=True)
+        oof_path = write_csv_atomic(oof_tta, run_dir / "oof_tta.csv")
+        scores = _tta_scores(spec, collect_oof(spec, run_dir, folds), oof_tta, fold_tta)
+        write_text_atomic(run_dir / "scores_tta.json", json.dumps(scores, indent=2))
+        print(format_tta_scores(scores))
 
     from kit.submission import write_submission
 
@@ -278,7 +286,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
                                   expected_ids=test_table["id"].tolist())
     write_text_atomic(run_dir / "predict.json", json.dumps({
         "folds": folds, "data": str(data_dir.resolve()), "tta": {"views": list(fold_tta.views), "merge": merge},
-        "fold_merge": fold_blend, "oof": oof_path.name, "submission": str(submission)}, indent=2))
+        "fold_merge": fold_blend, "oof": oof_path.name if oof_path else None, "submission": str(submission)}, indent=2))
     print(f"wrote {submission} ({fold_blend} of {len(folds)} fold{'s' * (len(folds) > 1)})")
     if report:
         from kit.report import write_report

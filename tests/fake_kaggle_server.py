@@ -1,4 +1,5 @@
-"""A loopback imitation of the Kaggle API endpoints that ``kaggle competitions submit`` calls (kaggle 2.2.4).
+"""A loopback imitation of the Kaggle API endpoints that kit's uploads call (kaggle 2.2.4): competition submissions,
+datasets (create, version, status, with blob uploads) and kernels (push, status).
 
 The real client has no endpoint setting, but ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` (read when ``kaggle`` is imported)
 makes it POST to ``http://localhost/api/v1/<Service>/<Method>``, and ``requests`` sends plain-http calls through
@@ -53,6 +54,26 @@ class Submission:
 
 
 @dataclass
+class Dataset:
+    """A dataset as the fake holds it: one ``{file name: bytes}`` per version, as uploaded."""
+
+    ref: str
+    title: str
+    license_name: str
+    is_private: bool
+    versions: list[dict[str, bytes]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Kernel:
+    """A pushed kernel: the SaveKernel request body of each version."""
+
+    ref: str
+    versions: list[dict] = field(default_factory=list)
+
+
+@dataclass
 class FakeKaggle:
     """The fake API: construct with the behaviour wanted, use as a context manager, then read ``requests``."""
 
@@ -66,9 +87,17 @@ class FakeKaggle:
     final_status: str = "COMPLETE"
     public_score: str = "0.9731"
     error_description: str = "Submission must have 20 rows"
+    kernel_status: str = "COMPLETE"
+    """What GetKernelSessionStatus answers for a pushed kernel (QUEUED, RUNNING, COMPLETE, ERROR, ...)."""
+    kernel_failure: str = ""
+    unknown_competitions: tuple[str, ...] = ()
+    """Competition slugs SaveKernel reports as invalid sources (datasets are invalid unless created here)."""
     requests: list[Request] = field(default_factory=list)
     submissions: list[Submission] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
+    blob_names: dict[str, str] = field(default_factory=dict)
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    kernels: dict[str, Kernel] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -128,7 +157,74 @@ class FakeKaggle:
         if method == "ListSubmissions":
             return 200, {"submissions": [self._listing(s) for s in reversed(self.submissions)
                                          if s.competition == body.get("competitionName")]}
+        if method == "StartBlobUpload":
+            token = f"blob-token-{len(self.requests)}"
+            self.blob_names[token] = body.get("name", "")
+            return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}
+        if method in DATASET_METHODS:
+            return DATASET_METHODS[method](self, body)
+        if method in KERNEL_METHODS:
+            return KERNEL_METHODS[method](self, body)
         return 404, {"code": 404, "message": f"no fake for {request.endpoint}"}
+
+    # --- datasets ----------------------------------------------------------------------------------------------------
+
+    def _files(self, files: list[dict]) -> tuple[dict[str, bytes], str | None]:
+        """The uploaded files a create request names by token, or the first token never uploaded."""
+        tokens = [f.get("token", "") for f in files]
+        missing = next((t for t in tokens if t not in self.uploads), None)
+        return {self.blob_names[t]: self.uploads[t] for t in tokens if t in self.uploads}, missing
+
+    def _dataset_status(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.datasets:
+            return 404, {"code": 404, "message": f"Dataset {ref} not found"}
+        return 200, {"status": "READY"}
+
+    def _create_dataset(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
+        if ref in self.datasets:
+            return 200, {"status": "Error", "error": f"dataset {ref} already exists"}
+        files, missing = self._files(body.get("files", []))
+        if missing:
+            return 400, {"code": 400, "message": f"blob token {missing!r} was never uploaded"}
+        self.datasets[ref] = Dataset(ref, body.get("title", ""), body.get("licenseName", ""),
+                                     bool(body.get("isPrivate", False)), [files], [""])
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "Ok"}
+
+    def _create_version(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.datasets:
+            return 404, {"code": 404, "message": f"Dataset {ref} not found"}
+        version = body.get("body") or {}
+        files, missing = self._files(version.get("files", []))
+        if missing:
+            return 400, {"code": 400, "message": f"blob token {missing!r} was never uploaded"}
+        self.datasets[ref].versions.append(files)
+        self.datasets[ref].notes.append(version.get("versionNotes", ""))
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "Ok"}
+
+    # --- kernels -----------------------------------------------------------------------------------------------------
+
+    def _save_kernel(self, body: dict) -> tuple[int, dict]:
+        ref = body.get("slug", "")
+        kernel = self.kernels.setdefault(ref, Kernel(ref))
+        kernel.versions.append(body)
+        return 200, {
+            "ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": len(kernel.versions),
+            "kernelId": 1000 + list(self.kernels).index(ref),
+            "invalidDatasetSources": [d for d in body.get("datasetDataSources", []) if d not in self.datasets],
+            "invalidCompetitionSources": [c for c in body.get("competitionDataSources", [])
+                                          if c in self.unknown_competitions]}
+
+    def _kernel_status(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
+        if ref not in self.kernels:
+            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+        reply = {"status": self.kernel_status}
+        if self.kernel_failure:
+            reply["failureMessage"] = self.kernel_failure
+        return 200, reply
 
     def _create(self, body: dict) -> tuple[int, dict]:
         token = body.get("blobFileTokens", "")
@@ -150,6 +246,11 @@ class FakeKaggle:
         if done and self.final_status == "ERROR":
             item["errorDescription"] = self.error_description
         return item
+
+
+DATASET_METHODS = {"GetDatasetStatus": FakeKaggle._dataset_status, "CreateDataset": FakeKaggle._create_dataset,
+                   "CreateDatasetVersion": FakeKaggle._create_version}
+KERNEL_METHODS = {"SaveKernel": FakeKaggle._save_kernel, "GetKernelSessionStatus": FakeKaggle._kernel_status}
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:

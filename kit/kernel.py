@@ -1,0 +1,213 @@
+"""Offline Kaggle kernels: build a pushable kernel folder per competition, predict inside it, push it, read its status.
+
+A kernel folder is ``kernel-metadata.json`` plus ``kernel.py``, rendered from ``kit/templates/kaggle_kernel.py``. On
+Kaggle, with the internet off, that script finds the attached competition data and datasets, installs kit from the
+wheels dataset (``pip install --no-index``) and calls ``kit kernel run``, which is :func:`run_kernel`:
+:func:`kit.predict.predict_run` on the attached fold checkpoints (test images only, with TTA, folds averaged), then
+``submission.csv`` in the working folder, validated against the competition's test ids. The datasets come from
+``kit bundle`` (:mod:`kit.bundle`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.bundle import bundle_slug, check_dataset_ref, check_owner, run_competition
+from kit.competitions import get_competition
+from kit.errors import ConfigError, KaggleError, KitError
+from kit.io import atomic_path, write_text_atomic
+
+__all__ = ["KernelPush", "build_kernel", "kernel_metadata", "kernel_slug", "kernel_status", "push_kernel",
+           "render_script", "run_kernel"]
+
+TEMPLATE = Path(__file__).parent / "templates" / "kaggle_kernel.py"
+CODE_FILE = "kernel.py"
+METADATA = "kernel-metadata.json"
+DEFAULT_WORKING = "/kaggle/working"
+STAGED_RUN = "kit-run"  # the working folder's copy of the checkpoints folder, where predict_run writes
+_LEFT_OVER = re.compile(r"__[A-Z][A-Z_]*__")
+
+
+def kernel_slug(competition: str) -> str:
+    """The kernel's slug, also its title: Kaggle derives a kernel's URL from its title, so the two must agree."""
+    return f"kit-{get_competition(competition).name}"
+
+
+def _datasets(owner: str, competition: str, wheels: str | None, weights: str | None) -> tuple[str, str]:
+    """(wheels, weights) datasets: the weights default to the competition's bundle, the wheels to the weights."""
+    weights = check_dataset_ref(weights or f"{owner}/{bundle_slug(competition)}", "--weights-dataset")
+    return check_dataset_ref(wheels or weights, "--wheels-dataset"), weights
+
+
+def kernel_metadata(competition: str, owner: str, wheels_dataset: str, weights_dataset: str) -> dict:
+    """``kernel-metadata.json``: a private GPU script kernel with the internet off and its inputs attached."""
+    slug = kernel_slug(competition)
+    return {
+        "id": f"{check_owner(owner)}/{slug}",
+        "title": slug,
+        "code_file": CODE_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": False,  # said explicitly: the client's default is True, and code competitions refuse it
+        "dataset_sources": list(dict.fromkeys([wheels_dataset, weights_dataset])),
+        "competition_sources": [get_competition(competition).name],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+
+
+def render_script(competition: str, wheels_dataset: str, weights_dataset: str, tta: str = "8") -> str:
+    """The kernel script: the template with the competition, the two datasets and the TTA view set filled in."""
+    spec = get_competition(competition)
+    text = TEMPLATE.read_text()
+    values = {"COMPETITION": spec.name, "WHEELS_DATASET": wheels_dataset, "WEIGHTS_DATASET": weights_dataset,
+              "TTA": str(tta)}
+    for name, value in values.items():
+        text = text.replace(f'"__{name}__"', json.dumps(value))
+    text = text.replace("__TITLE__", spec.title)
+    left = sorted(set(_LEFT_OVER.findall(text)))
+    if left:
+        raise KitError(f"{TEMPLATE} has placeholders kit does not fill: {', '.join(left)}")
+    return text
+
+
+def build_kernel(competition: str, owner: str, wheels_dataset: str | None = None, weights_dataset: str | None = None,
+                 tta: str = "8", out: str | os.PathLike | None = None) -> Path:
+    """Write ``kernel-metadata.json`` and ``kernel.py`` for ``competition`` into ``out`` (default kernels/<name>)."""
+    from kit.tta import get_view_set
+
+    spec = get_competition(competition)
+    get_view_set(tta)  # a bad --tta fails here, not on Kaggle an hour later
+    wheels, weights = _datasets(check_owner(owner), spec.name, wheels_dataset, weights_dataset)
+    out = Path(out) if out is not None else Path("kernels") / spec.name
+    write_text_atomic(out / METADATA, json.dumps(kernel_metadata(spec.name, owner, wheels, weights), indent=2) + "\n")
+    write_text_atomic(out / CODE_FILE, render_script(spec.name, wheels, weights, tta))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- on Kaggle
+def _stage(checkpoints: Path, run_dir: Path) -> Path:
+    """A writable run folder of symlinks to the read-only checkpoints: predict_run writes its files beside them."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a previous run in this session
+    for path in sorted(checkpoints.rglob("*")):
+        target = run_dir / path.relative_to(checkpoints)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+    return run_dir
+
+
+def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str | os.PathLike,
+               working: str | os.PathLike = DEFAULT_WORKING, tta: str = "8", device: str = "auto") -> Path:
+    """Predict the test images with every fold in ``weights_dir`` and TTA; write ``working``/submission.csv."""
+    from kit.predict import predict_run
+    from kit.submission import validate_file
+
+    spec = get_competition(competition)
+    data_dir, weights_dir, working = Path(data_dir), Path(weights_dir), Path(working)
+    if not data_dir.is_dir():
+        raise KitError(f"competition data folder {data_dir} not found")
+    trained_for = run_competition(weights_dir)
+    if trained_for != spec.name:
+        raise KitError(f"the checkpoints in {weights_dir} were trained for {trained_for}, not {spec.name}: attach "
+                       f"the {spec.name} bundle")
+    run_dir = _stage(weights_dir, working / STAGED_RUN)
+    result = predict_run(run_dir, data_dir, tta=tta, out_dir=run_dir / "submissions", device=device, report=False,
+                         with_oof=False)
+    final = working / "submission.csv"
+    with atomic_path(final) as tmp:
+        shutil.copyfile(result.submission, tmp)
+        tmp.chmod(0o644)  # a temporary file is private to its owner; Kaggle's collector reads the output folder
+    rows = validate_file(spec, final, data_dir)  # what is on disk, against the test ids of this data folder
+    print(f"wrote {final}: {rows} rows, the mean of folds {result.folds}, TTA {tta}")
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------- Kaggle API
+@dataclass(frozen=True)
+class KernelPush:
+    ref: str
+    url: str
+    version: int | None
+
+    def summary(self) -> str:
+        return (f"pushed {self.ref} version {self.version}: it runs now; `kit kernel status {self.ref}` tells when "
+                f"it is done ({self.url})")
+
+
+def _read_metadata(folder: Path) -> dict:
+    path = folder / METADATA
+    if not path.is_file():
+        raise KitError(f"{folder} is not a kernel folder (no {METADATA}): make one with kit kernel build")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise KitError(f"{path} is not valid JSON (line {e.lineno})") from None
+    if not isinstance(meta, dict) or "/" not in str(meta.get("id", "")):
+        raise KitError(f"{path} has no \"id\" of the form OWNER/SLUG")
+    code = folder / str(meta.get("code_file", ""))
+    if not meta.get("code_file") or not code.is_file():
+        raise KitError(f"{path} names code_file '{meta.get('code_file', '')}', which is not in {folder}")
+    return meta
+
+
+def _echo(printed: io.StringIO) -> None:
+    """Pass on what the client printed (for example its warning about a title that does not match the id)."""
+    if printed.getvalue().strip():
+        print(printed.getvalue().rstrip(), file=sys.stderr)
+
+
+def push_kernel(folder: str | os.PathLike) -> KernelPush:
+    """Push a kernel folder (a new version runs at once); raise when Kaggle left any of its inputs out."""
+    from kit.kaggle import api_errors, authenticated_client
+
+    folder = Path(folder)
+    ref = _read_metadata(folder)["id"]
+    api, source = authenticated_client()
+    hints = {403: f"Kaggle refused to save kernel {ref}{{said}}: its owner must be the account of the credentials "
+                  f"from {source}"}
+    printed = io.StringIO()
+    with api_errors(f"kernel {ref}", source, hints), contextlib.redirect_stdout(printed):
+        reply = api.kernels_push(str(folder))
+    _echo(printed)
+    if getattr(reply, "error", None):
+        raise KaggleError(f"Kaggle did not save kernel {ref}: {reply.error}")
+    version = getattr(reply, "version_number", None)
+    left_out = {kind: list(getattr(reply, f"invalid_{kind}_sources", None) or [])
+                for kind in ("dataset", "competition", "kernel", "model")}
+    said = "; ".join(f"{kind} sources {', '.join(names)}" for kind, names in left_out.items() if names)
+    if said:
+        raise KaggleError(f"Kaggle saved kernel {ref} (version {version}) without its inputs {said}: push the datasets "
+                          "first (kit bundle push), accept the competition's rules, check the names in "
+                          f"{folder / METADATA}, then push again")
+    return KernelPush(ref, getattr(reply, "url", "") or f"https://www.kaggle.com/code/{ref}", version)
+
+
+def kernel_status(ref: str) -> tuple[str, str]:
+    """The status of the kernel's latest version (queued, running, complete, error, ...) and its failure message."""
+    from kit.kaggle import api_errors, authenticated_client
+
+    owner, _, slug = ref.partition("/")
+    if not slug or "/" in slug:
+        raise ConfigError(f"kernel '{ref}' must be OWNER/SLUG, for example {owner or 'you'}/kit-isic-2024-challenge")
+    check_owner(owner, f"the owner in kernel '{ref}'")
+    api, source = authenticated_client()
+    hints = {404: f"Kaggle has no kernel {ref} visible to this account{{said}}: push it with kit kernel push"}
+    with api_errors(f"kernel {ref}", source, hints):
+        reply = api.kernels_status(ref)
+    status = getattr(reply.status, "name", str(reply.status)).lower()
+    return status, getattr(reply, "failure_message", None) or ""
