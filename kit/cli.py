@@ -16,7 +16,7 @@ from kit.errors import KitError
 # Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
 # libraries such as torch inside their ``run`` functions).
 COMMANDS = ["competitions", "demo_data", "folds", "check_data", "train", "predict", "ensemble", "report", "submit",
-            "bundle", "kernel"]
+            "bundle", "kernel", "tune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,6 +164,10 @@ def predict_loader(model: nn.Module, loader: DataLoader, rt: Runtime) -> np.ndar
 def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndarray,
              metric: Callable[[np.ndarray, np.ndarray], float]) -> tuple[float, np.ndarray]:
     probs = predict_loader(model, loader, rt)
+    bad = int((~np.isfinite(probs)).sum())
+    if bad:  # diverged weights can give a finite epoch loss but NaN outputs; the metric would fail obscurely
+        raise TrainingError(f"{bad} of {probs.size} validation predictions are not finite: the weights diverged; "
+                            f"lower train.lr or set train.grad_clip")
     return metric(targets, probs), probs
 
 
