@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.owner is None:
         raise ConfigError("--owner USER is required: your Kaggle user name")
     from kit.bundle import DEFAULT_LICENSE, KAGGLE_PYTHONS, make_bundle
-    from kit.commands.train import _parse_folds
+    from kit.commands import parse_folds
 
-    out = make_bundle(args.target, args.owner, args.slug, _parse_folds(args.folds) if args.folds else None, args.out,
+    out = make_bundle(args.target, args.owner, args.slug, parse_folds(args.folds) if args.folds else None, args.out,
                       args.wheel_cache, args.kit_source, args.license or DEFAULT_LICENSE, tuple(args.python or KAGGLE_PYTHONS))
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f"upload it with: kit bundle push {out}")

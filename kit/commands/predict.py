@@ -26,10 +26,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from kit.commands.train import _parse_folds
+    from kit.commands import parse_folds
     from kit.predict import predict_run
 
-    folds = _parse_folds(args.folds) if args.folds else None
+    folds = parse_folds(args.folds) if args.folds else None
     result = predict_run(args.run_dir, args.data, args.tta, args.merge, folds, args.batch_size, args.fold_merge,
                          args.out_dir, args.device, args.workers, report=not args.no_report)
     print(result.submission)

@@ -1,5 +1,7 @@
 """kit train: k-fold training into a run folder (or --resume an interrupted one)."""
 
+from kit.commands import parse_folds
+
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train k folds and write checkpoints, OOF predictions and CV scores",
@@ -20,15 +22,6 @@ def add_parser(sub):
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
     p.set_defaults(func=run)
-
-
-def _parse_folds(text):
-    from kit.errors import ConfigError
-
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--folds expects comma-separated integers, got '{text}'") from None
 
 
 def run(args) -> int:
@@ -52,7 +45,7 @@ def run(args) -> int:
             raise ConfigError(f"missing {', '.join(missing)} (or use --resume RUN_DIR)")
         cfg = load_config(args.competition, args.config, args.overrides)
         out, data_dir = Path(args.out), Path(args.data)
-        folds = _parse_folds(args.folds) if args.folds else None
+        folds = parse_folds(args.folds) if args.folds else None
         if (out / "config.yaml").exists():
             raise ConfigError(f"{out} already holds a run; use --resume {out} or another --out")
     exclude = None

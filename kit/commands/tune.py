@@ -1,5 +1,7 @@
 """kit tune: an Optuna search over config keys (fold-aware pruning, resumable, many workers), or --best NAME."""
 
+from kit.commands import parse_folds
+
 EPILOG = """\
 search space (YAML, config key -> distribution):
   train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
@@ -64,15 +66,6 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def _parse_folds(text):
-    from kit.errors import ConfigError
-
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--folds expects comma-separated integers, got '{text}'") from None
-
-
 def run(args) -> int:
     if args.best:
         return show_best(args)
@@ -94,7 +87,7 @@ def search(args) -> int:
     base = load_config(args.competition, args.config, args.overrides)
     space = tune.load_space(args.space)
     tune.check_space(space, base, args.space)
-    folds = _parse_folds(args.folds) if args.folds else list(range(base.n_folds))
+    folds = parse_folds(args.folds) if args.folds else list(range(base.n_folds))
     bad = [k for k in folds if not 0 <= k < base.n_folds]
     if bad or not folds:
         raise ConfigError(f"--folds {args.folds} out of range for {base.n_folds} folds")
