@@ -532,9 +532,10 @@ def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: l
     bad = [k for k in folds if not 0 <= k < cfg.n_folds]
     if bad:
         raise ConfigError(f"--folds {bad} out of range for {cfg.n_folds} folds")
+    data = prepare_data(cfg, data_dir, run_dir, Path(folds_file) if folds_file else None, exclude)
+    # written once the data checks passed, so a run that failed on bad input can simply be started again
     save_config(cfg, run_dir / "config.yaml")
     write_text_atomic(run_dir / "run.json", json.dumps({"data": str(data_dir.resolve()), "folds": folds}, indent=2))
-    data = prepare_data(cfg, data_dir, run_dir, Path(folds_file) if folds_file else None, exclude)
     spec = data.spec
     for k in folds:
         fold_dir = run_dir / f"fold{k}"

@@ -108,7 +108,7 @@ def _kit(*args, **kw) -> subprocess.Popen:
 
 def test_killed_run_resumes_to_the_same_oof(demo_data, tmp_path):
     """Kill a real training process mid-epoch (SIGKILL: no cleanup), resume, compare with an uninterrupted run."""
-    data = demo_data("histopathologic-cancer-detection", n=96)
+    data = demo_data("histopathologic-cancer-detection", n=160)
     args = ["train", "--competition", "histopathologic-cancer-detection", "--data", str(data), "--no-progress",
             "--set", "model.name=test_resnet", "--set", "model.img_size=48", "--set", "train.batch_size=8",
             "--set", "train.epochs=3", "--set", "n_folds=2", "--set", "train.ema=true",
@@ -119,13 +119,11 @@ def test_killed_run_resumes_to_the_same_oof(demo_data, tmp_path):
 
     killed = tmp_path / "killed"
     proc = _kit(*args, "--out", str(killed))
-    history = killed / "fold0" / "history.csv"
+    # kill as soon as epoch 1 of fold 0 is checkpointed: epoch 2 is then under way, two epochs of the fold remain
+    last = killed / "fold0" / "last.pt"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if history.is_file() and len(pd.read_csv(history)) >= 1:
-            time.sleep(0.5)  # well inside epoch 2 (an epoch takes seconds here)
-            break
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and not last.is_file():
+        time.sleep(0.02)
     assert proc.poll() is None, "training finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
