@@ -316,15 +316,26 @@ def test_killed_worker_restarts_without_losing_trials(demo_data, tmp_path, space
     assert set(retry.intermediate_values) == set(range(6))  # inherited steps + the resumed ones
 
 
+def _sigint_default() -> None:
+    """A process started in the background by a non-interactive shell (as CI may) inherits SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_waits_for_the_storage_call_to_finish():
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with tune.deferred_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # the signal arrives here and is held
-            done.append("storage call")
-    assert done == ["storage call"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # whatever this pytest process inherited (see _sigint_default), Ctrl-C raises KeyboardInterrupt here
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with tune.deferred_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the signal arrives here and is held
+                done.append("storage call")
+        assert done == ["storage call"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.slow
@@ -332,7 +343,7 @@ def test_ctrl_c_requeues_the_interrupted_trial(demo_data, tmp_path, space_file):
     data, out = demo_data(HCD, n=80), tmp_path / "tune"
     args = tune_args(data, out, "c", space_file, 2, "--set", "train.epochs=3")[1:]
     proc = subprocess.Popen(cli("tune", *args), cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_sigint_default)
     wait_for(lambda: (out / "c" / "trial-0" / "fold0" / "last.pt").is_file(), proc)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
