@@ -171,6 +171,15 @@ def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndar
     return metric(targets, probs), probs
 
 
+def log_loss(targets: np.ndarray, probs: np.ndarray) -> float:
+    """Mean cross-entropy of predicted probabilities (binary: probability of class 1), clipped like sklearn's."""
+    eps = 1e-7
+    if probs.ndim == 1:
+        p = np.clip(probs, eps, 1 - eps)
+        return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], eps, 1.0))))
+
+
 def _progress(loader, epoch: int, enabled: bool):
     if not enabled:
         return loader
@@ -428,7 +437,7 @@ def train_fold(cfg: Config, data: RunData, k: int, fold_dir: Path, on_epoch: Epo
                    "mean": list(data.mean), "std": list(data.std), "config": cfg.to_dict(), "fold": k,
                    "meta_encoder": data.meta_encoder.to_dict() if data.meta_encoder else None}
     history: list[dict] = []
-    best_metric, best_epoch, start_epoch, stale = -math.inf, -1, 0, 0
+    best_metric, best_loss, best_epoch, start_epoch, stale = -math.inf, math.inf, -1, 0, 0
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     if last_path.is_file():  # resume: every piece of state, then carry on with the next epoch
         ckpt = load_checkpoint(last_path)
@@ -442,6 +451,7 @@ def train_fold(cfg: Config, data: RunData, k: int, fold_dir: Path, on_epoch: Epo
             ema.module.load_state_dict(ckpt["ema"])
         _set_rng_state(ckpt["rng"])
         history, best_metric, best_epoch = ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"]
+        best_loss = ckpt["best_loss"]
         start_epoch, stale = ckpt["epoch"] + 1, ckpt["stale"]
         print(f"fold {k}: resuming after epoch {start_epoch} (best {spec.metric} {best_metric:.4f})")
 
@@ -459,16 +469,19 @@ def train_fold(cfg: Config, data: RunData, k: int, fold_dir: Path, on_epoch: Epo
                                 f"set train.grad_clip. Last good checkpoint kept: {last_path}")
         eval_model = ema.module if ema is not None else model
         val_metric, val_probs = validate(eval_model, val_loader, rt, targets[val_idx], metric)
+        val_loss = log_loss(targets[val_idx], val_probs)
         if scheduler is not None:
             scheduler.step(epoch + 1, val_metric)
         lr = optimizer.param_groups[0]["lr"]
-        history.append({"epoch": epoch + 1, "train_loss": stats.loss, spec.metric: val_metric, "lr": lr,
-                        "images_per_s": stats.images_per_s})
-        print(f"fold {k} epoch {epoch + 1}/{t.epochs}: loss {stats.loss:.4f}  {spec.metric} {val_metric:.4f}  "
-              f"lr {lr:.2e}  {stats.images_per_s:.0f} img/s", flush=True)
-        improved = val_metric > best_metric
+        history.append({"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss, spec.metric: val_metric,
+                        "lr": lr, "images_per_s": stats.images_per_s})
+        print(f"fold {k} epoch {epoch + 1}/{t.epochs}: loss {stats.loss:.4f}  val_loss {val_loss:.4f}  "
+              f"{spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s", flush=True)
+        # A tie on the metric (AUC saturates at 1.0 on easy folds) goes to the lower validation loss: the
+        # better-calibrated epoch, whose predictions pool better with the other folds' into the OOF score.
+        improved = val_metric > best_metric or (val_metric == best_metric and val_loss < best_loss)
         if improved:
-            best_metric, best_epoch, stale = val_metric, epoch + 1, 0
+            best_metric, best_loss, best_epoch, stale = val_metric, val_loss, epoch + 1, 0
             save_checkpoint(best_path, {**description, "model_state": eval_model.state_dict(),
                                         "epoch": epoch + 1, "metric": val_metric})
             write_csv_atomic(_oof_frame(spec, data.table["id"].to_numpy()[val_idx], k, targets[val_idx],
@@ -481,7 +494,8 @@ def train_fold(cfg: Config, data: RunData, k: int, fold_dir: Path, on_epoch: Epo
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "ema": ema.module.state_dict() if ema is not None else None, "rng": _rng_state(), "epoch": epoch,
-            "history": history, "best_metric": best_metric, "best_epoch": best_epoch, "stale": stale})
+            "history": history, "best_metric": best_metric, "best_loss": best_loss, "best_epoch": best_epoch,
+            "stale": stale})
         if on_epoch is not None:
             on_epoch(k, epoch, val_metric)
         if t.early_stopping and stale >= t.early_stopping:
