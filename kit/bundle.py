@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
 from kit.io import write_text_atomic
+from kit.rundir import LOCK_FILE, RunDir
 
 __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePush", "build_kit_wheel", "bundle_slug",
            "check_dataset_ref", "check_owner", "make_bundle", "push_bundle", "run_competition"]
@@ -52,8 +53,6 @@ KAGGLE_PYTHONS = ("3.11", "3.12")
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35): wheels for glibc <= 2.28 run there.
 KAGGLE_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
 CHECKPOINTS = "checkpoints"
-RUN_FILES = ("config.yaml", "folds.csv", "scores.json")
-FOLD_FILES = ("best.pt", "result.json")
 METADATA = "dataset-metadata.json"
 MANIFEST = "bundle.json"
 DEFAULT_LICENSE = "other"  # weights derived from competition data: the competition's rules apply, say so
@@ -85,46 +84,40 @@ def check_dataset_ref(ref: str, what: str = "dataset") -> str:
 # ---------------------------------------------------------------------------------------------------- the run
 def run_competition(run_dir: Path) -> str:
     """The competition a run folder was trained for (from its config.yaml; no checkpoint is read)."""
-    import yaml
-
-    for name in ("run.json", "config.yaml"):
-        if not (run_dir / name).is_file():
-            raise KitError(f"{run_dir} is not a kit run folder (no {name})")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    if "competition" not in cfg:
-        raise KitError(f"{run_dir / 'config.yaml'} names no competition")
-    return get_competition(cfg["competition"]).name
+    return RunDir.open(run_dir).competition().name
 
 
-def _chosen_folds(run_dir: Path, folds: Sequence[int] | None) -> list[int]:
+def _chosen_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
     """The folds asked for, or every finished one; each must have finished (best.pt and result.json)."""
     if folds is None:
-        folds = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/result.json") if p.parent.name[4:].isdigit())
+        folds = run.finished_folds()
         if not folds:
-            raise KitError(f"{run_dir} has no finished fold (no fold*/result.json): train it with kit train first")
+            raise KitError(f"{run.path} has no finished fold (no fold*/result.json): train it with kit train first")
     chosen = sorted({int(k) for k in folds})
-    missing = [str(run_dir / f"fold{k}" / name) for k in chosen for name in FOLD_FILES
-               if not (run_dir / f"fold{k}" / name).is_file()]
+    missing = [str(p) for k in chosen for p in (run.best_path(k), run.result_path(k)) if not p.is_file()]
     if missing:
-        raise KitError(f"cannot bundle folds {chosen} of {run_dir}: missing {', '.join(missing)} (a fold without "
+        raise KitError(f"cannot bundle folds {chosen} of {run.path}: missing {', '.join(missing)} (a fold without "
                        "result.json has not finished training)")
     return chosen
 
 
-def _copy_checkpoints(run_dir: Path, folds: list[int], dest: Path) -> None:
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+def _copy_checkpoints(run: RunDir, folds: list[int], dest: Path) -> None:
+    """The run folder a kernel predicts from: its config, folds, scores, and each chosen fold's best.pt."""
+    needed = (run.config_path, run.folds_path, run.scores_path)
+    missing = [p.name for p in needed if not p.is_file()]
     if missing:
-        raise KitError(f"{run_dir} lacks {', '.join(missing)}: finish training the run (kit train) before bundling")
-    dest.mkdir(parents=True)
-    for name in RUN_FILES:
-        shutil.copy2(run_dir / name, dest / name)
-    info = json.loads((run_dir / "run.json").read_text())
-    # the kernel predicts every fold it finds (fold*/result.json); run.json lists the same ones
-    write_text_atomic(dest / "run.json", json.dumps({**info, "folds": folds}, indent=2))
-    for k in folds:
-        (dest / f"fold{k}").mkdir()
-        for name in FOLD_FILES:
-            shutil.copy2(run_dir / f"fold{k}" / name, dest / f"fold{k}" / name)
+        raise KitError(f"{run.path} lacks {', '.join(missing)}: finish training the run (kit train) before bundling")
+    copy = RunDir(dest)
+    with copy.writing():
+        for path in needed:
+            shutil.copy2(path, dest / path.name)
+        # the kernel predicts every fold it finds (fold*/result.json); run.json lists the same ones
+        copy.write_json(copy.info_path, {**json.loads(run.info_path.read_text()), "folds": folds})
+        for k in folds:
+            copy.fold_dir(k).mkdir()
+            for path in (run.best_path(k), run.result_path(k)):
+                shutil.copy2(path, copy.fold_dir(k) / path.name)
+    (dest / LOCK_FILE).unlink()  # not part of the dataset
 
 
 # ---------------------------------------------------------------------------------------------------- wheels
@@ -241,8 +234,8 @@ def _metadata(ref: str, competition: str, run_name: str, cv: str, license_name: 
     }
 
 
-def _cv_text(run_dir: Path) -> str:
-    scores = json.loads((run_dir / "scores.json").read_text()) if (run_dir / "scores.json").is_file() else {}
+def _cv_text(run: RunDir) -> str:
+    scores = run.scores() or {}
     return f"CV {scores['metric']} {scores['cv']:.4f}" if "cv" in scores and "metric" in scores else "no CV score"
 
 
@@ -263,9 +256,9 @@ def make_bundle(run_dir: str | os.PathLike, owner: str, slug: str | None = None,
                 kit_source: str | os.PathLike | None = None, license_name: str = DEFAULT_LICENSE,
                 pythons: Sequence[str] = KAGGLE_PYTHONS) -> Path:
     """Write the dataset folder of a run: metadata, kit's wheel, the wheels Kaggle lacks, the chosen folds."""
-    run_dir = Path(run_dir)
-    competition = run_competition(run_dir)
-    chosen = _chosen_folds(run_dir, folds)
+    run = RunDir.open(run_dir)
+    competition = run.competition().name
+    chosen = _chosen_folds(run, folds)
     slug = slug or bundle_slug(competition)
     ref = check_dataset_ref(f"{check_owner(owner)}/{slug}")
     out = Path(out) if out is not None else Path("bundles") / slug
@@ -278,12 +271,12 @@ def make_bundle(run_dir: str | os.PathLike, owner: str, slug: str | None = None,
         wheels = [kit_wheel]
         for requirement in missing_on_kaggle(wheel_requirements(kit_wheel)):
             wheels += fetch_wheels(_pinned(requirement), staged, pythons, wheel_cache)
-        _copy_checkpoints(run_dir, chosen, staged / CHECKPOINTS)
-        cv = _cv_text(run_dir)
-        write_text_atomic(staged / METADATA, json.dumps(_metadata(ref, competition, run_dir.resolve().name, cv,
+        _copy_checkpoints(run, chosen, staged / CHECKPOINTS)
+        cv = _cv_text(run)
+        write_text_atomic(staged / METADATA, json.dumps(_metadata(ref, competition, run.name, cv,
                                                                   license_name), indent=2))
         write_text_atomic(staged / MANIFEST, json.dumps({
-            "id": ref, "competition": competition, "run": run_dir.resolve().name, "folds": chosen, "cv": cv,
+            "id": ref, "competition": competition, "run": run.name, "folds": chosen, "cv": cv,
             "kit_wheel": kit_wheel.name, "wheels": sorted(w.name for w in wheels), "pythons": list(pythons),
             "checkpoints": CHECKPOINTS}, indent=2))
         staged.chmod(0o755)  # mkdtemp makes it 0700

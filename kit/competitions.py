@@ -6,11 +6,11 @@ Every other module asks the spec instead of hard-coding a competition: adding a 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
 from kit.errors import ConfigError
+from kit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -78,30 +78,23 @@ class Competition:
         return self.classes[0]
 
 
-_REGISTRY: dict[str, Competition] = {}
+COMPETITIONS: Registry[Competition] = Registry("competition")
+"""Every supported competition by name (its ``aliases`` resolve too)."""
 
 
 def register(spec: Competition) -> Competition:
-    if spec.name in _REGISTRY:
-        raise ConfigError(f"competition '{spec.name}' is registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return COMPETITIONS.add(spec.name, spec, spec.aliases)
 
 
 def list_competitions() -> list[Competition]:
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+    return [COMPETITIONS.get(name) for name in sorted(COMPETITIONS.names())]
 
 
-def get_competition(name: str) -> Competition:
+def get_competition(name: str | Competition) -> Competition:
     """Return the spec for ``name`` (or one of its aliases); an unknown name raises with the list of known ones."""
     if isinstance(name, Competition):
         return name
-    for spec in _REGISTRY.values():
-        if name == spec.name or name in spec.aliases:
-            return spec
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown competition '{name}'.{hint} Known: {', '.join(sorted(_REGISTRY))}")
+    return COMPETITIONS.get(name)
 
 
 register(Competition(

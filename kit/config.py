@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import operator
+import re
 import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -19,77 +21,137 @@ from kit.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _f(default: Any, help: str, *, choices: Any = None, check: Callable[[str, Any], None] | None = None,
+       valid: str | None = None, **bounds: float) -> Any:
+    """A config field with its one-line help and what values it takes.
+
+    ``choices``: a tuple of strings, or a function returning a list or registry of them (imported when checked);
+    ``check(key, value)``: raises for an invalid value, ``valid`` describes the valid values then;
+    ``bounds``: ``ge``/``gt``/``le``/``lt`` for numbers (None always passes).
+    """
+    meta = {"help": help, "choices": choices, "check": check, "valid": valid, "bounds": bounds}
+    return field(default=default, metadata=meta)
+
+
+def _losses() -> list[str]:
+    from kit.losses import LOSSES
+
+    return ["auto", *LOSSES]
+
+
+def _presets() -> Any:
+    from kit.transforms import AUG_PRESETS
+
+    return AUG_PRESETS
+
+
+def _competitions() -> Any:
+    from kit.competitions import COMPETITIONS
+
+    return COMPETITIONS
+
+
+def _check_model(key: str, value: str) -> None:
+    from kit.models import check_model_name
+
+    try:
+        check_model_name(value)
+    except ConfigError as e:
+        raise ConfigError(f"config key {key}={value} is not valid; {e}") from None
+
+
+def _optimizers() -> list[str]:
+    from timm.optim import list_optimizers
+
+    return list(list_optimizers())
+
+
+def _check_optimizer(key: str, value: str) -> None:
+    # timm's create_optimizer_v2 lower-cases the name and takes an optional "lookahead_" prefix
+    parts = value.lower().split("_")
+    known = _optimizers()
+    if parts[-1] in known and (len(parts) == 1 or parts[:-1] == ["lookahead"]):
+        return
+    raise _not_one_of(key, value, known, " (optionally prefixed lookahead_)")
+
+
+def _check_device(key: str, value: str) -> None:
+    if not _DEVICE.fullmatch(value):
+        raise ConfigError(f"config key {key}={value} is not valid; expected one of auto, cpu, cuda, cuda:N "
+                          "(N a GPU index)")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"
-    """Any timm model name, or one of kit's registered models (classic_cnn, classic_cnn_bn)."""
-    weights: str | None = None
-    """Local weights file (.pth/.safetensors/.bin) for the backbone; None trains from scratch (no hub downloads)."""
-    img_size: int | None = None
-    """Input side in pixels; None takes the backbone's timm data config."""
-    drop_rate: float = 0.0
-    use_metadata: bool = False
-    """Fuse sex / age / site / images-per-patient features with the image features (ISIC)."""
-    freeze_epochs: int = 0
-    """Feature extraction: train only the head for this many epochs with the backbone frozen."""
-    unfreeze_blocks: int = 0
-    """After the frozen epochs unfreeze the top N blocks of the backbone (0 = all of it)."""
-    backbone_lr_scale: float = 0.1
-    """The backbone's learning rate relative to the head's once unfrozen (fine-tuning at a lower rate)."""
+    name: str = _f("resnet18", "the backbone: a timm model (timm.list_models()) or one of kit's own models",
+                   check=_check_model, valid="any timm model name, or classic_cnn, classic_cnn_bn")
+    weights: str | None = _f(None, "local weights file (.pth/.safetensors/.bin) for the backbone; null trains from "
+                                   "scratch (no hub downloads)")
+    img_size: int | None = _f(None, "input side in pixels; null takes the backbone's timm data config", ge=1)
+    drop_rate: float = _f(0.0, "dropout before the classifier (timm's drop_rate)", ge=0.0, lt=1.0)
+    use_metadata: bool = _f(False, "fuse sex / age / site / images-per-patient features with the image features "
+                                   "(competitions with metadata: ISIC)")
+    freeze_epochs: int = _f(0, "feature extraction: train only the head for this many epochs with the backbone "
+                               "frozen (at most train.epochs: equal trains the head alone)", ge=0)
+    unfreeze_blocks: int = _f(0, "after the frozen epochs unfreeze the top N blocks of the backbone (0 = all of it)",
+                              ge=0)
+    backbone_lr_scale: float = _f(0.1, "the backbone's learning rate relative to the head's once unfrozen "
+                                       "(fine-tuning at a lower rate)", gt=0.0)
 
 
 @dataclass(frozen=True)
 class AugConfig:
-    preset: str = "histo"
-    """classic | histo | isic | none (see kit/transforms.py)."""
-    strength: float = 1.0
-    """Scales magnitudes (angles, shifts, colour jitter) and probabilities of the preset."""
+    preset: str = _f("histo", "augmentation preset (see kit/transforms.py)", choices=_presets)
+    strength: float = _f(1.0, "scales magnitudes (angles, shifts, colour jitter) and probabilities of the preset",
+                         ge=0.0)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    """Any name timm.optim.create_optimizer_v2 knows (adamw, sgd, lamb, ...)."""
-    scheduler: str = "cosine"
-    """cosine | plateau | step | none (timm.scheduler)."""
-    warmup_epochs: int = 0
-    min_lr: float = 1e-6
-    loss: str = "auto"
-    """auto (bce for binary, ce for multiclass) | bce | ce | focal."""
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    class_weights: bool = False
-    """Weight the loss by inverse class frequency (pos_weight for bce)."""
-    balanced_sampler: bool = False
-    """Sample training images with inverse class-frequency weights instead of shuffling."""
-    ema: bool = False
-    ema_decay: float = 0.998
-    grad_clip: float = 0.0
-    """Clip the gradient norm to this value (0 = off)."""
-    amp: str = "auto"
-    """auto (bf16 if the GPU supports it else fp16 with a scaler; off on CPU) | bf16 | fp16 | off."""
-    channels_last: str = "auto"
-    """auto (on for CUDA, where it is faster; off on CPU) | on | off."""
-    early_stopping: int = 0
-    """Stop a fold after this many epochs without improvement of the validation metric (0 = off)."""
-    num_workers: int = -1
-    """DataLoader workers; -1 = 0 on CPU (images are cached in memory), min(8, cores) on CUDA."""
-    cache_images: bool = True
-    """Decode every image once into a packed uint8 array shared by all folds (fast; needs RAM)."""
-    seed: int = 42
-    device: str = "auto"
+    epochs: int = _f(5, "epochs per fold", ge=1)
+    batch_size: int = _f(64, "training batch size (validation uses twice this)", ge=1)
+    lr: float = _f(1e-3, "peak learning rate (of the head, when model.freeze_epochs > 0)", gt=0.0)
+    weight_decay: float = _f(1e-4, "weight decay of the optimizer", ge=0.0)
+    optimizer: str = _f("adamw", "any optimizer name timm.optim.create_optimizer_v2 knows (adamw, sgd, lamb, ...)",
+                        check=_check_optimizer, valid="timm.optim.list_optimizers(), optionally prefixed lookahead_")
+    scheduler: str = _f("cosine", "learning-rate schedule (timm.scheduler); none keeps train.lr",
+                        choices=("cosine", "plateau", "step", "none"))
+    warmup_epochs: int = _f(0, "linear warm-up epochs from lr/100 (less than train.epochs)", ge=0)
+    min_lr: float = _f(1e-6, "the schedule's floor (at most train.lr)", ge=0.0)
+    loss: str = _f("auto", "auto (bce for binary, ce for multiclass), or a registered loss (kit/losses.py)",
+                   choices=_losses)
+    focal_gamma: float = _f(2.0, "focusing parameter of the focal loss", ge=0.0)
+    label_smoothing: float = _f(0.0, "label smoothing of the ce loss", ge=0.0, lt=1.0)
+    class_weights: bool = _f(False, "weight the loss by inverse class frequency (pos_weight for bce)")
+    balanced_sampler: bool = _f(False, "sample training images with inverse class-frequency weights instead of "
+                                       "shuffling")
+    ema: bool = _f(False, "validate and save an exponential moving average of the weights (timm ModelEmaV3)")
+    ema_decay: float = _f(0.998, "decay of the weight average", gt=0.0, lt=1.0)
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)", ge=0.0)
+    amp: str = _f("auto", "mixed precision: auto (bf16 if the GPU supports it else fp16 with a scaler; off on CPU)",
+                  choices=("auto", "bf16", "fp16", "off"))
+    channels_last: str = _f("auto", "channels-last memory format: auto (on for CUDA, where it is faster; off on "
+                                    "CPU)", choices=("auto", "on", "off"))
+    early_stopping: int = _f(0, "stop a fold after this many epochs without improvement of the validation metric "
+                                "(0 = off)", ge=0)
+    num_workers: int = _f(-1, "DataLoader workers; -1 = 0 on CPU (images are cached in memory), min(8, cores) on "
+                              "CUDA", ge=-1)
+    cache_images: bool = _f(True, "decode every image once into a packed uint8 array shared by all folds (fast; "
+                                  "needs RAM)")
+    seed: int = _f(42, "seed of weights, augmentation and sampling (fold k uses seed + k)", ge=0)
+    device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", check=_check_device,
+                     valid="auto, cpu, cuda, cuda:N")
 
 
 @dataclass(frozen=True)
 class Config:
-    competition: str = "histopathologic-cancer-detection"
-    n_folds: int = 5
-    fold_seed: int = 42
+    competition: str = _f("histopathologic-cancer-detection", "competition name or alias (see `kit competitions`)",
+                          choices=_competitions)
+    n_folds: int = _f(5, "number of cross-validation folds", ge=2)
+    fold_seed: int = _f(42, "seed of the fold split", ge=0)
     model: ModelConfig = field(default_factory=ModelConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -101,9 +163,14 @@ class Config:
 SECTIONS = {"model": ModelConfig, "aug": AugConfig, "train": TrainConfig}
 
 
+def key_fields() -> dict[str, dataclasses.Field]:
+    """Every config key (``section.key`` for sectioned ones) -> its dataclass field, in definition order."""
+    top = {f.name: f for f in fields(Config) if f.name not in SECTIONS}
+    return top | {f"{s}.{f.name}": f for s, cls in SECTIONS.items() for f in fields(cls)}
+
+
 def valid_keys() -> list[str]:
-    top = [f.name for f in fields(Config) if f.name not in SECTIONS]
-    return top + [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+    return list(key_fields())
 
 
 def _unknown(key: str) -> ConfigError:
@@ -112,7 +179,7 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid_keys())}")
 
 
-def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
+def _coerce(key: str, value: Any, annotation: str) -> Any:
     """Check a value against the field's type (from its annotation string) and convert ints to floats."""
     if value is None:
         if "None" in annotation:
@@ -131,9 +198,76 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
     return value
 
 
+def _not_one_of(key: str, value: Any, valid: list[str], note: str = "") -> ConfigError:
+    close = difflib.get_close_matches(str(value), valid, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"config key {key}={value} is not valid{hint}; expected one of {', '.join(valid)}{note}")
+
+
+def _range_text(bounds: dict[str, float]) -> str:
+    low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else ""
+    high = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else ""
+    if low and high:
+        return f"in {low}, {high}"
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " and ".join(f"{ops[k]} {v}" for k, v in bounds.items())
+
+
+def _choices(f: dataclasses.Field) -> Any:
+    """The field's valid values (a tuple, list or registry), or None for an open field."""
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """A typed value checked against the field's closed set, check or bounds; YAML's on/off become strings."""
+    choices = _choices(f)
+    if isinstance(value, bool) and choices is not None and ("on" if value else "off") in choices:
+        value = "on" if value else "off"  # YAML 1.1 reads an unquoted on / off as a boolean
+    value = _coerce(key, value, str(f.type))
+    if value is None:
+        return value
+    if choices is not None and value not in choices:
+        raise _not_one_of(key, value, list(choices))
+    if hasattr(choices, "canonical"):  # a registry: an alias becomes the registered name
+        value = choices.canonical(value)
+    if f.metadata.get("check"):
+        f.metadata["check"](key, value)
+    bounds = f.metadata.get("bounds") or {}
+    ops = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+    if not all(ops[op](value, bound) for op, bound in bounds.items()):
+        raise ConfigError(f"config key {key}={value} is not valid; it must be {_range_text(bounds)}")
+    return value
+
+
+def _check_together(cfg: Config) -> None:
+    """Checks that involve two keys, or a key and the competition."""
+    from kit.competitions import get_competition
+    from kit.losses import resolve_loss
+
+    m, t = cfg.model, cfg.train
+    if t.warmup_epochs and t.warmup_epochs >= t.epochs:
+        raise ConfigError(f"config key train.warmup_epochs={t.warmup_epochs} is not valid; it must be less than "
+                          f"train.epochs ({t.epochs}); lower it (0 = no warm-up)")
+    if m.freeze_epochs > t.epochs:  # equal is pure feature extraction: the backbone stays frozen throughout
+        raise ConfigError(f"config key model.freeze_epochs={m.freeze_epochs} is not valid; it must be at most "
+                          f"train.epochs ({t.epochs}); lower it (0 = no frozen epochs)")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"config key train.min_lr={t.min_lr} is not valid; it must be at most train.lr ({t.lr})")
+    spec = get_competition(cfg.competition)
+    try:
+        resolve_loss(t.loss, spec.task)
+    except ConfigError as e:
+        raise ConfigError(f"config key {e} ({spec.name} is {spec.task})") from None
+    if m.use_metadata and not spec.has_metadata:
+        raise ConfigError(f"config key model.use_metadata=true is not valid; {spec.name} has no metadata")
+
+
 def from_dict(data: dict[str, Any]) -> Config:
-    """Build a Config from nested dicts, rejecting unknown keys and wrongly typed values."""
+    """Build a Config from nested dicts, rejecting unknown keys, wrongly typed values, values outside a field's
+    closed set or range, and combinations that cannot train (see ``kit config keys``)."""
     top_kwargs: dict[str, Any] = {}
+    top_fields = {f.name: f for f in fields(Config)}
     for key, value in data.items():
         if key in SECTIONS:
             if not isinstance(value, dict):
@@ -144,16 +278,30 @@ def from_dict(data: dict[str, Any]) -> Config:
             for sub, v in value.items():
                 if sub not in known:
                     raise _unknown(f"{key}.{sub}")
-                kwargs[sub] = _coerce(f"{key}.{sub}", v, known[sub].default, str(known[sub].type))
+                kwargs[sub] = _check_value(f"{key}.{sub}", known[sub], v)
             top_kwargs[key] = cls(**kwargs)
-        elif key in {f.name for f in fields(Config)}:
-            f = next(f for f in fields(Config) if f.name == key)
-            top_kwargs[key] = _coerce(key, value, f.default, str(f.type))
+        elif key in top_fields:
+            top_kwargs[key] = _check_value(key, top_fields[key], value)
         elif key in ("kit",):  # provenance written by save_config: ignored on load
             continue
         else:
             raise _unknown(key)
-    return Config(**top_kwargs)
+    cfg = Config(**top_kwargs)
+    _check_together(cfg)
+    return cfg
+
+
+def describe_keys() -> list[dict[str, str]]:
+    """Every key with its type, default, help and valid values (closed set or range; empty when open)."""
+    out = []
+    for key, f in key_fields().items():
+        default = f.default
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        choices, bounds = _choices(f), f.metadata.get("bounds")
+        valid = (f"one of {', '.join(choices)}" if choices is not None else f.metadata.get("valid")
+                 or (_range_text(bounds) if bounds else ""))
+        out.append({"key": key, "type": str(f.type), "default": shown, "help": f.metadata["help"], "valid": valid})
+    return out
 
 
 def _deep_update(base: dict, update: dict) -> dict:
@@ -223,8 +371,22 @@ def load_config(competition: str | None = None, preset: str | None = None,
             overrides = parse_overrides(overrides)
         data = _deep_update(data, overrides)
     cfg = from_dict(data)
-    get_competition(cfg.competition)  # validate the name early
+    check_buildable(cfg)
     return cfg
+
+
+def check_buildable(cfg: Config) -> None:
+    """Checks of user input that need more than the values: the weights file exists, the image size fits the model
+    (one forward of a zero image on the CPU), the augmentation preset builds at its strength. ``load_config`` runs
+    them; ``from_dict`` does not, since it also reads saved configs (whose weights may live elsewhere)."""
+    from kit.models import check_input_size
+    from kit.transforms import check_preset
+
+    if cfg.model.weights and not Path(cfg.model.weights).is_file():
+        raise ConfigError(f"config key model.weights={cfg.model.weights}: file not found")
+    if cfg.model.img_size is not None:
+        check_input_size(cfg.model.name, cfg.model.img_size)
+    check_preset(cfg.aug.preset, cfg.aug.strength)
 
 
 def provenance() -> dict[str, Any]:

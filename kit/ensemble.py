@@ -11,7 +11,6 @@ OOF and scored on the held-out one; the final weights, used for the test set, ar
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,36 +20,38 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from kit.competitions import Competition, get_competition
+from kit.competitions import Competition
+from kit.data.labels import load_test_table
 from kit.errors import ConfigError, DataError, KitError
 from kit.io import write_text_atomic
 from kit.metrics import get_metric
+from kit.oof import prediction_values
+from kit.registry import Registry
+from kit.rundir import RunDir
 
 __all__ = [
+    "BLENDS",
     "Blend",
     "BlendScore",
     "EnsembleResult",
     "Member",
+    "blend_folds",
     "caruana_weights",
     "check_same_folds",
     "ensemble_runs",
     "get_blend",
+    "get_fold_blend",
     "list_blends",
     "load_member",
-    "prediction_columns",
     "register_blend",
     "score_blends",
+    "write_summary",
 ]
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 CARUANA_ITERATIONS = 25
 """Greedy steps of ensemble selection; the best-scoring prefix is kept, so more steps never hurt the fit itself."""
 _EPS = 1e-7  # floor for log-probabilities in the geometric mean: a 0 from one member must not zero the blend
-
-
-def prediction_columns(spec: Competition) -> list[str]:
-    """The prediction columns of oof.csv / test_fold{k}.csv: ``pred`` (binary) or one per class."""
-    return ["pred"] if spec.is_binary else list(spec.classes)
 
 
 # --------------------------------------------------------------------------------------------------- blends
@@ -78,28 +79,22 @@ def _weighted(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (stack * w).sum(axis=0) / w.sum()
 
 
-_BLENDS: dict[str, Blend] = {}
+BLENDS: Registry[Blend] = Registry("blend")
 
 
 def register_blend(cls: type[Blend]) -> type[Blend]:
     """Class decorator: register one instance of ``cls`` under its ``name``."""
-    if cls.name in _BLENDS:
-        raise ConfigError(f"blend method '{cls.name}' is registered twice")
-    _BLENDS[cls.name] = cls()
+    BLENDS.add(cls.name, cls())
     return cls
 
 
 def list_blends() -> list[str]:
-    return list(_BLENDS)
+    return BLENDS.names()
 
 
 def get_blend(name: str) -> Blend:
     """The registered blend ``name``; an unknown one raises with the list of known ones."""
-    if name not in _BLENDS:
-        close = difflib.get_close_matches(name, list(_BLENDS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown blend method '{name}'.{hint} Known: {', '.join(_BLENDS)}")
-    return _BLENDS[name]
+    return BLENDS.get(name)
 
 
 register_blend(Blend)
@@ -184,58 +179,52 @@ class Member:
     data_dir: Path | None = None
 
 
-def _values(spec: Competition, df: pd.DataFrame, path: Path) -> np.ndarray:
-    cols = prediction_columns(spec)
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: prediction columns {missing} missing; found {list(df.columns)}")
-    values = df[cols].to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise DataError(f"{path}: NaN or infinite predictions")
-    return values[:, 0] if spec.is_binary else values
+def get_fold_blend(method: str) -> Blend:
+    """The blend for the folds of one run: models of equal standing predicting the same images, blended with equal
+    weights. A fitted blend is refused: it would need OOF predictions that no fold has for the other folds' rows."""
+    blend = get_blend(method)
+    if blend.fitted:
+        raise ConfigError(f"fold blend '{method}' fits weights on out-of-fold predictions; the folds of one run are "
+                          f"blended with equal weights: {', '.join(n for n, b in BLENDS.items() if not b.fitted)}")
+    return blend
 
 
-def _run_competition(run_dir: Path) -> Competition:
-    from kit.config import load_saved_config
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise KitError(f"{run_dir} is not a kit run folder (no config.yaml)")
-    return get_competition(load_saved_config(path).competition)
-
-
-def load_member(run_dir: str | Path, fold_blend: str = "mean") -> Member:
-    """A predicted run (``kit predict`` wrote predict.json, oof_tta.csv and test_fold{k}.csv); its test folds are
-    combined with the blend ``fold_blend`` (equal weights)."""
-    run_dir = Path(run_dir)
-    spec = _run_competition(run_dir)
-    info_path = run_dir / "predict.json"
-    if not info_path.is_file():
-        raise KitError(f"{run_dir} has no test predictions (no predict.json): run `kit predict {run_dir}` first")
-    info = json.loads(info_path.read_text())
-    folds = [int(k) for k in info["folds"]]
-    oof_path = run_dir / info.get("oof", "oof_tta.csv")
-    if not oof_path.is_file():
-        raise KitError(f"{oof_path} is missing: run `kit predict {run_dir}` again")
-    oof = pd.read_csv(oof_path, dtype={spec.id_col: str})
-    test_ids, test_preds = None, []
+def blend_folds(run_dir: str | Path, method: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """(test ids, the test predictions of a predicted run's folds blended by ``method``; see get_fold_blend)."""
+    blend = get_fold_blend(method)
+    run = RunDir.open(run_dir)
+    spec = run.competition()
+    folds = [int(k) for k in run.predict_info()["folds"]]
+    test_ids, preds = None, []
     for k in folds:
-        path = run_dir / f"test_fold{k}.csv"
-        if not path.is_file():
-            raise KitError(f"{path} is missing: run `kit predict {run_dir}` again")
-        df = pd.read_csv(path, dtype={spec.id_col: str})
+        df = run.test_predictions(k)
         ids = df[spec.id_col].to_numpy()
         if test_ids is None:
             test_ids = ids
         elif not np.array_equal(ids, test_ids):
-            raise DataError(f"{path}: its ids differ from those of test_fold{folds[0]}.csv in the same run")
-        test_preds.append(_values(spec, df, path))
-    blend = get_blend("mean" if get_blend(fold_blend).fitted else fold_blend)
-    test = blend.combine(test_preds, np.full(len(test_preds), 1.0 / len(test_preds)), spec.task)
+            raise DataError(f"{run.test_path(k)}: its ids differ from those of test_fold{folds[0]}.csv in the same run")
+        preds.append(prediction_values(spec, df, run.test_path(k)))
+    note = blend.note(spec.task)
+    if note:
+        print(f"note: {note}")
+    return test_ids, blend.combine(preds, np.full(len(preds), 1.0 / len(preds)), spec.task)
+
+
+def load_member(run_dir: str | Path, fold_blend: str = "mean") -> Member:
+    """A predicted run (``kit predict`` wrote predict.json, oof_tta.csv and test_fold{k}.csv); its test folds
+    blended by :func:`blend_folds`."""
+    run = RunDir.open(run_dir)
+    spec = run.competition()
+    info = run.predict_info()
+    oof_path = run.path / (info.get("oof") or run.OOF_TTA)
+    if not oof_path.is_file():
+        raise KitError(f"{oof_path} is missing: run `kit predict {run.path}` again")
+    oof = pd.read_csv(oof_path, dtype={spec.id_col: str})
+    test_ids, test = blend_folds(run.path, fold_blend)
     data = info.get("data")
-    return Member(run_dir.name, run_dir, spec, oof[spec.id_col].to_numpy(), oof["fold"].to_numpy(dtype=int),
-                  oof["target"].to_numpy(dtype=int), _values(spec, oof, oof_path), oof_path.name, test_ids, test,
-                  folds, Path(data) if data else None)
+    return Member(run.path.name, run.path, spec, oof[spec.id_col].to_numpy(), oof["fold"].to_numpy(dtype=int),
+                  oof["target"].to_numpy(dtype=int), prediction_values(spec, oof, oof_path), oof_path.name, test_ids,
+                  test, [int(k) for k in info["folds"]], Path(data) if data else None)
 
 
 def check_same_folds(run_dirs: Sequence[Path]) -> None:
@@ -257,10 +246,10 @@ def check_same_folds(run_dirs: Sequence[Path]) -> None:
 
 
 def _read_folds(run_dir: Path) -> pd.Series:
-    path = Path(run_dir) / "folds.csv"
-    if not path.is_file():
-        raise KitError(f"{path} is missing: {run_dir} is not a complete kit run folder")
-    df = pd.read_csv(path, dtype=str)
+    run = RunDir.open(run_dir)
+    if not run.folds_path.is_file():
+        raise KitError(f"{run.folds_path} is missing: {run_dir} is not a complete kit run folder")
+    df = pd.read_csv(run.folds_path, dtype=str)
     return pd.Series(df["fold"].to_numpy(), index=df.iloc[:, 0].to_numpy())
 
 
@@ -357,22 +346,21 @@ def format_scores(metric: str, rows: list[BlendScore]) -> str:
 # ----------------------------------------------------------------------------------------------- ensemble
 @dataclass
 class EnsembleResult:
+    """A blend of several runs: the scores table, the chosen weights, the blended test predictions."""
+
     method: str
+    spec: Competition
     scores: list[BlendScore]
     weights: dict[str, float]
-    submission: Path
-    summary: Path
+    members: list[Member]
+    test_ids: np.ndarray
+    test: np.ndarray
+    expected_ids: list[str]
+    """The competition's test ids, which the submission must match."""
 
 
-def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", out_dir: str | Path = "submissions",
-                  name: str = "ensemble", data_dir: str | Path | None = None,
-                  verbose: bool = True) -> EnsembleResult:
-    """Blend the OOF and test predictions of predicted runs; write a validated submission and a JSON summary."""
-    blend = get_blend(method)
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise ConfigError("kit ensemble needs at least one run folder")
-    members = [load_member(r, method) for r in run_dirs]
+def _load_members(run_dirs: Sequence[Path], fold_blend: str) -> list[Member]:
+    members = [load_member(r, fold_blend) for r in run_dirs]
     spec = members[0].spec
     for m in members[1:]:
         if m.spec.name != spec.name:
@@ -382,6 +370,18 @@ def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", out_dir:
         for m in members:
             m.name = str(m.run_dir)
     _align(members)
+    return members
+
+
+def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", data_dir: str | Path | None = None,
+                  fold_blend: str = "mean", verbose: bool = True) -> EnsembleResult:
+    """Blend the OOF and test predictions of predicted runs (each run's folds first blended by ``fold_blend``)."""
+    blend = get_blend(method)
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise ConfigError("kit ensemble needs at least one run folder")
+    members = _load_members(run_dirs, fold_blend)
+    spec = members[0].spec
     if blend.note(spec.task):
         print(f"note: {blend.note(spec.task)}")
     rows, weights = score_blends(members)
@@ -389,24 +389,23 @@ def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", out_dir:
         print(format_scores(spec.metric, rows))
     w = weights[method]
     test = blend.combine([m.test for m in members], w, spec.task)
-    expected = _expected_test_ids(spec, members, data_dir)
-    from kit.submission import write_submission
-
-    path = write_submission(spec, members[0].test_ids, test, name, out_dir, expected_ids=expected)
     named = {m.name: float(x) for m, x in zip(members, w, strict=True)}
-    summary = write_text_atomic(path.with_suffix(".json"), json.dumps({
-        "competition": spec.name, "metric": spec.metric, "method": method, "weights": named,
+    return EnsembleResult(method, spec, rows, named, members, members[0].test_ids, test,
+                          _expected_test_ids(spec, members, data_dir))
+
+
+def write_summary(result: EnsembleResult, path: Path) -> Path:
+    """The JSON summary of a blend (members, weights, every score), written beside its submission."""
+    return write_text_atomic(path, json.dumps({
+        "competition": result.spec.name, "metric": result.spec.metric, "method": result.method,
+        "weights": result.weights,
         "members": [{"name": m.name, "run_dir": str(m.run_dir), "oof": m.oof_source, "folds": m.folds}
-                    for m in members],
-        "scores": [r.__dict__ for r in rows]}, indent=2, default=float))
-    print(f"wrote {path} ({method} blend of {len(members)} run{'s' * (len(members) > 1)}; summary {summary.name})")
-    return EnsembleResult(method, rows, named, path, summary)
+                    for m in result.members],
+        "scores": [r.__dict__ for r in result.scores]}, indent=2, default=float))
 
 
 def _expected_test_ids(spec: Competition, members: list[Member], data_dir: str | Path | None) -> list[str]:
     """The competition's test ids from the data folder (--data, else the first run's), else the predicted ids."""
-    from kit.data.labels import load_test_table
-
     folder = Path(data_dir) if data_dir else members[0].data_dir
     if folder is not None and folder.is_dir():
         return load_test_table(spec, folder)["id"].tolist()

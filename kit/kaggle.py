@@ -29,8 +29,6 @@ __all__ = ["LOG_COLUMNS", "SubmissionResult", "api_errors", "append_log", "authe
 
 DEFAULT_LOG = Path("submissions") / "log.csv"
 LOG_COLUMNS = ("time", "competition", "file", "sha256", "message", "ref", "status", "public_score")
-# What the client's competition_submit returns instead of raising when the file upload fails (kaggle 2.2.4).
-UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
 HOW_TO_AUTHENTICATE = ("create an API token at https://www.kaggle.com/settings/api, then either set KAGGLE_API_TOKEN "
                        "to it, or set KAGGLE_USERNAME and KAGGLE_KEY, or save the downloaded kaggle.json as {config} "
                        "(chmod 600); `kaggle auth login` also works")

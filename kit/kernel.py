@@ -3,9 +3,9 @@
 A kernel folder is ``kernel-metadata.json`` plus ``kernel.py``, rendered from ``kit/templates/kaggle_kernel.py``. On
 Kaggle, with the internet off, that script finds the attached competition data and datasets, installs kit from the
 wheels dataset (``pip install --no-index``) and calls ``kit kernel run``, which is :func:`run_kernel`:
-:func:`kit.predict.predict_run` on the attached fold checkpoints (test images only, with TTA, folds averaged), then
-``submission.csv`` in the working folder, validated against the competition's test ids. The datasets come from
-``kit bundle`` (:mod:`kit.bundle`).
+:func:`kit.predict.predict_run` on the attached fold checkpoints (test images only, with TTA), the folds averaged
+(:func:`kit.ensemble.blend_folds`), then ``submission.csv`` in the working folder, validated against the
+competition's test ids. The datasets come from ``kit bundle`` (:mod:`kit.bundle`).
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def _stage(checkpoints: Path, run_dir: Path) -> Path:
 def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str | os.PathLike,
                working: str | os.PathLike = DEFAULT_WORKING, tta: str = "8", device: str = "auto") -> Path:
     """Predict the test images with every fold in ``weights_dir`` and TTA; write ``working``/submission.csv."""
+    from kit.ensemble import blend_folds
     from kit.predict import predict_run
-    from kit.submission import validate_file
+    from kit.submission import validate_file, write_submission
 
     spec = get_competition(competition)
     data_dir, weights_dir, working = Path(data_dir), Path(weights_dir), Path(working)
@@ -126,11 +127,13 @@ def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str |
         raise KitError(f"the checkpoints in {weights_dir} were trained for {trained_for}, not {spec.name}: attach "
                        f"the {spec.name} bundle")
     run_dir = _stage(weights_dir, working / STAGED_RUN)
-    result = predict_run(run_dir, data_dir, tta=tta, out_dir=run_dir / "submissions", device=device, report=False,
-                         with_oof=False)
+    result = predict_run(run_dir, data_dir, tta=tta, device=device, with_oof=False)
+    test_ids, test = blend_folds(run_dir, "mean")
+    expected = [str(i) for i in test_ids]
+    submission = write_submission(spec, expected, test, STAGED_RUN, run_dir / "submissions", expected_ids=expected)
     final = working / "submission.csv"
     with atomic_path(final) as tmp:
-        shutil.copyfile(result.submission, tmp)
+        shutil.copyfile(submission, tmp)
         tmp.chmod(0o644)  # a temporary file is private to its owner; Kaggle's collector reads the output folder
     rows = validate_file(spec, final, data_dir)  # what is on disk, against the test ids of this data folder
     print(f"wrote {final}: {rows} rows, the mean of folds {result.folds}, TTA {tta}")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kit.errors import ConfigError
+from kit.registry import Registry
+
+TASKS = ("binary", "multiclass")
 
 
 class FocalLoss(nn.Module):
@@ -42,22 +48,67 @@ def class_weights(targets: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class LossFactory:
+    """Builds a loss module: ``factory(binary, weight, gamma, label_smoothing)``; ``tasks`` are the competition
+    tasks (binary, multiclass) it is for. ``weight`` is the per-class weight tensor or None."""
+
+    build: Callable[[bool, torch.Tensor | None, float, float], nn.Module]
+    tasks: tuple[str, ...] = TASKS
+
+    def __call__(self, binary: bool, weight: torch.Tensor | None = None, gamma: float = 2.0,
+                 label_smoothing: float = 0.0) -> nn.Module:
+        return self.build(binary, weight, gamma, label_smoothing)
+
+
+LOSSES: Registry[LossFactory] = Registry("loss")
+
+
+def register_loss(name: str, tasks: tuple[str, ...] = TASKS) -> Callable:
+    """Decorator: register ``fn(binary, weight, gamma, label_smoothing) -> nn.Module`` as the loss ``name``."""
+
+    def deco(fn: Callable[[bool, torch.Tensor | None, float, float], nn.Module]) -> Callable:
+        LOSSES.add(name, LossFactory(fn, tasks))
+        return fn
+
+    return deco
+
+
+@register_loss("bce", tasks=("binary",))
+def _bce(binary: bool, weight: torch.Tensor | None, gamma: float, label_smoothing: float) -> nn.Module:
+    pos_weight = (weight[1] / weight[0]).reshape(1) if weight is not None else None
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+@register_loss("ce", tasks=("multiclass",))
+def _ce(binary: bool, weight: torch.Tensor | None, gamma: float, label_smoothing: float) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+
+@register_loss("focal")
+def _focal(binary: bool, weight: torch.Tensor | None, gamma: float, label_smoothing: float) -> nn.Module:
+    return FocalLoss(gamma, binary, weight)
+
+
+def resolve_loss(name: str, task: str) -> str:
+    """The registered loss for ``name`` on a ``task`` competition ("auto": bce for binary, ce for multiclass);
+    an unknown name or one for the other task raises naming the ones that fit."""
+    if name == "auto":
+        return "bce" if task == "binary" else "ce"
+    if name not in LOSSES:
+        raise ConfigError(f"train.loss={name} is not a loss. Valid: auto, {', '.join(LOSSES.names())}")
+    name = LOSSES.canonical(name)
+    if task not in LOSSES.get(name).tasks:
+        fits = [n for n, f in LOSSES.items() if task in f.tasks]
+        other = " or ".join(t for t in TASKS if t in LOSSES.get(name).tasks)
+        raise ConfigError(f"train.loss={name} is for {other} competitions; use {' or '.join(fits)}")
+    return name
+
+
 def build_loss(name: str, n_classes: int, targets: np.ndarray, weighted: bool, gamma: float = 2.0,
                label_smoothing: float = 0.0) -> nn.Module:
     """``name`` in auto | bce | ce | focal; ``n_classes`` is 2 for binary; ``targets`` are the training targets."""
     binary = n_classes == 2
-    if name == "auto":
-        name = "bce" if binary else "ce"
+    name = resolve_loss(name, "binary" if binary else "multiclass")
     weight = class_weights(targets, n_classes) if weighted else None
-    if name == "bce":
-        if not binary:
-            raise ConfigError("train.loss=bce is for binary competitions; use ce or focal")
-        pos_weight = (weight[1] / weight[0]).reshape(1) if weight is not None else None
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    if name == "ce":
-        if binary:
-            raise ConfigError("train.loss=ce is for multiclass competitions; use bce or focal")
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-    if name == "focal":
-        return FocalLoss(gamma, binary, weight)
-    raise ConfigError(f"unknown loss '{name}'; known: auto, bce, ce, focal")
+    return LOSSES.get(name)(binary, weight, gamma, label_smoothing)

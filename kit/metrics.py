@@ -7,12 +7,14 @@ returns a float where higher is better.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
-from kit.errors import ConfigError, DataError
+from kit.errors import DataError
+from kit.registry import Registry
 
 
 def auc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -50,15 +52,25 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(balanced_accuracy_score(np.asarray(y_true), labels))
 
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "auc": auc,
-    "pauc80": pauc_above_tpr,
-    "balanced_accuracy": balanced_accuracy,
-}
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: ``metric(y_true, y_pred) -> float`` (higher is better), the task its inputs are laid out
+    for, and its best possible value (1.0 for AUC; 0.2 for the partial AUC above 80% TPR)."""
+
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    task: str
+    best: float = 1.0
+
+    def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        return self.fn(y_true, y_pred)
 
 
-def get_metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise ConfigError(f"unknown metric '{name}'; known: {', '.join(METRICS)}") from None
+METRICS: Registry[Metric] = Registry("metric")
+METRICS.add("auc", Metric(auc, "binary"))
+METRICS.add("pauc80", Metric(pauc_above_tpr, "binary", best=0.2))
+METRICS.add("balanced_accuracy", Metric(balanced_accuracy, "multiclass"))
+
+
+def get_metric(name: str) -> Metric:
+    """The metric ``name``, callable as ``metric(y_true, y_pred)``; an unknown name raises with the known ones."""
+    return METRICS.get(name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Callable
 
 import timm
 import torch
@@ -16,9 +17,13 @@ from timm.models import register_model
 from torch import nn
 
 from kit.errors import ConfigError
+from kit.registry import Registry
 
 # ---------------------------------------------------------------------------------------------------------------
 # The classic CNNs, registered so that timm.create_model("classic_cnn") works like any timm model.
+
+KIT_MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+"""kit's own models (their timm entrypoint functions); every other model name is timm's."""
 
 
 class ClassicCNN(nn.Module):
@@ -73,6 +78,7 @@ class ClassicCNN(nn.Module):
         self.head = nn.Linear(512, num_classes) if num_classes else nn.Identity()
 
 
+@KIT_MODELS.register("classic_cnn")
 @register_model
 def classic_cnn(pretrained: bool = False, **kwargs) -> ClassicCNN:
     """The lecture's 4-block convnet (150x150 input by default)."""
@@ -80,6 +86,7 @@ def classic_cnn(pretrained: bool = False, **kwargs) -> ClassicCNN:
     return ClassicCNN(batch_norm=False, **kwargs)
 
 
+@KIT_MODELS.register("classic_cnn_bn")
 @register_model
 def classic_cnn_bn(pretrained: bool = False, **kwargs) -> ClassicCNN:
     """The BatchNorm/Dropout variant used on the 96x96 histopathology patches."""
@@ -87,8 +94,6 @@ def classic_cnn_bn(pretrained: bool = False, **kwargs) -> ClassicCNN:
     kwargs.setdefault("img_size", 96)
     return ClassicCNN(batch_norm=True, **kwargs)
 
-
-KIT_MODELS = ("classic_cnn", "classic_cnn_bn")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metadata fusion
@@ -117,12 +122,32 @@ class MetaFusion(nn.Module):
 # Factory
 
 
-def _check_name(name: str) -> None:
-    if timm.is_model(name):
+def check_model_name(name: str) -> None:
+    """Raise naming close matches unless ``name`` is a timm model or one of kit's (which timm knows too)."""
+    if name in KIT_MODELS or timm.is_model(name):
         return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(str(name), timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise ConfigError(f"unknown model '{name}'{hint} (any timm model name, or one of {', '.join(KIT_MODELS)})")
+
+
+def check_input_size(name: str, img_size: int) -> None:
+    """Raise when ``img_size`` pixels are too few for ``name`` (a pooling or conv layer left with no output), or
+    when the model takes one fixed size only: one forward of the features on a zero image, on the CPU."""
+    try:
+        model = create_backbone(name, 0, img_size=img_size).eval()
+        with torch.no_grad():
+            model.forward_features(torch.zeros(1, 3, img_size, img_size))
+    except ConfigError as e:  # kit's own models check their size when built
+        raise ConfigError(f"model.img_size={img_size} is too small for {name}: {e}") from None
+    except (RuntimeError, ValueError) as e:  # e.g. "Output size is too small", a kernel larger than the input
+        raise ConfigError(f"model.img_size={img_size} is too small for {name}: {_first_line(e)}") from None
+    except AssertionError as e:  # timm's fixed-size models (ViT: "Input height (32) doesn't match model (224)")
+        raise ConfigError(f"model.img_size={img_size} does not fit {name}: {_first_line(e)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def _load_weights_error(name: str, path: Path, err: Exception) -> ConfigError:
@@ -134,7 +159,7 @@ def _load_weights_error(name: str, path: Path, err: Exception) -> ConfigError:
 def create_backbone(name: str, num_classes: int, weights: str | None = None, img_size: int | None = None,
                     drop_rate: float = 0.0) -> nn.Module:
     """A timm (or kit) model with ``num_classes`` outputs (0 = features only), weights from a local file or none."""
-    _check_name(name)
+    check_model_name(name)
     kwargs: dict = {"num_classes": num_classes}
     if drop_rate:
         kwargs["drop_rate"] = drop_rate

@@ -5,14 +5,13 @@ competition, how images were decoded), never from the current config, so predict
 The OOF images of each fold are predicted with the same TTA as the test images: the CV with and without TTA,
 side by side, is the measured gain of TTA (``scores_tta.json``).
 
-Writes into the run folder: ``test_fold{k}.csv``, ``oof_tta.csv``, ``scores_tta.json``, ``predict.json``; and a
-validated submission (the folds blended) to ``submissions/<competition>-<run>-<UTC stamp>.csv``.
+This stage stops at per-fold predictions: it writes ``test_fold{k}.csv``, ``oof_tta.csv``, ``scores_tta.json`` and
+``predict.json`` into the run folder. Blending the folds is the ensemble's job (:func:`kit.ensemble.blend_folds`),
+writing the submission the submission module's; ``kit predict`` chains the three.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,55 +22,31 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kit.competitions import Competition, get_competition
+from kit.checkpoint import Checkpoint, load_checkpoint
+from kit.competitions import Competition
 from kit.data.dataset import ImageDataset, load_image_cache
-from kit.data.labels import load_test_table, load_train_table, read_csv
+from kit.data.labels import load_test_table, load_train_table
 from kit.data.meta import MetaEncoder
 from kit.data.readers import ImageStore, check_images_exist, open_store
-from kit.ensemble import get_blend, prediction_columns
 from kit.errors import ConfigError, KitError
-from kit.io import write_csv_atomic, write_text_atomic
-from kit.train import (
-    Runtime,
-    collect_oof,
-    load_checkpoint,
-    make_loader,
-    model_from_description,
-    resolve_amp,
-    resolve_device,
-    score_oof,
-)
+from kit.oof import prediction_frame, score_oof
+from kit.rundir import RunDir
+from kit.runtime import Runtime, default_workers, make_loader, resolve_device
 from kit.transforms import build_eval_transform
 from kit.tta import TTA, default_views_per_forward, get_view_set
 
-__all__ = ["PredictResult", "load_fold_model", "predict_dataset", "predict_run"]
-
-_REQUIRED_KEYS = ("model", "model_state", "competition", "input_size", "mean", "std", "config", "meta_encoder")
+__all__ = ["PredictResult", "format_tta_scores", "load_fold_model", "predict_dataset", "predict_run",
+           "resolve_folds"]
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def load_fold_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
+def load_fold_model(path: Path, device: torch.device) -> tuple[nn.Module, Checkpoint, Runtime]:
     """The model of a ``best.pt`` rebuilt from the checkpoint's own description, in eval mode on ``device``."""
     if not path.is_file():
         raise KitError(f"{path} is missing: that fold has not finished training")
     ckpt = load_checkpoint(path)
-    missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise KitError(f"{path}: not a kit best.pt checkpoint (keys {missing} missing)")
-    model = model_from_description(ckpt["model"])
-    model.load_state_dict(ckpt["model_state"])
-    return model.to(device).eval(), ckpt
-
-
-def _runtime(ckpt: dict, device: torch.device) -> Runtime:
-    train = ckpt["config"]["train"]
-    # the precision a model was trained in may not exist here (bf16 trained on a GPU, predicted on a CPU)
-    amp_dtype, _ = resolve_amp(train["amp"] if device.type == "cuda" else "off", device)
-    channels_last = train["channels_last"] == "on" or (train["channels_last"] == "auto" and device.type == "cuda")
-    mean = torch.tensor(ckpt["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(ckpt["std"], device=device).view(1, -1, 1, 1)
-    task_binary = ckpt["model"]["num_outputs"] == 1
-    return Runtime(device, amp_dtype, None, channels_last, mean, std, task_binary, ckpt["model"]["n_meta"] > 0)
+    rt = Runtime.for_checkpoint(ckpt, device)
+    return rt.place(ckpt.build_model()), ckpt, rt
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -109,17 +84,9 @@ def predict_dataset(model: nn.Module, dataset: ImageDataset, rt: Runtime, tta: T
     out = []
     for batch in make_loader(dataset, batch_size, workers, rt.device, train=False):
         x, meta = rt.inputs(batch)  # uint8 -> normalised float on the device; flips commute with normalisation
-        with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+        with rt.autocast():
             out.append(tta(model, x, meta).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
-
-
-def _frame(spec: Competition, ids, probs: np.ndarray, **extra) -> pd.DataFrame:
-    df = pd.DataFrame({spec.id_col: ids, **extra})
-    values = probs[:, None] if spec.is_binary else probs
-    for j, col in enumerate(prediction_columns(spec)):
-        df[col] = values[:, j]
-    return df
 
 
 # ---------------------------------------------------------------------------------------------------- a run
@@ -130,56 +97,42 @@ class PredictResult:
     test_files: dict[int, Path]
     oof_tta: Path | None
     scores: dict | None
-    submission: Path
+    tta: TTA
 
 
-def _run_info(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise KitError(f"{run_dir} is not a kit run folder (no run.json)")
-    return json.loads(path.read_text())
-
-
-def _resolve_folds(run_dir: Path, folds: Sequence[int] | None) -> list[int]:
+def resolve_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
     """The folds asked for, or every finished fold of the run (run.json lists only the last `kit train` call's)."""
     if folds is None:
-        found = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/result.json") if p.parent.name[4:].isdigit())
-        unfinished = sorted(p.parent.name for p in run_dir.glob("fold*/best.pt") if not (p.parent / "result.json").is_file())
+        unfinished = [f"fold{k}" for k in run.fold_numbers()
+                      if run.best_path(k).is_file() and not run.result_path(k).is_file()]
         if unfinished:
             print(f"note: {', '.join(unfinished)} not finished (no result.json): left out")
-        if not found:
-            raise KitError(f"{run_dir} has no finished fold (no fold*/result.json): train it with kit train first")
-        folds = found
+        folds = run.finished_folds()
+        if not folds:
+            raise KitError(f"{run.path} has no finished fold (no fold*/result.json): train it with kit train first")
     chosen = [int(k) for k in folds]
     if not chosen:
         raise ConfigError("no folds to predict")
-    missing = [str(run_dir / f"fold{k}" / "best.pt") for k in chosen if not (run_dir / f"fold{k}" / "best.pt").is_file()]
+    missing = [str(run.best_path(k)) for k in chosen if not run.best_path(k).is_file()]
     if missing:
         raise KitError(f"no checkpoint for {len(missing)} of the folds {chosen}: {', '.join(missing)} "
-                       f"(train them with kit train --resume {run_dir})")
+                       f"(train them with kit train --resume {run.path})")
     return chosen
 
 
-def _encoded_meta(ckpt: dict, table: pd.DataFrame) -> np.ndarray | None:
-    if ckpt["model"]["n_meta"] == 0:
+def _encoded_meta(ckpt: Checkpoint, table: pd.DataFrame) -> np.ndarray | None:
+    if ckpt.model.n_meta == 0:
         return None
-    if ckpt["meta_encoder"] is None:
-        raise KitError(f"fold {ckpt.get('fold')}: the model takes metadata but its checkpoint has no meta_encoder")
-    meta = MetaEncoder.from_dict(ckpt["meta_encoder"]).transform(table)
-    if meta.shape[1] != ckpt["model"]["n_meta"]:
-        raise KitError(f"fold {ckpt.get('fold')}: the metadata encoder gives {meta.shape[1]} features but the model "
-                       f"takes {ckpt['model']['n_meta']}")
+    if ckpt.meta_encoder is None:
+        raise KitError(f"fold {ckpt.fold}: the model takes metadata but its checkpoint has no meta_encoder")
+    meta = MetaEncoder.from_dict(ckpt.meta_encoder).transform(table)
+    if meta.shape[1] != ckpt.model.n_meta:
+        raise KitError(f"fold {ckpt.fold}: the metadata encoder gives {meta.shape[1]} features but the model "
+                       f"takes {ckpt.model.n_meta}")
     return meta
 
 
-def _train_rows(spec: Competition, data_dir: Path, run_dir: Path) -> pd.DataFrame:
-    """The training table as the run saw it (ids of its folds.csv, in table order), for the OOF metadata."""
-    table = load_train_table(spec, data_dir)
-    kept = set(read_csv(run_dir / "folds.csv", [spec.id_col], what="folds file")[spec.id_col])
-    return table[table["id"].isin(kept)].reset_index(drop=True)
-
-
-def _tta_scores(spec: Competition, before: pd.DataFrame, after: pd.DataFrame, tta: TTA) -> dict:
+def tta_scores(spec: Competition, before: pd.DataFrame, after: pd.DataFrame, tta: TTA) -> dict:
     f0, cv0 = score_oof(spec, before)
     f1, cv1 = score_oof(spec, after)
     return {"metric": spec.metric, "tta": {"views": list(tta.views), "merge": tta.merge},
@@ -200,102 +153,103 @@ def format_tta_scores(scores: dict) -> str:
     return "\n".join(lines)
 
 
+class _RunPredictor:
+    """The images of one run's data folder (test, and the training rows for OOF), shared by its folds."""
+
+    def __init__(self, run: RunDir, data_dir: Path, with_oof: bool):
+        self.run, self.data_dir, self.spec = run, data_dir, run.competition()
+        self.test_table = load_test_table(self.spec, data_dir)
+        test_store = open_store(self.spec, data_dir, "test")
+        check_images_exist(test_store, list(self.test_table["id"]), what="test ids")
+        self.test = ImageSource(test_store, keep=True)
+        self.train = ImageSource(open_store(self.spec, data_dir, "train"), keep=False) if with_oof else None
+        self._train_rows: pd.DataFrame | None = None
+
+    def train_rows(self) -> pd.DataFrame:
+        """The training table as the run saw it (the ids of its folds.csv, in table order), for the OOF metadata."""
+        if self._train_rows is None:
+            table = load_train_table(self.spec, self.data_dir)
+            kept = set(pd.read_csv(self.run.folds_path, dtype=str)[self.spec.id_col])
+            self._train_rows = table[table["id"].isin(kept)].reset_index(drop=True)
+        return self._train_rows
+
+    def oof(self, k: int, model: nn.Module, ckpt: Checkpoint, rt: Runtime, tta: TTA, bs: int,
+            workers: int) -> pd.DataFrame:
+        oof = self.run.fold_oof(k)
+        ids = oof[self.spec.id_col].tolist()
+        check_images_exist(self.train.store, ids, what=f"fold {k} out-of-fold ids")
+        meta = None
+        if rt.use_meta:
+            rows = self.train_rows()
+            meta = _encoded_meta(ckpt, rows)[pd.Index(rows["id"]).get_indexer(ids)]
+        dataset = self.train.dataset(ids, ckpt.input_size, _cached(ckpt), meta)
+        probs = predict_dataset(model, dataset, rt, tta, bs, workers)
+        return prediction_frame(self.spec, ids, probs, fold=k, target=oof["target"].to_numpy())
+
+    def test_probs(self, model: nn.Module, ckpt: Checkpoint, rt: Runtime, tta: TTA, bs: int,
+                   workers: int) -> np.ndarray:
+        meta = _encoded_meta(ckpt, self.test_table) if rt.use_meta else None
+        dataset = self.test.dataset(self.test_table["id"], ckpt.input_size, _cached(ckpt), meta)
+        return predict_dataset(model, dataset, rt, tta, bs, workers)
+
+
+def _cached(ckpt: Checkpoint) -> bool:
+    return bool(ckpt.config["train"]["cache_images"])
+
+
+def _data_dir(run: RunDir, data_dir: str | Path | None) -> Path:
+    folder = Path(data_dir) if data_dir else run.info()["data"]
+    if folder is None or not folder.is_dir():
+        raise KitError(f"data folder {folder} not found (from {run.info_path}); pass --data DIR")
+    return folder
+
+
 def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: str | int = "8", merge: str = "mean",
-                folds: Sequence[int] | None = None, batch_size: int | None = None, fold_blend: str = "mean",
-                out_dir: str | Path = "submissions", device: str = "auto", workers: int | None = None,
-                report: bool = True, with_oof: bool = True) -> PredictResult:
-    """Predict the test and OOF images with each fold's best.pt and TTA; blend the folds into a submission.
+                folds: Sequence[int] | None = None, batch_size: int | None = None, device: str = "auto",
+                workers: int | None = None, with_oof: bool = True) -> PredictResult:
+    """Predict the test (and OOF) images with each fold's best.pt and TTA; write the per-fold predictions.
 
     ``with_oof=False`` predicts the test images only (a Kaggle kernel: the training images are not worth its time).
     """
-    run_dir = Path(run_dir).resolve()  # its name names the submission, also when given as '.'
-    info = _run_info(run_dir)
-    data_dir = Path(data_dir or info["data"])
-    if not data_dir.is_dir():
-        raise KitError(f"data folder {data_dir} not found (from {run_dir / 'run.json'}); pass --data DIR")
-    folds = _resolve_folds(run_dir, folds)
+    run = RunDir.open(run_dir)
+    folder = _data_dir(run, data_dir)
+    chosen = resolve_folds(run, folds)
     get_view_set(tta)  # fail on a bad --tta before any checkpoint is read
-    blend = get_blend(fold_blend)
-    if blend.fitted:
-        raise ConfigError(f"--fold-merge {fold_blend} fits weights; folds are blended with mean, rank or gmean")
     dev = resolve_device(device)
-
-    spec: Competition | None = None
-    test_table = test_source = train_source = train_rows = None
-    test_preds, test_files, oof_frames = [], {}, []
-    for k in folds:
-        start = time.perf_counter()
-        model, ckpt = load_fold_model(run_dir / f"fold{k}" / "best.pt", dev)
-        if spec is None:
-            spec = get_competition(ckpt["competition"])
-            test_table = load_test_table(spec, data_dir)
-            test_store = open_store(spec, data_dir, "test")
-            check_images_exist(test_store, list(test_table["id"]), what="test ids")
-            test_source = ImageSource(test_store, keep=True)
-            train_source = ImageSource(open_store(spec, data_dir, "train"), keep=False) if with_oof else None
-        elif ckpt["competition"] != spec.name:
-            raise KitError(f"{run_dir}/fold{k}/best.pt is a {ckpt['competition']} model; fold {folds[0]} is {spec.name}")
-        rt = _runtime(ckpt, dev)
-        if rt.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+    with run.writing():
+        images = _RunPredictor(run, folder, with_oof)
+        spec = images.spec
         fold_tta = TTA(views=str(tta), merge=merge, task=spec.task)
-        size, cached = int(ckpt["input_size"]), bool(ckpt["config"]["train"]["cache_images"])
-        bs = batch_size or max(1, 2 * ckpt["config"]["train"]["batch_size"]
-                               // default_views_per_forward(dev, len(fold_tta.views)))
-        n_workers = _workers(ckpt, dev) if workers is None else workers
-
-        oof_note = ""
-        if with_oof:
-            oof = pd.read_csv(run_dir / f"fold{k}" / "oof.csv", dtype={spec.id_col: str})
-            oof_ids = oof[spec.id_col].tolist()
-            check_images_exist(train_source.store, oof_ids, what=f"fold {k} out-of-fold ids")
-            oof_meta = None
-            if rt.use_meta:
-                train_rows = _train_rows(spec, data_dir, run_dir) if train_rows is None else train_rows
-                encoded = _encoded_meta(ckpt, train_rows)
-                oof_meta = encoded[pd.Index(train_rows["id"]).get_indexer(oof_ids)]
-            oof_probs = predict_dataset(model, train_source.dataset(oof_ids, size, cached, oof_meta), rt, fold_tta, bs,
-                                        n_workers)
-            oof_frames.append(_frame(spec, oof_ids, oof_probs, fold=k, target=oof["target"].to_numpy()))
-            oof_note = f"{len(oof_ids)} out-of-fold + "
-
-        test_meta = _encoded_meta(ckpt, test_table) if rt.use_meta else None
-        probs = predict_dataset(model, test_source.dataset(test_table["id"], size, cached, test_meta), rt, fold_tta,
-                                bs, n_workers)
-        test_files[k] = write_csv_atomic(_frame(spec, test_table["id"].to_numpy(), probs),
-                                         run_dir / f"test_fold{k}.csv")
-        test_preds.append(probs)
-        print(f"fold {k}: {oof_note}{len(test_table)} test images, TTA x{len(fold_tta.views)} "
-              f"({merge}) in {time.perf_counter() - start:.1f}s", flush=True)
-        del model
-
-    oof_path = scores = None
-    if with_oof:
-        oof_tta = pd.concat(oof_frames, ignore_index=True)
-        oof_path = write_csv_atomic(oof_tta, run_dir / "oof_tta.csv")
-        scores = _tta_scores(spec, collect_oof(spec, run_dir, folds), oof_tta, fold_tta)
-        write_text_atomic(run_dir / "scores_tta.json", json.dumps(scores, indent=2))
-        print(format_tta_scores(scores))
-
-    from kit.submission import write_submission
-
-    test = blend.combine(test_preds, np.full(len(test_preds), 1.0 / len(test_preds)), spec.task)
-    if blend.note(spec.task):
-        print(f"note: {blend.note(spec.task)}")
-    submission = write_submission(spec, test_table["id"].tolist(), test, run_dir.name, out_dir,
-                                  expected_ids=test_table["id"].tolist())
-    write_text_atomic(run_dir / "predict.json", json.dumps({
-        "folds": folds, "data": str(data_dir.resolve()), "tta": {"views": list(fold_tta.views), "merge": merge},
-        "fold_merge": fold_blend, "oof": oof_path.name if oof_path else None, "submission": str(submission)}, indent=2))
-    print(f"wrote {submission} ({fold_blend} of {len(folds)} fold{'s' * (len(folds) > 1)})")
-    if report:
-        from kit.report import write_report
-
-        paths = write_report(run_dir)
-        print(f"report: {len(paths)} plots in {run_dir / 'report'}")
-    return PredictResult(run_dir, folds, test_files, oof_path, scores, submission)
+        test_files, oof_frames = {}, []
+        for k in chosen:
+            start = time.perf_counter()
+            model, ckpt, rt = load_fold_model(run.best_path(k), dev)
+            if ckpt.competition != spec.name:
+                raise KitError(f"{run.best_path(k)} is a {ckpt.competition} model; the run is {spec.name}")
+            bs = batch_size or max(1, 2 * ckpt.config["train"]["batch_size"]
+                                   // default_views_per_forward(dev, len(fold_tta.views)))
+            n_workers = default_workers(ckpt.config["train"]["num_workers"], dev) if workers is None else workers
+            if with_oof:
+                oof_frames.append(images.oof(k, model, ckpt, rt, fold_tta, bs, n_workers))
+            probs = images.test_probs(model, ckpt, rt, fold_tta, bs, n_workers)
+            test_files[k] = run.write_csv(run.test_path(k),
+                                          prediction_frame(spec, images.test_table["id"].to_numpy(), probs))
+            oof_note = f"{len(oof_frames[-1])} out-of-fold + " if with_oof else ""
+            print(f"fold {k}: {oof_note}{len(images.test_table)} test images, TTA x{len(fold_tta.views)} "
+                  f"({merge}) in {time.perf_counter() - start:.1f}s", flush=True)
+        oof_path, scores = _write_oof_scores(run, spec, chosen, oof_frames, fold_tta) if with_oof else (None, None)
+        run.write_json(run.predict_info_path, {
+            "folds": chosen, "data": str(folder.resolve()), "tta": {"views": list(fold_tta.views), "merge": merge},
+            "oof": oof_path.name if oof_path else None})
+    return PredictResult(run.path, chosen, test_files, oof_path, scores, fold_tta)
 
 
-def _workers(ckpt: dict, device: torch.device) -> int:
-    n = ckpt["config"]["train"]["num_workers"]
-    return n if n >= 0 else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+def _write_oof_scores(run: RunDir, spec: Competition, folds: list[int], frames: list[pd.DataFrame],
+                      tta: TTA) -> tuple[Path, dict]:
+    oof_tta = pd.concat(frames, ignore_index=True)
+    path = run.write_csv(run.oof_tta_path, oof_tta)
+    scores = tta_scores(spec, run.collect_oof(folds), oof_tta, tta)
+    run.write_json(run.scores_tta_path, scores)
+    print(format_tta_scores(scores))
+    return path, scores
+

@@ -16,9 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from kit.competitions import Competition, get_competition
-from kit.errors import KitError
+from kit.competitions import Competition
 from kit.io import atomic_path
+from kit.rundir import RunDir
 
 __all__ = ["confusion_matrix", "write_report"]
 
@@ -30,16 +30,6 @@ def _save(fig: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     return path
-
-
-def _oof(spec: Competition, run_dir: Path) -> pd.DataFrame:
-    path = run_dir / "oof.csv"
-    if path.is_file():
-        return pd.read_csv(path, dtype={spec.id_col: str})
-    parts = sorted(run_dir.glob("fold*/oof.csv"))
-    if not parts:
-        raise KitError(f"{run_dir} has no out-of-fold predictions (no oof.csv, no fold*/oof.csv) to report on")
-    return pd.concat([pd.read_csv(p, dtype={spec.id_col: str}) for p in parts], ignore_index=True)
 
 
 # ------------------------------------------------------------------------------------------------------ binary
@@ -124,10 +114,9 @@ def plot_recall(spec: Competition, oof: pd.DataFrame, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- training
-def plot_training_curves(spec: Competition, run_dir: Path, path: Path) -> Path | None:
+def plot_training_curves(spec: Competition, run: RunDir, path: Path) -> Path | None:
     """Training loss and validation metric against epoch, one line per fold; None when no fold has a history."""
-    histories = {int(p.parent.name.removeprefix("fold")): pd.read_csv(p)
-                 for p in sorted(run_dir.glob("fold*/history.csv")) if p.parent.name.removeprefix("fold").isdigit()}
+    histories = {k: run.history(k) for k in run.fold_numbers() if run.history_path(k).is_file()}
     if not histories:
         return None
     fig = Figure(figsize=(11, 4))
@@ -144,31 +133,25 @@ def plot_training_curves(spec: Competition, run_dir: Path, path: Path) -> Path |
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{run_dir.name}: training curves")
+    fig.suptitle(f"{run.name}: training curves")
     return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------- entry
 def write_report(run_dir: str | Path) -> list[Path]:
     """Draw every plot that the run's files allow into ``RUN_DIR/report/``; return the paths written."""
-    from kit.config import load_saved_config
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise KitError(f"{run_dir} is not a kit run folder (no config.yaml)")
-    spec = get_competition(load_saved_config(cfg_path).competition)
-    out = run_dir / "report"
-    oof = _oof(spec, run_dir)
+    run = RunDir.open(run_dir)
+    spec = run.competition()
+    out = run.report_dir
+    oof = run.oof()
     written = []
-    if spec.is_binary:
-        tta_path = run_dir / "oof_tta.csv"
-        oof_tta = pd.read_csv(tta_path, dtype={spec.id_col: str}) if tta_path.is_file() else None
-        written.append(plot_roc(spec, oof, out / "roc.png", oof_tta))
-    else:
-        written.append(plot_confusion(spec, oof, out / "confusion.png"))
-        written.append(plot_recall(spec, oof, out / "recall.png"))
-    curves = plot_training_curves(spec, run_dir, out / "training_curves.png")
-    if curves is not None:
-        written.append(curves)
+    with run.writing():
+        if spec.is_binary:
+            written.append(plot_roc(spec, oof, out / "roc.png", run.oof_tta()))
+        else:
+            written.append(plot_confusion(spec, oof, out / "confusion.png"))
+            written.append(plot_recall(spec, oof, out / "recall.png"))
+        curves = plot_training_curves(spec, run, out / "training_curves.png")
+        if curves is not None:
+            written.append(curves)
     return written

@@ -19,8 +19,10 @@ import pandas as pd
 from kit.competitions import Competition, get_competition
 from kit.errors import ConfigError, SubmissionError
 from kit.io import write_csv_atomic
+from kit.registry import Registry
 
 __all__ = [
+    "FORMATS",
     "SubmissionFormat",
     "get_format",
     "read_submission",
@@ -55,22 +57,19 @@ class SubmissionFormat:
         return []
 
 
-_FORMATS: dict[str, SubmissionFormat] = {}
+FORMATS: Registry[SubmissionFormat] = Registry("submission format")
+"""One format per task type (binary, multiclass)."""
 
 
 def register_format(cls: type[SubmissionFormat]) -> type[SubmissionFormat]:
     """Class decorator: register one instance of ``cls`` for its ``task``."""
-    if cls.task in _FORMATS:
-        raise ConfigError(f"submission format for task '{cls.task}' is registered twice")
-    _FORMATS[cls.task] = cls()
+    FORMATS.add(cls.task, cls())
     return cls
 
 
 def get_format(task: str) -> SubmissionFormat:
     """The registered format for a task type; an unknown one raises with the list of known ones."""
-    if task not in _FORMATS:
-        raise ConfigError(f"no submission format for task '{task}'. Known: {', '.join(sorted(_FORMATS))}")
-    return _FORMATS[task]
+    return FORMATS.get(task)
 
 
 def value_columns(spec: Competition) -> list[str]:

@@ -4,16 +4,19 @@ Per epoch, in this order: (maybe unfreeze) -> train_one_epoch -> validate -> sch
 (best.pt on improvement, last.pt always) -> callback (Optuna pruning) -> early stopping. Everything a fold needs to
 continue is in ``last.pt``, and every source of randomness of an epoch is derived from (seed, fold, epoch), so a run
 killed at any point resumes to the same predictions as an uninterrupted one.
+
+Files are read and written through :class:`kit.rundir.RunDir` (the layout) and :mod:`kit.checkpoint` (the
+checkpoint); the device, precision and loaders come from :mod:`kit.runtime`, the OOF frames and scores from
+:mod:`kit.oof`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
+import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,21 +24,35 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
+from kit.checkpoint import (
+    Checkpoint,
+    ModelDescription,
+    TrainingState,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from kit.competitions import Competition, get_competition
-from kit.config import Config, save_config
+from kit.config import Config
 from kit.data.dataset import ImageDataset, load_image_cache
 from kit.data.folds import make_folds, read_folds, write_folds
 from kit.data.labels import load_train_table
 from kit.data.meta import MetaEncoder
 from kit.data.readers import check_images_exist, open_store
 from kit.errors import ConfigError, KitError
-from kit.io import atomic_path, write_csv_atomic, write_text_atomic
 from kit.losses import build_loss
 from kit.metrics import get_metric
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
-from kit.transforms import build_eval_transform, build_train_transform, normalize
+from kit.oof import log_loss, prediction_frame, score_oof
+from kit.rundir import RunDir
+from kit.runtime import Runtime, default_workers, make_loader, predict_loader, resolve_device
+from kit.transforms import build_eval_transform, build_train_transform
+
+__all__ = ["EpochCallback", "FoldResult", "RunData", "RunResult", "TrainingError", "prepare_data", "resume_config",
+           "train_fold", "train_folds", "train_one_epoch"]
 
 EpochCallback = Callable[[int, int, float], None]
 """on_epoch(fold, epoch, val_metric): called after each epoch's checkpoint; may raise (e.g. optuna.TrialPruned)."""
@@ -46,60 +63,6 @@ class TrainingError(KitError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Runtime: device, precision, normalisation
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler | None
-    channels_last: bool
-    mean: torch.Tensor
-    std: torch.Tensor
-    binary: bool
-    use_meta: bool
-
-    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = batch["image"].to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = normalize(x, self.mean, self.std)
-        meta = batch["meta"].to(self.device, non_blocking=True) if self.use_meta else None
-        return x, meta
-
-    def forward(self, model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = model(x, meta) if self.use_meta else model(x)
-        logits = logits.float()
-        return logits.squeeze(1) if self.binary else logits
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available here")
-    return torch.device(name)
-
-
-def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a GradScaler is needed)."""
-    if device.type != "cuda" or mode == "off":
-        if mode in ("bf16", "fp16") and device.type != "cuda":
-            raise ConfigError(f"train.amp={mode} needs a CUDA device; this run is on {device}")
-        return None, False
-    if mode == "auto":
-        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if mode not in ("bf16", "fp16"):
-        raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got '{mode}'")
-    return (torch.bfloat16, False) if mode == "bf16" else (torch.float16, True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # One epoch of training, one pass of validation
 
 
@@ -107,6 +70,23 @@ def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bo
 class EpochStats:
     loss: float
     images_per_s: float
+
+
+def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime,
+          grad_clip: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if rt.scaler is not None:
+        rt.scaler.scale(loss).backward()
+        if grad_clip:
+            rt.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+    else:
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
@@ -122,21 +102,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     for step, batch in enumerate(bar):
         x, meta = rt.inputs(batch)
         y = batch["target"].to(rt.device, non_blocking=True)
-        logits = rt.forward(model, x, meta)
-        loss = loss_fn(logits, y.float() if rt.binary else y)
-        optimizer.zero_grad(set_to_none=True)
-        if rt.scaler is not None:
-            rt.scaler.scale(loss).backward()
-            if grad_clip:
-                rt.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            rt.scaler.step(optimizer)
-            rt.scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+        loss = loss_fn(rt.forward(model, x, meta), y.float() if rt.binary else y)
+        _step(loss, model, optimizer, rt, grad_clip)
         if ema is not None:
             ema.update(model)
         if scheduler is not None:
@@ -150,17 +117,6 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     return EpochStats(loss=loss_sum.item() / max(n_seen, 1), images_per_s=n_seen / max(elapsed, 1e-9))
 
 
-@torch.inference_mode()
-def predict_loader(model: nn.Module, loader: DataLoader, rt: Runtime) -> np.ndarray:
-    """Probabilities for every item of ``loader`` (N for binary, N x C for multiclass), in loader order."""
-    model.eval()
-    out = []
-    for batch in loader:
-        x, meta = rt.inputs(batch)
-        out.append(rt.probabilities(rt.forward(model, x, meta)).cpu())
-    return torch.cat(out).numpy().astype(np.float64)
-
-
 def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndarray,
              metric: Callable[[np.ndarray, np.ndarray], float]) -> tuple[float, np.ndarray]:
     probs = predict_loader(model, loader, rt)
@@ -169,15 +125,6 @@ def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndar
         raise TrainingError(f"{bad} of {probs.size} validation predictions are not finite: the weights diverged; "
                             f"lower train.lr or set train.grad_clip")
     return metric(targets, probs), probs
-
-
-def log_loss(targets: np.ndarray, probs: np.ndarray) -> float:
-    """Mean cross-entropy of predicted probabilities (binary: probability of class 1), clipped like sklearn's."""
-    eps = 1e-7
-    if probs.ndim == 1:
-        p = np.clip(probs, eps, 1 - eps)
-        return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], eps, 1.0))))
 
 
 def _progress(loader, epoch: int, enabled: bool):
@@ -189,7 +136,7 @@ def _progress(loader, epoch: int, enabled: bool):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Helpers: seeds, loaders, optimizer, scheduler, checkpoints
+# Seeds, optimizer, scheduler
 
 
 def seed_everything(seed: int) -> None:
@@ -200,27 +147,6 @@ def seed_everything(seed: int) -> None:
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:
     return (seed * 1_000_003 + fold * 10_007 + epoch) % 2**31
-
-
-def _worker_init(worker_id: int) -> None:
-    # each worker's augmentation stream differs and is fixed by the loader's seed for this epoch
-    info = torch.utils.data.get_worker_info()
-    transform = info.dataset.transform
-    if hasattr(transform, "set_seed"):
-        transform.set_seed(torch.initial_seed() % 2**31)
-
-
-def make_loader(dataset: ImageDataset, batch_size: int, workers: int, device: torch.device, train: bool,
-                seed: int = 0, sample_weights: np.ndarray | None = None) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if train and sample_weights is not None:
-        sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(dataset),
-                                        replacement=True, generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda", drop_last=train and len(dataset) > batch_size,
-                      generator=generator, worker_init_fn=_worker_init if workers else None,
-                      persistent_workers=False)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -256,34 +182,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     return scheduler
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        # our own files; weights_only=False because they hold numpy RNG states and config dicts
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise KitError(f"{path}: cannot read checkpoint ({e})") from e
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Preparing a run: data, folds, model description
 
@@ -301,72 +199,55 @@ class RunData:
     native_size: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    model: ModelDescription
+    fold_source: Path | None = None
+    """The folds file the folds came from (None: made here); copied into the run as folds.csv."""
 
 
-def model_description(cfg: Config, spec: Competition, n_meta: int) -> dict:
-    """Everything needed to rebuild the model from a checkpoint alone."""
-    return {"name": cfg.model.name, "num_outputs": spec.num_outputs, "img_size": cfg.model.img_size,
-            "drop_rate": cfg.model.drop_rate, "n_meta": n_meta}
+def _assign_folds(cfg: Config, spec: Competition, table: pd.DataFrame, run: RunDir,
+                  folds_file: Path | None) -> tuple[np.ndarray, Path | None]:
+    """Fold per row: from --folds-file, else the run's own folds.csv (a resume), else made from the config."""
+    source = folds_file if folds_file is not None else (run.folds_path if run.folds_path.is_file() else None)
+    if source is not None:
+        fold = read_folds(source, table["id"], spec.id_col)
+    else:
+        groups = table["group"].to_numpy() if spec.group_col else None
+        fold = make_folds(table["target"].to_numpy(), groups, cfg.n_folds, cfg.fold_seed,
+                          None if spec.is_binary else list(spec.classes))
+    n_folds_found = int(fold.max()) + 1
+    if n_folds_found != cfg.n_folds:
+        raise ConfigError(f"the folds file has {n_folds_found} folds but n_folds is {cfg.n_folds}; "
+                          f"pass --set n_folds={n_folds_found}")
+    return fold, source
 
 
-def model_from_description(desc: dict) -> nn.Module:
-    return build_model(desc["name"], desc["num_outputs"], None, desc["img_size"], desc["drop_rate"], desc["n_meta"])
-
-
-def prepare_data(cfg: Config, data_dir: Path, run_dir: Path, folds_file: Path | None = None,
+def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | None = None,
                  exclude: list[str] | None = None) -> RunData:
+    """Labels, folds, metadata and (cached) images of a run, and its model built once: nothing is written here."""
     spec = get_competition(cfg.competition)
     table = load_train_table(spec, data_dir)
     if exclude:
         table = table[~table["id"].isin(set(exclude))].reset_index(drop=True)
     store = open_store(spec, data_dir, "train")
     check_images_exist(store, list(table["id"]))
-
-    run_folds = run_dir / "folds.csv"
-    if folds_file is not None:
-        fold = read_folds(folds_file, table["id"], spec.id_col)
-        write_folds(run_folds, table["id"], fold, spec.id_col)
-    elif run_folds.is_file():
-        fold = read_folds(run_folds, table["id"], spec.id_col)
-    else:
-        groups = table["group"].to_numpy() if spec.group_col else None
-        fold = make_folds(table["target"].to_numpy(), groups, cfg.n_folds, cfg.fold_seed,
-                          None if spec.is_binary else list(spec.classes))
-        write_folds(run_folds, table["id"], fold, spec.id_col)
-    n_folds_found = int(fold.max()) + 1
-    if n_folds_found != cfg.n_folds:
-        raise ConfigError(f"the folds file has {n_folds_found} folds but n_folds is {cfg.n_folds}; "
-                          f"pass --set n_folds={n_folds_found}")
-
-    probe = build_model(cfg.model.name, spec.num_outputs, None, cfg.model.img_size, 0.0)
-    dcfg = data_config(probe, cfg.model.img_size)
-    del probe
-    size = dcfg["input_size"][-1]
-    images = None
-    if cfg.train.cache_images:
-        images = load_image_cache(store, list(table["id"]), size)
+    fold, fold_source = _assign_folds(cfg, spec, table, run, folds_file)
     meta_encoder = meta = None
     if cfg.model.use_metadata:
         if not spec.has_metadata:
             raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
         meta_encoder = MetaEncoder.fit(table)
         meta = meta_encoder.transform(table)
+    n_meta = 0 if meta is None else meta.shape[1]
+    # built once with its weights file before anything is written: a bad name, size or file fails here
+    probe = build_model(cfg.model.name, spec.num_outputs, cfg.model.weights, cfg.model.img_size,
+                        cfg.model.drop_rate, n_meta)
+    dcfg = data_config(probe, cfg.model.img_size)
+    del probe
+    size = dcfg["input_size"][-1]
+    images = load_image_cache(store, list(table["id"]), size) if cfg.train.cache_images else None
+    description = ModelDescription(cfg.model.name, spec.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
     return RunData(spec, table, fold, images, store, meta, meta_encoder, size,
-                   size if images is not None else None, dcfg["mean"], dcfg["std"])
-
-
-def _oof_frame(spec: Competition, ids, fold: int, targets: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
-    df = pd.DataFrame({spec.id_col: ids, "fold": fold, "target": targets})
-    if spec.is_binary:
-        df["pred"] = probs
-    else:
-        for j, c in enumerate(spec.classes):
-            df[c] = probs[:, j]
-    return df
-
-
-def oof_predictions(spec: Competition, oof: pd.DataFrame) -> np.ndarray:
-    return oof["pred"].to_numpy() if spec.is_binary else oof[list(spec.classes)].to_numpy()
+                   size if images is not None else None, dcfg["mean"], dcfg["std"], description, fold_source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -381,129 +262,185 @@ class FoldResult:
     epochs_run: int
 
 
-def train_fold(cfg: Config, data: RunData, k: int, fold_dir: Path, on_epoch: EpochCallback | None = None,
-               progress: bool = False) -> FoldResult:
-    spec, t = data.spec, cfg.train
-    metric = get_metric(spec.metric)
-    device = resolve_device(t.device)
-    amp_dtype, needs_scaler = resolve_amp(t.amp, device)
-    channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
-    workers = t.num_workers if t.num_workers >= 0 else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+@dataclass
+class FoldProgress:
+    """What changes from epoch to epoch, saved in last.pt."""
 
-    train_idx, val_idx = np.flatnonzero(data.fold != k), np.flatnonzero(data.fold == k)
-    targets = data.table["target"].to_numpy()
-    if len(np.unique(targets[val_idx])) < 2:
-        raise ConfigError(f"fold {k} has a single class in its validation part; use fewer folds or more data")
+    history: list[dict] = field(default_factory=list)
+    best_metric: float = -math.inf
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    stale: int = 0
 
-    def subset(idx, transform):
-        return ImageDataset(data.table["id"].to_numpy()[idx], transform, store=None if data.images is not None
-                            else data.store, images=None if data.images is None else data.images[idx],
-                            targets=targets[idx], meta=None if data.meta is None else data.meta[idx])
+    def update(self, epoch: int, metric: float, loss: float) -> bool:
+        """Record a validated epoch (1-based); True when it is the best so far.
 
-    train_tf = build_train_transform(cfg.aug.preset, data.input_size, cfg.aug.strength, data.native_size)
-    train_ds = subset(train_idx, train_tf)
-    val_ds = subset(val_idx, build_eval_transform(data.input_size, data.native_size))
-    train_tf.save(fold_dir.parent / "augmentation.yaml")
-
-    seed_everything(t.seed + k)  # the same initial weights for a fold, whatever ran before it
-    n_meta = 0 if data.meta is None else data.meta.shape[1]
-    model = build_model(cfg.model.name, spec.num_outputs, cfg.model.weights, cfg.model.img_size,
-                        cfg.model.drop_rate, n_meta).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    n_classes = 2 if spec.is_binary else len(spec.classes)
-    loss_fn = build_loss(t.loss, n_classes, targets[train_idx], t.class_weights, t.focal_gamma,
-                         t.label_smoothing).to(device)
-    sample_weights = None
-    if t.balanced_sampler:
-        counts = np.bincount(targets[train_idx], minlength=n_classes)
-        sample_weights = 1.0 / counts[targets[train_idx]]
-    val_loader = make_loader(val_ds, t.batch_size * 2, workers, device, train=False)
-    steps_per_epoch = len(make_loader(train_ds, t.batch_size, 0, device, train=True))
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
-    ema = None
-    if t.ema:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=t.ema_decay)
-    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    rt = Runtime(device, amp_dtype, scaler, channels_last, mean, std, spec.is_binary, n_meta > 0)
-
-    description = {"model": model_description(cfg, spec, n_meta), "competition": spec.name,
-                   "classes": list(spec.classes), "task": spec.task, "input_size": data.input_size,
-                   "mean": list(data.mean), "std": list(data.std), "config": cfg.to_dict(), "fold": k,
-                   "meta_encoder": data.meta_encoder.to_dict() if data.meta_encoder else None}
-    history: list[dict] = []
-    best_metric, best_loss, best_epoch, start_epoch, stale = -math.inf, math.inf, -1, 0, 0
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    if last_path.is_file():  # resume: every piece of state, then carry on with the next epoch
-        ckpt = load_checkpoint(last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler") is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        _set_rng_state(ckpt["rng"])
-        history, best_metric, best_epoch = ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"]
-        best_loss = ckpt["best_loss"]
-        start_epoch, stale = ckpt["epoch"] + 1, ckpt["stale"]
-        print(f"fold {k}: resuming after epoch {start_epoch} (best {spec.metric} {best_metric:.4f})")
-
-    frozen = cfg.model.freeze_epochs > 0
-    for epoch in range(start_epoch, t.epochs):
-        if frozen:  # feature extraction for the first freeze_epochs, then fine-tuning
-            set_backbone_trainable(model, epoch >= cfg.model.freeze_epochs, cfg.model.unfreeze_blocks)
-        seed = epoch_seed(t.seed, k, epoch)
-        train_tf.set_seed(seed)
-        train_loader = make_loader(train_ds, t.batch_size, workers, device, True, seed, sample_weights)
-        stats = train_one_epoch(model, train_loader, optimizer, loss_fn, rt, scheduler, ema, t.grad_clip, epoch,
-                                progress)
-        if not math.isfinite(stats.loss):
-            raise TrainingError(f"fold {k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
-                                f"set train.grad_clip. Last good checkpoint kept: {last_path}")
-        eval_model = ema.module if ema is not None else model
-        val_metric, val_probs = validate(eval_model, val_loader, rt, targets[val_idx], metric)
-        val_loss = log_loss(targets[val_idx], val_probs)
-        if scheduler is not None:
-            scheduler.step(epoch + 1, val_metric)
-        lr = optimizer.param_groups[0]["lr"]
-        history.append({"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss, spec.metric: val_metric,
-                        "lr": lr, "images_per_s": stats.images_per_s})
-        print(f"fold {k} epoch {epoch + 1}/{t.epochs}: loss {stats.loss:.4f}  val_loss {val_loss:.4f}  "
-              f"{spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s", flush=True)
-        # A tie on the metric (AUC saturates at 1.0 on easy folds) goes to the lower validation loss: the
-        # better-calibrated epoch, whose predictions pool better with the other folds' into the OOF score.
-        improved = val_metric > best_metric or (val_metric == best_metric and val_loss < best_loss)
+        A tie on the metric (AUC saturates at 1.0 on easy folds) goes to the lower validation loss: the
+        better-calibrated epoch, whose predictions pool better with the other folds' into the OOF score.
+        """
+        improved = metric > self.best_metric or (metric == self.best_metric and loss < self.best_loss)
         if improved:
-            best_metric, best_loss, best_epoch, stale = val_metric, val_loss, epoch + 1, 0
-            save_checkpoint(best_path, {**description, "model_state": eval_model.state_dict(),
-                                        "epoch": epoch + 1, "metric": val_metric})
-            write_csv_atomic(_oof_frame(spec, data.table["id"].to_numpy()[val_idx], k, targets[val_idx],
-                                        val_probs), fold_dir / "oof.csv")
+            self.best_metric, self.best_loss, self.best_epoch, self.stale = metric, loss, epoch, 0
         else:
-            stale += 1
-        write_csv_atomic(pd.DataFrame(history), fold_dir / "history.csv")
-        save_checkpoint(last_path, {
-            **description, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "ema": ema.module.state_dict() if ema is not None else None, "rng": _rng_state(), "epoch": epoch,
-            "history": history, "best_metric": best_metric, "best_loss": best_loss, "best_epoch": best_epoch,
-            "stale": stale})
-        if on_epoch is not None:
-            on_epoch(k, epoch, val_metric)
-        if t.early_stopping and stale >= t.early_stopping:
-            print(f"fold {k}: early stop after epoch {epoch + 1} ({t.early_stopping} epochs without improvement)")
-            break
-    result = FoldResult(k, best_metric, best_epoch, len(history))
-    write_text_atomic(fold_dir / "result.json", json.dumps(result.__dict__, indent=2))
-    return result
+            self.stale += 1
+        return improved
+
+
+class FoldTrainer:
+    """Everything one fold trains with, built from the config and the run's data; ``run`` trains it."""
+
+    def __init__(self, cfg: Config, data: RunData, k: int, run: RunDir):
+        self.cfg, self.data, self.k, self.run = cfg, data, k, run
+        t, spec = cfg.train, data.spec
+        self.metric = get_metric(spec.metric)
+        device = resolve_device(t.device)
+        self.workers = default_workers(t.num_workers, device)
+        self.train_idx, self.val_idx = np.flatnonzero(data.fold != k), np.flatnonzero(data.fold == k)
+        self.targets = data.table["target"].to_numpy()
+        if len(np.unique(self.targets[self.val_idx])) < 2:
+            raise ConfigError(f"fold {k} has a single class in its validation part; use fewer folds or more data")
+        self.train_tf = build_train_transform(cfg.aug.preset, data.input_size, cfg.aug.strength, data.native_size)
+        self.train_ds = self._subset(self.train_idx, self.train_tf)
+        self.val_ds = self._subset(self.val_idx, build_eval_transform(data.input_size, data.native_size))
+        self.train_tf.save(run.augmentation_path)
+        seed_everything(t.seed + k)  # the same initial weights for a fold, whatever ran before it
+        self.rt = Runtime.create(device, t.amp, t.channels_last, data.mean, data.std, spec.is_binary,
+                                 data.model.n_meta > 0)
+        self.model = self.rt.place(build_model(cfg.model.name, spec.num_outputs, cfg.model.weights,
+                                               cfg.model.img_size, cfg.model.drop_rate, data.model.n_meta))
+        self._build_optimisation()
+        self.progress = FoldProgress()
+
+    def _subset(self, idx: np.ndarray, transform) -> ImageDataset:
+        d = self.data
+        return ImageDataset(d.table["id"].to_numpy()[idx], transform,
+                            store=None if d.images is not None else d.store,
+                            images=None if d.images is None else d.images[idx], targets=self.targets[idx],
+                            meta=None if d.meta is None else d.meta[idx])
+
+    def _build_optimisation(self) -> None:
+        t, spec, device = self.cfg.train, self.data.spec, self.rt.device
+        n_classes = 2 if spec.is_binary else len(spec.classes)
+        train_targets = self.targets[self.train_idx]
+        self.loss_fn = build_loss(t.loss, n_classes, train_targets, t.class_weights, t.focal_gamma,
+                                  t.label_smoothing).to(device)
+        self.sample_weights = None
+        if t.balanced_sampler:
+            counts = np.bincount(train_targets, minlength=n_classes)
+            self.sample_weights = 1.0 / counts[train_targets]
+        self.val_loader = make_loader(self.val_ds, t.batch_size * 2, self.workers, device, train=False)
+        steps_per_epoch = len(make_loader(self.train_ds, t.batch_size, 0, device, train=True))
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, steps_per_epoch)
+        self.ema = None
+        if t.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=t.ema_decay)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def _checkpoint(self, epoch: int, metric: float, model: nn.Module,
+                    training: TrainingState | None = None) -> Checkpoint:
+        d, spec = self.data, self.data.spec
+        return Checkpoint(model=d.model, competition=spec.name, task=spec.task, classes=list(spec.classes),
+                          input_size=d.input_size, mean=list(d.mean), std=list(d.std), config=self.cfg.to_dict(),
+                          meta_encoder=d.meta_encoder.to_dict() if d.meta_encoder else None, fold=self.k,
+                          epoch=epoch, metric=metric, model_state=model.state_dict(), training=training)
+
+    def _training_state(self) -> TrainingState:
+        p = self.progress
+        return TrainingState(
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            scaler=self.rt.scaler.state_dict() if self.rt.scaler is not None else None,
+            ema=self.ema.module.state_dict() if self.ema is not None else None, rng=rng_state(),
+            history=p.history, best_metric=p.best_metric, best_loss=p.best_loss, best_epoch=p.best_epoch,
+            stale=p.stale)
+
+    def resume(self) -> int:
+        """Restore every piece of state from last.pt when there is one; the number of epochs already trained."""
+        path = self.run.last_path(self.k)
+        if not path.is_file():
+            return 0
+        ckpt = load_checkpoint(path)
+        state = ckpt.training
+        if state is None:
+            raise KitError(f"{path}: holds no training state (a best.pt renamed?); delete it to retrain the fold")
+        self.model.load_state_dict(ckpt.model_state)
+        self.optimizer.load_state_dict(state.optimizer)
+        if self.scheduler is not None and state.scheduler is not None:
+            self.scheduler.load_state_dict(state.scheduler)
+        if self.rt.scaler is not None and state.scaler is not None:
+            self.rt.scaler.load_state_dict(state.scaler)
+        if self.ema is not None and state.ema is not None:
+            self.ema.module.load_state_dict(state.ema)
+        set_rng_state(state.rng)
+        self.progress = FoldProgress(state.history, state.best_metric, state.best_loss, state.best_epoch, state.stale)
+        print(f"fold {self.k}: resuming after epoch {ckpt.epoch} (best {self.data.spec.metric} "
+              f"{state.best_metric:.4f})")
+        return ckpt.epoch
+
+    # ---------------------------------------------------------------------------------------------- epochs
+    def train_epoch(self, epoch: int, show_progress: bool) -> EpochStats:
+        t = self.cfg.train
+        if self.cfg.model.freeze_epochs > 0:  # feature extraction for the first freeze_epochs, then fine-tuning
+            set_backbone_trainable(self.model, epoch >= self.cfg.model.freeze_epochs, self.cfg.model.unfreeze_blocks)
+        seed = epoch_seed(t.seed, self.k, epoch)
+        self.train_tf.set_seed(seed)
+        loader = make_loader(self.train_ds, t.batch_size, self.workers, self.rt.device, True, seed,
+                             self.sample_weights)
+        stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.rt, self.scheduler,
+                                self.ema, t.grad_clip, epoch, show_progress)
+        if not math.isfinite(stats.loss):
+            raise TrainingError(f"fold {self.k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
+                                f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
+        return stats
+
+    def end_epoch(self, epoch: int, stats: EpochStats) -> float:
+        """Validate, log, and checkpoint epoch ``epoch`` (0-based); its validation metric."""
+        spec, val_targets = self.data.spec, self.targets[self.val_idx]
+        eval_model = self.ema.module if self.ema is not None else self.model
+        val_metric, val_probs = validate(eval_model, self.val_loader, self.rt, val_targets, self.metric)
+        val_loss = log_loss(val_targets, val_probs)
+        if self.scheduler is not None:
+            self.scheduler.step(epoch + 1, val_metric)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.progress.history.append({"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
+                                      spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s})
+        print(f"fold {self.k} epoch {epoch + 1}/{self.cfg.train.epochs}: loss {stats.loss:.4f}  val_loss "
+              f"{val_loss:.4f}  {spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s",
+              flush=True)
+        if self.progress.update(epoch + 1, val_metric, val_loss):
+            save_checkpoint(self.run.best_path(self.k), self._checkpoint(epoch + 1, val_metric, eval_model))
+            ids = self.data.table["id"].to_numpy()[self.val_idx]
+            self.run.write_csv(self.run.fold_oof_path(self.k),
+                               prediction_frame(spec, ids, val_probs, fold=self.k, target=val_targets))
+        self.run.write_csv(self.run.history_path(self.k), pd.DataFrame(self.progress.history))
+        save_checkpoint(self.run.last_path(self.k),
+                        self._checkpoint(epoch + 1, val_metric, self.model, self._training_state()))
+        return val_metric
+
+    def fit(self, on_epoch: EpochCallback | None = None, show_progress: bool = False) -> FoldResult:
+        t = self.cfg.train
+        for epoch in range(self.resume(), t.epochs):
+            val_metric = self.end_epoch(epoch, self.train_epoch(epoch, show_progress))
+            if on_epoch is not None:
+                on_epoch(self.k, epoch, val_metric)
+            if t.early_stopping and self.progress.stale >= t.early_stopping:
+                print(f"fold {self.k}: early stop after epoch {epoch + 1} ({t.early_stopping} epochs without "
+                      "improvement)")
+                break
+        p = self.progress
+        result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history))
+        self.run.write_json(self.run.result_path(self.k), asdict(result))  # last: marks the fold finished
+        return result
+
+
+def train_fold(cfg: Config, data: RunData, k: int, run: RunDir, on_epoch: EpochCallback | None = None,
+               progress: bool = False) -> FoldResult:
+    """Train (or resume) fold ``k`` of ``run``; the caller holds the run's write lock."""
+    run.fold_dir(k).mkdir(parents=True, exist_ok=True)
+    return FoldTrainer(cfg, data, k, run).fit(on_epoch, progress)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -519,67 +456,74 @@ class RunResult:
     metric: str
 
 
-def score_oof(spec: Competition, oof: pd.DataFrame) -> tuple[dict[int, float], float]:
-    """Per-fold and pooled scores computed from saved OOF predictions with the competition's metric."""
-    metric = get_metric(spec.metric)
-    per_fold = {int(k): metric(g["target"].to_numpy(), oof_predictions(spec, g)) for k, g in oof.groupby("fold")}
-    return per_fold, metric(oof["target"].to_numpy(), oof_predictions(spec, oof))
-
-
-def collect_oof(spec: Competition, run_dir: Path, folds: list[int]) -> pd.DataFrame:
-    frames = []
-    for k in folds:
-        path = run_dir / f"fold{k}" / "oof.csv"
-        if not path.is_file():
-            raise KitError(f"{path} is missing: fold {k} has not finished")
-        frames.append(pd.read_csv(path, dtype={spec.id_col: str}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: list[int] | None = None,
-                folds_file: str | Path | None = None, on_epoch: EpochCallback | None = None,
-                progress: bool = False, exclude: list[str] | None = None) -> RunResult:
-    """Train the chosen folds (all by default) into ``run_dir``; folds already finished there are skipped."""
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _check_folds(cfg: Config, folds: list[int] | None) -> list[int]:
     folds = list(range(cfg.n_folds)) if folds is None else list(folds)
     bad = [k for k in folds if not 0 <= k < cfg.n_folds]
     if bad:
         raise ConfigError(f"--folds {bad} out of range for {cfg.n_folds} folds")
-    data = prepare_data(cfg, data_dir, run_dir, Path(folds_file) if folds_file else None, exclude)
-    # written once the data checks passed, so a run that failed on bad input can simply be started again
-    save_config(cfg, run_dir / "config.yaml")
-    write_text_atomic(run_dir / "run.json", json.dumps({"data": str(data_dir.resolve()), "folds": folds}, indent=2))
-    spec = data.spec
-    for k in folds:
-        fold_dir = run_dir / f"fold{k}"
-        if (fold_dir / "result.json").is_file():
-            print(f"fold {k}: already finished, skipped")
-            continue
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        train_fold(cfg, data, k, fold_dir, on_epoch, progress)
-    oof = collect_oof(spec, run_dir, folds)
-    write_csv_atomic(oof, run_dir / "oof.csv")
+    return folds
+
+
+def _start(run: RunDir, fresh: bool, overwrite: bool) -> None:
+    """Inside the lock: refuse to train over another run unless told to, or clear it for ``overwrite``."""
+    if overwrite:
+        for path in run.path.iterdir():
+            if path.name != ".kit-lock":
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    elif fresh and run.config_path.exists():
+        raise ConfigError(f"{run.path} already holds a run; continue it with kit train --resume {run.path}, "
+                          "replace it with --overwrite, or choose another --out")
+
+
+def _write_start(run: RunDir, cfg: Config, data: RunData, data_dir: Path, folds: list[int]) -> None:
+    """The run's own files, written once the data and the model passed their checks."""
+    if data.fold_source is None or Path(data.fold_source).resolve() != run.folds_path.resolve():
+        write_folds(run.folds_path, data.table["id"], data.fold, data.spec.id_col)
+    run.write_config(cfg)
+    run.write_info(data_dir, folds)
+
+
+def _finish(run: RunDir, spec: Competition, folds: list[int]) -> RunResult:
+    oof = run.collect_oof(folds)
+    run.write_csv(run.oof_path, oof)
     per_fold, pooled = score_oof(spec, oof)
-    result = RunResult(run_dir, per_fold, pooled, float(np.mean(list(per_fold.values()))), spec.metric)
-    write_text_atomic(run_dir / "scores.json", json.dumps(
-        {"metric": spec.metric, "cv": pooled, "mean_of_folds": result.mean_fold_score,
-         "folds": {str(k): v for k, v in per_fold.items()}}, indent=2))
+    result = RunResult(run.path, per_fold, pooled, float(np.mean(list(per_fold.values()))), spec.metric)
+    run.write_json(run.scores_path, {"metric": spec.metric, "cv": pooled, "mean_of_folds": result.mean_fold_score,
+                                     "folds": {str(k): v for k, v in per_fold.items()}})
     return result
+
+
+def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: list[int] | None = None,
+                folds_file: str | Path | None = None, on_epoch: EpochCallback | None = None,
+                progress: bool = False, exclude: list[str] | None = None, fresh: bool = False,
+                overwrite: bool = False) -> RunResult:
+    """Train the chosen folds (all by default) into ``run_dir``; folds already finished there are skipped.
+
+    ``fresh`` refuses a folder that already holds a run (``overwrite`` clears it instead). The folder's write lock
+    is held throughout, so a second trainer started into the same folder stops at once.
+    """
+    run, data_dir = RunDir(run_dir), Path(data_dir)
+    folds = _check_folds(cfg, folds)
+    created = not run.path.exists()
+    with run.writing():
+        try:
+            _start(run, fresh, overwrite)
+            data = prepare_data(cfg, data_dir, run, Path(folds_file) if folds_file else None, exclude)
+        except BaseException:
+            if created and not run.config_path.exists():  # a failed start leaves nothing behind
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        _write_start(run, cfg, data, data_dir, folds)
+        for k in folds:
+            if run.result_path(k).is_file():
+                print(f"fold {k}: already finished, skipped")
+                continue
+            train_fold(cfg, data, k, run, on_epoch, progress)
+        return _finish(run, data.spec, folds)
 
 
 def resume_config(run_dir: Path) -> tuple[Config, Path, list[int]]:
     """The saved config, data folder and fold list of an existing run folder."""
-    from kit.config import load_saved_config
-
-    cfg_path, run_json = run_dir / "config.yaml", run_dir / "run.json"
-    if not cfg_path.is_file() or not run_json.is_file():
-        raise KitError(f"{run_dir} is not a kit run folder (no config.yaml / run.json)")
-    info = json.loads(run_json.read_text())
-    return load_saved_config(cfg_path), Path(info["data"]), list(info["folds"])
-
-
-def with_overrides(cfg: Config, **sections) -> Config:
-    """A copy of ``cfg`` with some fields of its sections replaced: ``with_overrides(cfg, train={"epochs": 2})``."""
-    changes = {name: replace(getattr(cfg, name), **values) for name, values in sections.items()}
-    return replace(cfg, **changes)
+    run = RunDir.open(run_dir)
+    info = run.info()
+    return run.config(), info["data"], info["folds"]

@@ -15,20 +15,21 @@ import numpy as np
 import torch
 
 from kit.errors import ConfigError
+from kit.registry import Registry
 
 PresetFn = Callable[[int, float], list]
-_PRESETS: dict[str, PresetFn] = {}
+"""(image side in pixels, strength) -> the list of albumentations transforms of a preset."""
+
+AUG_PRESETS: Registry[PresetFn] = Registry("augmentation preset")
 
 
-def register_preset(name: str):
-    def wrap(fn: PresetFn) -> PresetFn:
-        _PRESETS[name] = fn
-        return fn
-    return wrap
+def register_preset(name: str) -> Callable[[PresetFn], PresetFn]:
+    """Decorator: register ``fn(size, strength) -> list of albumentations transforms`` as the preset ``name``."""
+    return AUG_PRESETS.register(name)
 
 
 def preset_names() -> list[str]:
-    return sorted(_PRESETS)
+    return sorted(AUG_PRESETS.names())
 
 
 @register_preset("none")
@@ -67,7 +68,9 @@ def _isic(size: int, s: float) -> list:
         A.RandomBrightnessContrast(brightness_limit=0.2 * s, contrast_limit=0.2 * s, p=p),
         A.OneOf([A.MotionBlur(blur_limit=5), A.MedianBlur(blur_limit=5), A.GaussianBlur(blur_limit=(3, 5)),
                  A.GaussNoise(std_range=(0.02, 0.1))], p=0.7 * p),
-        A.OneOf([A.OpticalDistortion(distort_limit=1.0 * s), A.GridDistortion(num_steps=5, distort_limit=1.0 * s),
+        # albumentations caps distortion limits at 1: stronger settings saturate there
+        A.OneOf([A.OpticalDistortion(distort_limit=min(1.0, 1.0 * s)),
+                 A.GridDistortion(num_steps=5, distort_limit=min(1.0, 1.0 * s)),
                  A.ElasticTransform(alpha=3 * s)], p=0.7 * p),
         A.CLAHE(clip_limit=4.0, p=0.7 * p),
         A.HueSaturationValue(hue_shift_limit=10 * s, sat_shift_limit=20 * s, val_shift_limit=10 * s, p=0.5 * p),
@@ -113,10 +116,21 @@ def _resize(size: int) -> list:
 
 def build_train_transform(preset: str, size: int, strength: float = 1.0, native_size: int | None = None,
                           seed: int = 0) -> Pipeline:
-    if preset not in _PRESETS:
-        raise ConfigError(f"unknown augmentation preset '{preset}'; known: {', '.join(preset_names())}")
+    fn = AUG_PRESETS.get(preset)
     resize = [] if native_size == size else _resize(size)
-    return Pipeline(A.Compose(resize + _PRESETS[preset](size, strength), seed=seed))
+    return Pipeline(A.Compose(resize + fn(size, strength), seed=seed))
+
+
+def check_preset(preset: str, strength: float, size: int = 64) -> None:
+    """Build the preset at ``strength`` and apply it to one image: albumentations rejects some magnitudes (a
+    distortion limit above 1, say) only when the transform is built, which would otherwise be inside training."""
+    fn = AUG_PRESETS.get(preset)
+    try:
+        pipeline = Pipeline(A.Compose(fn(size, strength), seed=0))
+        pipeline(np.zeros((size, size, 3), dtype=np.uint8))
+    except (ValueError, TypeError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ConfigError(f"aug.strength={strength} does not work with aug.preset={preset}: {detail}") from None
 
 
 def build_eval_transform(size: int, native_size: int | None = None) -> Pipeline:

@@ -11,7 +11,6 @@ batch: the caller iterates batches, TTA handles the views inside a batch.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
@@ -19,11 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from kit.errors import ConfigError
+from kit.registry import Registry
 
 __all__ = [
+    "MERGES",
     "TTA",
-    "View",
+    "VIEWS",
     "VIEW_SETS",
+    "View",
     "default_views_per_forward",
     "get_merge",
     "get_view",
@@ -52,37 +54,26 @@ class View:
         return self.fn(x)
 
 
-_VIEWS: dict[str, View] = {}
+VIEWS: Registry[View] = Registry("TTA view")
 
 
 def register_view(name: str, swaps_hw: bool = False) -> Callable[[Callable[[Tensor], Tensor]], Callable]:
     """Decorator: register a pure tensor function on NCHW batches as the view ``name``."""
 
     def deco(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        if name in _VIEWS:
-            raise ConfigError(f"TTA view '{name}' is registered twice")
-        _VIEWS[name] = View(name, fn, swaps_hw)
+        VIEWS.add(name, View(name, fn, swaps_hw))
         return fn
 
     return deco
 
 
-def _unknown(kind: str, name: object, known: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown TTA {kind} '{name}'.{hint} Known: {', '.join(known)}")
-
-
 def list_views() -> list[str]:
-    return list(_VIEWS)
+    return VIEWS.names()
 
 
 def get_view(name: str) -> View:
     """Return the registered view ``name``; an unknown name raises with the list of known ones."""
-    try:
-        return _VIEWS[name]
-    except KeyError:
-        raise _unknown("view", name, list(_VIEWS)) from None
+    return VIEWS.get(name)
 
 
 # torch.rot90 with dims (-2, -1) turns counter-clockwise as displayed (row 0 at the top).
@@ -127,49 +118,35 @@ def transverse(x: Tensor) -> Tensor:
     return x.flip(-2, -1).transpose(-2, -1)
 
 
-VIEW_SETS: dict[str, tuple[str, ...]] = {
-    "1": ("identity",),
-    "2": ("identity", "hflip"),
-    "4": ("identity", "hflip", "vflip", "rot180"),
-    "8": ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "transverse"),
-}
+VIEW_SETS: Registry[tuple[str, ...]] = Registry("TTA view set")
 """Named view sets: the flips (4) are a subgroup of the full dihedral group (8)."""
+VIEW_SETS.add("1", ("identity",))
+VIEW_SETS.add("2", ("identity", "hflip"))
+VIEW_SETS.add("4", ("identity", "hflip", "vflip", "rot180"))
+VIEW_SETS.add("8", ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "transverse"))
 
 
 def get_view_set(name: str | int) -> tuple[str, ...]:
     """Return the view names of the set ``name`` ("1", "2", "4", "8"); an unknown name raises with the known ones."""
-    try:
-        return VIEW_SETS[str(name)]
-    except KeyError:
-        raise _unknown("view set", name, list(VIEW_SETS)) from None
+    return VIEW_SETS.get(str(name))
 
 
 # -------------------------------------------------------------------------------------------------- merges
-_MERGES: dict[str, Merge] = {}
+MERGES: Registry[Merge] = Registry("TTA merge")
 
 
 def register_merge(name: str) -> Callable[[Merge], Merge]:
     """Decorator: register ``fn(logits V x N x C, task) -> probabilities N x C`` as the merge ``name``."""
-
-    def deco(fn: Merge) -> Merge:
-        if name in _MERGES:
-            raise ConfigError(f"TTA merge '{name}' is registered twice")
-        _MERGES[name] = fn
-        return fn
-
-    return deco
+    return MERGES.register(name)
 
 
 def list_merges() -> list[str]:
-    return list(_MERGES)
+    return MERGES.names()
 
 
 def get_merge(name: str) -> Merge:
     """Return the merge ``name``; an unknown name raises with the list of known ones."""
-    try:
-        return _MERGES[name]
-    except KeyError:
-        raise _unknown("merge", name, list(_MERGES)) from None
+    return MERGES.get(name)
 
 
 def _activate(logits: Tensor, task: Task) -> Tensor:

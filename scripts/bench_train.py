@@ -24,7 +24,8 @@ from kit.data.labels import load_train_table
 from kit.data.readers import open_store
 from kit.data.synthetic import make_demo_data
 from kit.models import build_model, data_config
-from kit.train import Runtime, make_loader, train_one_epoch
+from kit.runtime import Runtime, make_loader
+from kit.train import train_one_epoch
 from kit.transforms import build_eval_transform
 
 

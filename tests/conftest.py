@@ -59,9 +59,10 @@ PREDICTED_RUNS = {
 
 @pytest.fixture(scope="session")
 def predicted_runs(demo_data, tmp_path_factory) -> dict:
-    """name -> kit.predict.PredictResult of a tiny run trained with kit.train.train_folds and predicted with TTA."""
+    """name -> kit.predict.PredictResult of a tiny run trained with kit.train.train_folds and predicted with TTA by
+    ``kit predict``'s chain; its ``submission`` attribute is the submission that wrote."""
+    from kit.commands.predict import predict_and_submit
     from kit.config import load_config
-    from kit.predict import predict_run
     from kit.train import train_folds
 
     root = tmp_path_factory.mktemp("runs")
@@ -70,5 +71,6 @@ def predicted_runs(demo_data, tmp_path_factory) -> dict:
         data = demo_data(competition, n=n, size=size)
         cfg = load_config(competition, overrides=TINY + overrides)
         train_folds(cfg, data, root / name)
-        out[name] = predict_run(root / name, out_dir=root / "submissions", **predict_kw)
+        out[name], submission = predict_and_submit(root / name, out_dir=root / "submissions", **predict_kw)
+        out[name].submission = submission
     return out

@@ -12,6 +12,7 @@ import pytest
 from scipy.stats import rankdata
 
 from kit.cli import main
+from kit.commands.ensemble import ensemble_and_submit
 from kit.competitions import get_competition
 from kit.ensemble import (
     Member,
@@ -37,8 +38,8 @@ def _data_dir(result) -> str:
 @pytest.mark.parametrize("method", ["mean", "rank", "gmean", "fit"])
 def test_each_method_blends_two_runs_into_a_valid_submission(predicted_runs, tmp_path, method):
     a, b = predicted_runs["hcd_a"], predicted_runs["hcd_b"]
-    result = ensemble_runs([a.run_dir, b.run_dir], method, tmp_path)
-    assert validate_file(HCD, result.submission, _data_dir(a)) == len(pd.read_csv(a.test_files[0]))
+    result, submission, summary = ensemble_and_submit([a.run_dir, b.run_dir], method, tmp_path)
+    assert validate_file(HCD, submission, _data_dir(a)) == len(pd.read_csv(a.test_files[0]))
     assert sum(result.weights.values()) == pytest.approx(1.0)
     assert set(result.weights) == {"hcd_a", "hcd_b"} and all(w >= 0 for w in result.weights.values())
     names = [r.name for r in result.scores]
@@ -50,34 +51,34 @@ def test_each_method_blends_two_runs_into_a_valid_submission(predicted_runs, tmp
     assert fit.nested and fit.in_sample is not None and "nested" in fit.note
     assert not any(r.nested for r in result.scores[:-1])
     # the test predictions of the chosen method: each run's folds blended, then the runs
-    members = [load_member(r.run_dir, method) for r in (a, b)]
+    members = [load_member(r.run_dir) for r in (a, b)]  # each run's folds: mean, the default --fold-merge
     blend = get_blend(method)
     expected = blend.combine([m.test for m in members], np.array(list(result.weights.values())), "binary")
-    np.testing.assert_allclose(read_submission(result.submission)["label"].to_numpy(float), expected, rtol=1e-6)
-    summary = json.loads(result.summary.read_text())
+    np.testing.assert_allclose(read_submission(submission)["label"].to_numpy(float), expected, rtol=1e-6)
+    summary = json.loads(summary.read_text())
     assert summary["method"] == method and summary["weights"] == result.weights
 
 
 def test_rank_blend_is_the_mean_of_percentile_ranks(predicted_runs, tmp_path):
     a, b = predicted_runs["hcd_a"], predicted_runs["hcd_b"]
-    result = ensemble_runs([a.run_dir, b.run_dir], "rank", tmp_path)
+    result, submission, _ = ensemble_and_submit([a.run_dir, b.run_dir], "rank", tmp_path, fold_merge="rank")
     folds = [[pd.read_csv(r.test_files[k])["pred"].to_numpy() for k in (0, 1)] for r in (a, b)]
     per_run = [np.mean([rankdata(f) / len(f) for f in run], axis=0) for run in folds]
     expected = np.mean([rankdata(p) / len(p) for p in per_run], axis=0)
-    np.testing.assert_allclose(read_submission(result.submission)["label"].to_numpy(float), expected, rtol=1e-6)
+    np.testing.assert_allclose(read_submission(submission)["label"].to_numpy(float), expected, rtol=1e-6)
 
 
 def test_multiclass_rank_falls_back_to_mean_and_says_so(predicted_runs, tmp_path, capsys):
     run = predicted_runs["multi"].run_dir
     twin = shutil.copytree(run, tmp_path / "multi_twin")
-    rank = ensemble_runs([run, twin], "rank", tmp_path / "subs")
+    _, rank, _ = ensemble_and_submit([run, twin], "rank", tmp_path / "subs")
     out = capsys.readouterr().out
     assert "multiclass uses mean" in out
-    mean = ensemble_runs([run, twin], "mean", tmp_path / "subs")
+    _, mean, _ = ensemble_and_submit([run, twin], "mean", tmp_path / "subs")
     cols = list(get_competition("isic-2018-task3").classes)
-    np.testing.assert_allclose(read_submission(rank.submission)[cols].to_numpy(float),
-                               read_submission(mean.submission)[cols].to_numpy(float))
-    assert validate_file("isic-2018-task3", rank.submission, _data_dir(predicted_runs["multi"])) > 0
+    np.testing.assert_allclose(read_submission(rank)[cols].to_numpy(float),
+                               read_submission(mean)[cols].to_numpy(float))
+    assert validate_file("isic-2018-task3", rank, _data_dir(predicted_runs["multi"])) > 0
 
 
 def test_runs_with_different_folds_are_refused(predicted_runs, tmp_path):
@@ -88,26 +89,26 @@ def test_runs_with_different_folds_are_refused(predicted_runs, tmp_path):
     folds.loc[[i, j], "fold"] = ["1", "0"]
     folds.to_csv(other / "folds.csv", index=False)
     with pytest.raises(DataError, match=rf"hcd_c/folds\.csv differ: 2 of {len(folds)} ids in another fold") as e:
-        ensemble_runs([a.run_dir, other], "mean", tmp_path / "subs")
+        ensemble_and_submit([a.run_dir, other], "mean", tmp_path / "subs")
     assert folds["id"][i] in str(e.value) and folds["id"][j] in str(e.value)
     assert not (tmp_path / "subs").exists()
 
 
 def test_runs_of_different_competitions_are_refused(predicted_runs, tmp_path):
     with pytest.raises(ConfigError, match="is a isic-2018-task3 run but .* is histopathologic-cancer-detection"):
-        ensemble_runs([predicted_runs["hcd_a"].run_dir, predicted_runs["multi"].run_dir], "mean", tmp_path)
+        ensemble_runs([predicted_runs["hcd_a"].run_dir, predicted_runs["multi"].run_dir], "mean")
 
 
 def test_a_run_not_yet_predicted_is_named(predicted_runs, tmp_path):
     bare = shutil.copytree(predicted_runs["hcd_b"].run_dir, tmp_path / "bare")
     (bare / "predict.json").unlink()
     with pytest.raises(KitError, match=r"no test predictions .* run `kit predict .*bare`"):
-        ensemble_runs([predicted_runs["hcd_a"].run_dir, bare], "mean", tmp_path / "subs")
+        ensemble_runs([predicted_runs["hcd_a"].run_dir, bare], "mean")
 
 
 def test_unknown_method_lists_the_known_ones(predicted_runs, tmp_path):
-    with pytest.raises(ConfigError, match="unknown blend method 'rnak'. Did you mean 'rank'.* Known: mean, rank"):
-        ensemble_runs([predicted_runs["hcd_a"].run_dir], "rnak", tmp_path)
+    with pytest.raises(ConfigError, match="unknown blend 'rnak'. Did you mean 'rank'.* Known: mean, rank"):
+        ensemble_runs([predicted_runs["hcd_a"].run_dir], "rnak")
 
 
 def test_cli_ensemble_prints_members_and_blends_side_by_side(predicted_runs, tmp_path, capsys):

@@ -121,10 +121,10 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
     submission = working / "submission.csv"
     assert validate_file(HCD, submission, data) == 10
     # the kernel's numbers are kit predict's: each fold's best.pt with 8 TTA views, folds averaged
-    from kit.predict import predict_run
+    from kit.commands.predict import predict_and_submit
 
-    local = predict_run(run, data, tta="8", out_dir=tmp_path / "local", report=False, with_oof=False)
-    ours, theirs = pd.read_csv(submission, dtype={"id": str}), pd.read_csv(local.submission, dtype={"id": str})
+    _, local = predict_and_submit(run, data, tta="8", out_dir=tmp_path / "local", report=False)
+    ours, theirs = pd.read_csv(submission, dtype={"id": str}), pd.read_csv(local, dtype={"id": str})
     assert ours["id"].tolist() == theirs["id"].tolist()
     assert ours["label"].to_numpy() == pytest.approx(theirs["label"].to_numpy(), abs=1e-6)
     assert ours["label"].nunique() > 1

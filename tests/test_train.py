@@ -16,11 +16,12 @@ import pytest
 import torch
 import yaml
 
+from kit.checkpoint import load_checkpoint
 from kit.cli import main
 from kit.config import load_config
 from kit.errors import ConfigError, DataError
 from kit.metrics import auc
-from kit.train import TrainingError, model_from_description, train_folds
+from kit.train import TrainingError, train_folds
 
 TINY = ["model.name=test_resnet", "model.img_size=48", "train.batch_size=16", "train.epochs=2", "n_folds=2",
         "train.scheduler=cosine", "train.lr=0.003"]
@@ -68,13 +69,10 @@ def test_scores_are_computed_from_oof(tiny_run):
 
 def test_checkpoint_rebuilds_the_model_alone(tiny_run):
     data, run, _ = tiny_run
-    ckpt = torch.load(run / "fold0" / "best.pt", weights_only=False)
-    for key in ("model", "model_state", "classes", "input_size", "mean", "std", "config", "competition", "task"):
-        assert key in ckpt
-    assert ckpt["input_size"] == 48 and ckpt["classes"] == ["label"]
-    model = model_from_description(ckpt["model"])
-    model.load_state_dict(ckpt["model_state"])  # strict: the description is complete
-    model.eval()
+    ckpt = load_checkpoint(run / "fold0" / "best.pt")
+    assert ckpt.input_size == 48 and ckpt.classes == ["label"] and ckpt.task == "binary"
+    assert ckpt.competition == "histopathologic-cancer-detection" and ckpt.training is None
+    model = ckpt.build_model()  # load_state_dict is strict: the description is complete
     # the rebuilt model reproduces the saved OOF predictions of its fold
     from kit.data.readers import open_store
 
@@ -83,8 +81,8 @@ def test_checkpoint_rebuilds_the_model_alone(tiny_run):
     from kit.data.dataset import _fit
 
     x = torch.stack([torch.from_numpy(_fit(store.read(i), 48).transpose(2, 0, 1).copy()) for i in oof["id"]])
-    mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
+    mean = torch.tensor(ckpt.mean).view(1, -1, 1, 1)
+    std = torch.tensor(ckpt.std).view(1, -1, 1, 1)
     with torch.inference_mode():
         probs = torch.sigmoid(model((x.float() / 255 - mean) / std).squeeze(1)).numpy()
     np.testing.assert_allclose(probs, oof["pred"].to_numpy(), atol=1e-5)
@@ -152,8 +150,8 @@ def test_multiclass_with_metadata_and_freeze(demo_data, tmp_path):
     assert list(oof.columns) == ["image", "fold", "target", *classes]
     np.testing.assert_allclose(oof[classes].sum(axis=1), 1.0, atol=1e-5)
     assert 0.0 <= result.cv_score <= 1.0
-    ckpt = torch.load(tmp_path / "run" / "fold0" / "best.pt", weights_only=False)
-    assert ckpt["model"]["n_meta"] > 0 and ckpt["meta_encoder"]["sites"]
+    ckpt = load_checkpoint(tmp_path / "run" / "fold0" / "best.pt")
+    assert ckpt.model.n_meta > 0 and ckpt.meta_encoder["sites"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

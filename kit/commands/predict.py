@@ -1,4 +1,8 @@
-"""kit predict: TTA predictions of a run's folds on the test set (and their OOF images), then a submission."""
+"""kit predict: TTA predictions of a run's folds on the test set (and their OOF images), then a submission.
+
+The command chains three stages: prediction (kit.predict), the blend of the folds (kit.ensemble) and the validated
+submission (kit.submission), then draws the report.
+"""
 
 from __future__ import annotations
 
@@ -25,12 +29,34 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, batch_size=None, fold_merge="mean",
+                       out_dir="submissions", device="auto", workers=None, report=True):
+    """``kit predict`` as a function: (PredictResult, the submission's path)."""
+    from kit.ensemble import blend_folds, get_fold_blend
+    from kit.predict import predict_run
+    from kit.report import write_report
+    from kit.rundir import RunDir
+    from kit.submission import write_submission
+
+    get_fold_blend(fold_merge)  # a bad --fold-merge fails before any prediction
+    result = predict_run(run_dir, data, tta, merge, folds, batch_size, device, workers)
+    run = RunDir(result.run_dir)
+    test_ids, test = blend_folds(run.path, fold_merge)
+    expected = [str(i) for i in test_ids]
+    submission = write_submission(run.competition(), expected, test, run.name, out_dir, expected_ids=expected)
+    print(f"wrote {submission} ({fold_merge} of {len(result.folds)} fold{'s' * (len(result.folds) > 1)})")
+    if report:
+        paths = write_report(run.path)
+        print(f"report: {len(paths)} plots in {run.report_dir}")
+    return result, submission
+
+
 def run(args) -> int:
     from kit.commands import parse_folds
-    from kit.predict import predict_run
 
     folds = parse_folds(args.folds) if args.folds else None
-    result = predict_run(args.run_dir, args.data, args.tta, args.merge, folds, args.batch_size, args.fold_merge,
-                         args.out_dir, args.device, args.workers, report=not args.no_report)
-    print(result.submission)
+    _, submission = predict_and_submit(args.run_dir, args.data, args.tta, args.merge, folds, args.batch_size,
+                                       args.fold_merge, args.out_dir, args.device, args.workers,
+                                       report=not args.no_report)
+    print(submission)
     return 0

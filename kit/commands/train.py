@@ -20,6 +20,8 @@ def add_parser(sub):
     p.add_argument("--exclude", default=None, metavar="CSV",
                    help="ids to leave out (the bad-image list of `kit check-data --skip-bad-images`)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
+                   "predictions and scores are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
     p.set_defaults(func=run)
 
@@ -34,9 +36,10 @@ def run(args) -> int:
 
     progress = not args.no_progress and sys.stderr.isatty()
     if args.resume:
+        if args.overrides or args.config or args.overwrite:
+            raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite are not "
+                              "allowed")
         cfg, data_dir, folds = resume_config(Path(args.resume))
-        if args.overrides or args.config:
-            raise ConfigError("--resume continues a run with its saved config; --set/--config are not allowed")
         out = Path(args.resume)
         data_dir = Path(args.data) if args.data else data_dir
     else:
@@ -46,14 +49,13 @@ def run(args) -> int:
         cfg = load_config(args.competition, args.config, args.overrides)
         out, data_dir = Path(args.out), Path(args.data)
         folds = parse_folds(args.folds) if args.folds else None
-        if (out / "config.yaml").exists():
-            raise ConfigError(f"{out} already holds a run; use --resume {out} or another --out")
     exclude = None
     if args.exclude:
         from kit.data.labels import read_csv
 
         exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
-    result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude)
+    result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude,
+                         fresh=not args.resume, overwrite=args.overwrite)
     from kit.report import write_report
 
     written = write_report(out)

@@ -19,7 +19,7 @@ from kit.io import write_csv_atomic
 
 def check_class_counts(target: np.ndarray, n_folds: int, class_names: list[str] | None = None) -> None:
     values, counts = np.unique(target, return_counts=True)
-    too_few = [(v, c) for v, c in zip(values, counts) if c < n_folds]
+    too_few = [(v, c) for v, c in zip(values, counts, strict=True) if c < n_folds]
     if too_few:
         def name(v):
             return class_names[int(v)] if class_names else str(v)

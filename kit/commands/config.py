@@ -1,0 +1,41 @@
+"""kit config: the resolved config (defaults <- preset <- --set) as YAML, and every valid key."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("config", help="show the resolved config, or list every config key",
+                       description="`kit config show` prints the config a `kit train` with the same --competition, "
+                       "--config and --set would use, checked the same way; `kit config keys` lists every key with "
+                       "its type, default, help and valid values.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the resolved config as YAML",
+                              description="Print the resolved config as YAML (what config.yaml of a run would hold, "
+                              "without the provenance).")
+    show.add_argument("--competition", default=None, help="competition name (see `kit competitions`); its preset "
+                      "is the default --config")
+    show.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    show.set_defaults(func=run_show)
+    keys = actions.add_parser("keys", help="list every config key with its type, default and help",
+                              description="List every config key: type, default, help, and the valid values of "
+                              "closed sets and ranges.")
+    keys.set_defaults(func=run_keys)
+
+
+def run_show(args) -> int:
+    from kit.config import config_to_yaml, load_config
+
+    cfg = load_config(args.competition, args.config, args.overrides)
+    print(config_to_yaml(cfg, with_provenance=False), end="")
+    return 0
+
+
+def run_keys(args) -> int:
+    from kit.config import describe_keys
+
+    rows = describe_keys()
+    widths = [max(len(r[c]) for r in rows) for c in ("key", "type", "default")]
+    for r in rows:
+        valid = f"; valid: {r['valid']}" if r["valid"] else ""
+        print(f"{r['key']:<{widths[0]}}  {r['type']:<{widths[1]}}  {r['default']:<{widths[2]}}  {r['help']}{valid}")
+    return 0
