@@ -16,26 +16,49 @@ from kit.registry import Registry
 TASKS = ("binary", "multiclass")
 
 
-class FocalLoss(nn.Module):
-    """Focal loss (Lin et al. 2017) on logits; binary (N,) targets in {0,1} or multiclass (N,) class indices."""
+def smooth_binary(target: torch.Tensor, eps: float) -> torch.Tensor:
+    """Binary label smoothing, as CE's ``label_smoothing`` does for two classes: 1 -> 1 - eps/2, 0 -> eps/2."""
+    return target * (1 - eps) + 0.5 * eps if eps else target
 
-    def __init__(self, gamma: float = 2.0, binary: bool = True, weight: torch.Tensor | None = None):
+
+class SmoothedBCE(nn.BCEWithLogitsLoss):
+    """BCE on logits with label-smoothed targets (``label_smoothing`` of nn.CrossEntropyLoss has no BCE twin)."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(pos_weight=pos_weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, smooth_binary(target, self.label_smoothing))
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017) on logits; binary (N,) targets in {0,1} or multiclass (N,) class indices.
+
+    With ``label_smoothing`` the cross-entropy inside is taken against smoothed targets; the focusing term
+    (1 - p_t)^gamma still uses the model's probability of the true class.
+    """
+
+    def __init__(self, gamma: float = 2.0, binary: bool = True, weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
         super().__init__()
         self.gamma = gamma
         self.binary = binary
+        self.label_smoothing = label_smoothing
         self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.binary:
-            ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            ce = F.binary_cross_entropy_with_logits(logits, smooth_binary(target, self.label_smoothing),
+                                                    reduction="none")
             p_t = torch.exp(-ce)
             loss = (1 - p_t) ** self.gamma * ce
             if self.weight is not None:  # weight = (w_neg, w_pos)
                 loss = loss * torch.where(target > 0.5, self.weight[1], self.weight[0])
             return loss.mean()
-        logp = F.log_softmax(logits, dim=1)
-        logp_t = logp.gather(1, target[:, None]).squeeze(1)
-        loss = -(1 - logp_t.exp()) ** self.gamma * logp_t
+        p_t = F.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+        ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
+        loss = (1 - p_t) ** self.gamma * ce
         if self.weight is not None:
             loss = loss * self.weight[target]
         return loss.mean()
@@ -77,7 +100,7 @@ def register_loss(name: str, tasks: tuple[str, ...] = TASKS) -> Callable:
 @register_loss("bce", tasks=("binary",))
 def _bce(binary: bool, weight: torch.Tensor | None, gamma: float, label_smoothing: float) -> nn.Module:
     pos_weight = (weight[1] / weight[0]).reshape(1) if weight is not None else None
-    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    return SmoothedBCE(pos_weight, label_smoothing)
 
 
 @register_loss("ce", tasks=("multiclass",))
@@ -87,7 +110,7 @@ def _ce(binary: bool, weight: torch.Tensor | None, gamma: float, label_smoothing
 
 @register_loss("focal")
 def _focal(binary: bool, weight: torch.Tensor | None, gamma: float, label_smoothing: float) -> nn.Module:
-    return FocalLoss(gamma, binary, weight)
+    return FocalLoss(gamma, binary, weight, label_smoothing)
 
 
 def resolve_loss(name: str, task: str) -> str:

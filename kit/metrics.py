@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from sklearn.metrics import auc as sklearn_auc
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from kit.errors import DataError
@@ -42,7 +43,7 @@ def pauc_above_tpr(y_true: np.ndarray, y_pred: np.ndarray, min_tpr: float = 0.80
     y_interp = [tpr[stop - 1], tpr[stop]]
     tpr = np.append(tpr[:stop], np.interp(max_fpr, x_interp, y_interp))
     fpr = np.append(fpr[:stop], max_fpr)
-    return float(np.trapezoid(tpr, fpr))
+    return float(sklearn_auc(fpr, tpr))  # the trapezoid rule; np.trapezoid is absent before NumPy 2.0
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -104,10 +104,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         y = batch["target"].to(rt.device, non_blocking=True)
         loss = loss_fn(rt.forward(model, x, meta), y.float() if rt.binary else y)
         _step(loss, model, optimizer, rt, grad_clip)
-        if ema is not None:
-            ema.update(model)
+        global_step = epoch * steps_per_epoch + step + 1
+        if ema is not None:  # the step drives the EMA's warm-up: early on it follows the model closely
+            ema.update(model, step=global_step)
         if scheduler is not None:
-            scheduler.step_update(epoch * steps_per_epoch + step + 1)  # per-step warmup / cosine
+            scheduler.step_update(global_step)  # per-step warmup / cosine
         loss_sum += loss.detach() * len(y)
         n_seen += len(y)
         if progress and step % 10 == 0:  # the only per-step sync, and only with a progress bar
@@ -336,7 +337,10 @@ class FoldTrainer:
         if t.ema:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(self.model, decay=t.ema_decay)
+            # Without warm-up a decay of 0.998 keeps the EMA within 1-0.998**n of the random initial weights for the
+            # first n steps: hundreds of steps of validating a model that has barely moved. timm's warm-up raises the
+            # decay from 0 towards ema_decay as 1 - (1 + step)**-2/3.
+            self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=True)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch: int, metric: float, model: nn.Module,

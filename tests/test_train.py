@@ -139,6 +139,25 @@ def test_killed_run_resumes_to_the_same_oof(demo_data, tmp_path):
     assert ra["cv"] == pytest.approx(rb["cv"], abs=1e-9)
 
 
+def test_ema_follows_the_model_from_the_first_steps(demo_data, tmp_path):
+    # a few dozen steps: without the EMA's warm-up a decay of 0.999 would keep it at the random initial weights
+    from kit.models import build_model
+    from kit.train import seed_everything
+
+    cfg = load_config("histopathologic-cancer-detection", overrides=TINY + ["train.ema=true", "train.ema_decay=0.999"])
+    train_folds(cfg, demo_data("histopathologic-cancer-detection", n=64), tmp_path / "run", folds=[0])
+    last = load_checkpoint(tmp_path / "run" / "fold0" / "last.pt")
+    seed_everything(cfg.train.seed + 0)  # the fold's initial weights, rebuilt
+    init = build_model("test_resnet", 1, None, 48).state_dict()
+
+    def distance(a: dict, b: dict) -> float:
+        keys = [k for k, v in b.items() if v.is_floating_point() and "running_" not in k]
+        return float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in keys) ** 0.5)
+
+    model = last.model_state
+    assert distance(last.training.ema, model) < 0.5 * distance(init, model)
+
+
 def test_multiclass_with_metadata_and_freeze(demo_data, tmp_path):
     data = demo_data("isic-2018-task3", n=90, size=48)
     cfg = load_config("isic-2018-task3", overrides=[
