@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from kit import __version__
 from kit.errors import KitError
 
 # Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
 # libraries such as torch inside their ``run`` functions).
-COMMANDS = ["competitions", "demo_data", "folds", "check_data", "config", "train", "predict", "ensemble", "report",
-            "submit", "bundle", "kernel", "tune"]
+COMMANDS = ["competitions", "demo_data", "folds", "check_data", "config", "train", "predict", "ensemble",
+            "report", "submit", "bundle", "kernel", "tune"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +31,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Kaggle sends at its time limit, and `kill`) handled as Ctrl-C is: the same clean stop."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into Terminated; the previous handler, or None outside the main thread (no signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except KitError as e:
         print(f"kit {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"kit {args.command}: stopped by SIGTERM (files are written atomically: the last checkpoint is intact; "
+              "continue with kit train --resume)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"kit {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -44,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

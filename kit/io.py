@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from contextlib import contextmanager
@@ -9,6 +10,26 @@ from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+
+
+@functools.cache
+def _file_mode() -> int:
+    """What a plain ``open()`` would create: 0o666 less the umask (mkstemp's files are 0o600, private to the owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+TMP_PATTERN = ".*.tmp"
+"""The names of atomic_path's temporary files, so that the orphans of a killed writer can be found."""
+
+
+def remove_orphans(folder: Path) -> int:
+    """Delete the temporary files a killed writer left under ``folder``; call it only while no writer is active."""
+    orphans = [p for p in Path(folder).rglob(TMP_PATTERN) if p.is_file()]
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return len(orphans)
 
 
 @contextmanager
@@ -21,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)  # atomic on POSIX when both are on one filesystem, hence the same folder
     finally:
         if tmp_path.exists():

@@ -41,7 +41,7 @@ import pandas as pd
 from kit.competitions import Competition, get_competition
 from kit.config import Config, load_saved_config, save_config
 from kit.errors import KitError
-from kit.io import write_csv_atomic, write_text_atomic
+from kit.io import remove_orphans, write_csv_atomic, write_text_atomic
 
 __all__ = ["RunDir", "RunLockedError"]
 
@@ -259,6 +259,9 @@ class RunDir:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                                  "command": " ".join(sys.argv)}).encode())
         _HELD[key] = [fd, 1]
+        removed = remove_orphans(self.path)  # the lock is ours: any temporary file is a killed writer's
+        if removed:
+            print(f"note: removed {removed} temporary file{'s' * (removed > 1)} left by an interrupted writer")
         try:
             yield self
         finally:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from kit.data.labels import read_csv
+from kit.data.labels import check_ids, read_csv
 from kit.errors import DataError
 from kit.io import write_csv_atomic
 
@@ -76,6 +76,12 @@ def read_folds(path: Path, ids: pd.Series, id_col: str) -> np.ndarray:
     if folds.isna().any():
         i = int(np.flatnonzero(folds.isna().to_numpy())[0])
         raise DataError(f"{path} line {i + 2}: fold '{df['fold'].iloc[i]}' is not an integer")
+    bad = np.flatnonzero((folds < 0).to_numpy() | (folds != folds.round()).to_numpy())
+    if len(bad):  # a fold of -1 (some tools' "unused") would drop the row out of every validation part silently
+        i = int(bad[0])
+        raise DataError(f"{path} line {i + 2}: fold '{df['fold'].iloc[i]}' is not a fold number (0, 1, ...); "
+                        f"{len(bad)} such rows")
+    check_ids(df, id_col, path)  # a duplicate id would have two folds
     mapping = pd.Series(folds.astype(int).to_numpy(), index=df[id_col])
     fold = ids.map(mapping)
     if fold.isna().any():
