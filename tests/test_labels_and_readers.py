@@ -193,3 +193,33 @@ def test_hdf5_store_names_an_undecodable_entry(demo_data, tmp_path):
     bad = find_bad_images(store, store.keys())
     assert [k for k, _ in bad] == [key]
     assert f"{path}#{key}: cannot decode JPEG" in bad[0][1]
+
+
+def test_min_side_decodes_a_jpeg_at_the_smallest_dct_scale_that_covers_it(tmp_path):
+    from kit.data.readers import decode_jpeg, fit_square
+
+    rng = np.random.default_rng(0)
+    img = np.kron(rng.integers(0, 256, (50, 75, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))  # 400x600
+    Image.fromarray(img).save(tmp_path / "wide.jpg", quality=95)
+    data = (tmp_path / "wide.jpg").read_bytes()
+    assert decode_jpeg(data, "wide.jpg").shape == (400, 600, 3)  # no hint: full size, as before
+    assert read_image_file(tmp_path / "wide.jpg", min_side=100).shape == (100, 150, 3)  # 2/8: both sides >= 100
+    assert decode_jpeg(data, "wide.jpg", min_side=101).shape == (150, 225, 3)  # 3/8: 2/8 would give 100 < 101
+    assert decode_jpeg(data, "wide.jpg", min_side=1000).shape == (400, 600, 3)  # never upscaled
+    reduced = fit_square(decode_jpeg(data, "wide.jpg", min_side=64), 64)
+    full = fit_square(decode_jpeg(data, "wide.jpg"), 64)
+    assert reduced.shape == (64, 64, 3) and np.abs(reduced.astype(int) - full).mean() < 3
+    Image.fromarray(img).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)  # simplejpeg refuses: Pillow
+    cmyk = read_image_file(tmp_path / "cmyk.jpg", min_side=100)
+    assert cmyk.shape == (100, 150, 3) and read_image_file(tmp_path / "cmyk.jpg").shape == (400, 600, 3)
+    tifffile.imwrite(tmp_path / "a.tif", img, photometric="rgb")
+    assert read_image_file(tmp_path / "a.tif", min_side=100).shape == (400, 600, 3)  # no reduced TIFF decode
+
+
+def test_hdf5_store_takes_the_min_side_hint(demo_data):
+    spec = get_competition("isic-2024-challenge")
+    store = open_store(spec, demo_data("isic-2024-challenge", n=20, size=128))
+    key = store.keys()[0]
+    assert store.read(key).shape == (128, 128, 3)
+    assert store.read(key, min_side=64).shape == (64, 64, 3)
+    assert store.read(key, min_side=17).shape == (32, 32, 3)  # 2/8: 1/8 would give 16 < 17

@@ -15,16 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kit.data.readers import ImageStore
+from kit.data.readers import ImageStore, fit_square
 
 
 def _fit(img: np.ndarray, size: int | None) -> np.ndarray:
-    if size is None or img.shape[:2] == (size, size):
-        return img
-    import cv2
-
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    return fit_square(img, size)  # one definition, shared with the packed cache (kit.data.pack)
 
 
 def load_image_cache(store: ImageStore, ids: list[str], size: int | None = None,
