@@ -481,7 +481,7 @@ def _start(run: RunDir, fresh: bool, overwrite: bool) -> None:
 
 def _write_start(run: RunDir, cfg: Config, data: RunData, data_dir: Path, folds: list[int]) -> None:
     """The run's own files, written once the data and the model passed their checks."""
-    if data.fold_source is None or Path(data.fold_source).resolve() != run.folds_path.resolve():
+    if data.fold_source is None or Path(data.fold_source).resolve() != run.folds_path.resolve():  # not a resume
         write_folds(run.folds_path, data.table["id"], data.fold, data.spec.id_col)
     run.write_config(cfg)
     run.write_info(data_dir, folds)
