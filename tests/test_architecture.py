@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),
     ("ensemble", ("kit.ensemble",)),
+    ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
     ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel")),
     ("commands", ("kit.commands", "kit.cli", "kit.templates")),

@@ -17,7 +17,7 @@ from kit.registry import REGISTRIES, Registry
 
 # Every kit module that defines a registry: importing them fills REGISTRIES.
 MODULES = ["kit.competitions", "kit.models", "kit.transforms", "kit.losses", "kit.metrics", "kit.tta",
-           "kit.submission", "kit.ensemble", "kit.tune"]
+           "kit.submission", "kit.ensemble", "kit.tune", "kit.stack.models"]
 for _module in MODULES:
     importlib.import_module(_module)
 
@@ -193,6 +193,17 @@ def check_sampler(name: str, entry) -> None:
     assert isinstance(entry(0), optuna.samplers.BaseSampler)
 
 
+def check_gbdt(name: str, factory) -> None:
+    from kit.stack.models import importances
+
+    X = np.random.default_rng(0).normal(size=(80, 4))
+    y = (X[:, 0] > 0).astype(int)
+    model = factory({"iterations" if name == "cat" else "n_estimators": 5}, 0).fit(X, y)
+    p = model.predict(X)
+    assert p.shape == (80,) and ((p >= 0) & (p <= 1)).all()
+    assert np.isclose(importances(model).sum(), 1)
+
+
 CHECKS = {
     "competition": check_competition,
     "model": check_model,
@@ -206,6 +217,7 @@ CHECKS = {
     "blend": check_blend,
     "pruner": check_pruner,
     "sampler": check_sampler,
+    "gbdt": check_gbdt,
 }
 
 

@@ -227,6 +227,133 @@ def write_siim_isic(spec: Competition, out: Path, n: int, seed: int, n_test: int
     write_csv_atomic(pd.DataFrame({"image_name": test["id"], "target": 0}), out / "sample_submission.csv")
 
 
+# The columns of the real ISIC 2024 test-metadata.csv, in order; train-metadata.csv has ``target`` after the id and
+# the train-only columns (which the test lacks) at the end.
+ISIC_2024_TEST_COLUMNS = [
+    "isic_id", "patient_id", "age_approx", "sex", "anatom_site_general", "clin_size_long_diam_mm", "image_type",
+    "tbp_tile_type", "tbp_lv_A", "tbp_lv_Aext", "tbp_lv_B", "tbp_lv_Bext", "tbp_lv_C", "tbp_lv_Cext", "tbp_lv_H",
+    "tbp_lv_Hext", "tbp_lv_L", "tbp_lv_Lext", "tbp_lv_areaMM2", "tbp_lv_area_perim_ratio", "tbp_lv_color_std_mean",
+    "tbp_lv_deltaA", "tbp_lv_deltaB", "tbp_lv_deltaL", "tbp_lv_deltaLB", "tbp_lv_deltaLBnorm", "tbp_lv_eccentricity",
+    "tbp_lv_location", "tbp_lv_location_simple", "tbp_lv_minorAxisMM", "tbp_lv_nevi_confidence",
+    "tbp_lv_norm_border", "tbp_lv_norm_color", "tbp_lv_perimeterMM", "tbp_lv_radial_color_std_max", "tbp_lv_stdL",
+    "tbp_lv_stdLExt", "tbp_lv_symm_2axis", "tbp_lv_symm_2axis_angle", "tbp_lv_x", "tbp_lv_y", "tbp_lv_z",
+    "attribution", "copyright_license"]
+ISIC_2024_TRAIN_ONLY = ["lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
+                        "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"]
+_ISIC_2024_PLACES = {  # synthetic site -> (tbp_lv_location, tbp_lv_location_simple) choices
+    "torso": [("Torso Back Top Third", "Torso Back"), ("Torso Front Top Half", "Torso Front"),
+              ("Torso Back Middle Third", "Torso Back")],
+    "lower extremity": [("Left Leg - Upper", "Left Leg"), ("Right Leg - Lower", "Right Leg")],
+    "upper extremity": [("Left Arm - Upper", "Left Arm"), ("Right Arm - Lower", "Right Arm")],
+    "head/neck": [("Head & Neck", "Head & Neck")],
+}
+_ISIC_2024_SOURCES = [("Memorial Sloan Kettering Cancer Center", "CC-BY"),
+                      ("Department of Dermatology, Hospital Clinic de Barcelona", "CC-BY-NC"),
+                      ("Frazer Institute, The University of Queensland, Dermatology Research Centre", "CC-BY"),
+                      ("ViDIR Group, Department of Dermatology, Medical University of Vienna", "CC-BY-NC"),
+                      ("University Hospital of Basel", "CC-0")]
+
+
+def _per_patient(rng: np.random.Generator, codes: np.ndarray, n_patients: int, draw) -> np.ndarray:
+    """One value per patient from ``draw(rng, n)``, repeated onto each of the patient's rows."""
+    return np.asarray(draw(rng, n_patients))[codes]
+
+
+def _tbp_colour(rng: np.random.Generator, codes: np.ndarray, n_pat: int, y: np.ndarray) -> dict[str, np.ndarray]:
+    """CIELAB colour of lesion and surrounding skin: each patient has a skin tone and a typical lesion colour; a
+    malignant lesion departs from its patient's typical colour (the "ugly duckling"), so the colour says more
+    relative to the patient's other lesions than in absolute terms."""
+    n = len(y)
+    ext = {c: _per_patient(rng, codes, n_pat, lambda r, m, mu=mu, sd=sd: r.normal(mu, sd, m))
+           for c, mu, sd in (("L", 62, 7), ("A", 15, 3.5), ("B", 24, 4))}
+    typical = {c: _per_patient(rng, codes, n_pat, lambda r, m, mu=mu, sd=sd: r.normal(mu, sd, m))
+               for c, mu, sd in (("L", -12, 4), ("A", 6, 2.5), ("B", 4, 2.5))}
+    direction = rng.normal(0, 1, (n, 3)) * np.array([1.5, 1.0, 1.0]) - np.array([1.0, -0.3, 0.0])
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    shift = direction * (y * rng.gamma(4.0, 2.2, n))[:, None]
+    out = {}
+    for j, c in enumerate("LAB"):
+        delta = typical[c] + rng.normal(0, 2.2, n) + shift[:, j]
+        out[f"tbp_lv_{c}ext"], out[f"tbp_lv_{c}"] = ext[c] + rng.normal(0, 1.0, n), ext[c] + delta
+        out[f"tbp_lv_delta{c}"] = out[f"tbp_lv_{c}"] - out[f"tbp_lv_{c}ext"]
+    for suffix in ("", "ext"):
+        a, b = out[f"tbp_lv_A{suffix}"], out[f"tbp_lv_B{suffix}"]
+        out[f"tbp_lv_C{suffix}"] = np.hypot(a, b)
+        out[f"tbp_lv_H{suffix}"] = np.degrees(np.arctan2(b, a))
+    out["tbp_lv_deltaLB"] = np.hypot(out["tbp_lv_deltaL"], out["tbp_lv_deltaB"])
+    out["tbp_lv_deltaLBnorm"] = out["tbp_lv_deltaLB"] * rng.normal(1.05, 0.05, n)
+    return out
+
+
+def _tbp_shape(rng: np.random.Generator, codes: np.ndarray, n_pat: int, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Size, shape, border and colour variation: malignant lesions are larger, more eccentric and asymmetric, with
+    a more irregular border and more colour variation; the distributions overlap widely."""
+    n = len(y)
+    scale = _per_patient(rng, codes, n_pat, lambda r, m: r.lognormal(np.log(3.2), 0.25, m))
+    diam = scale * rng.lognormal(0.35 * y, 0.3)
+    ecc = np.where(y == 1, rng.beta(5, 3, n), rng.beta(4, 4, n)) * 0.97
+    minor = diam * np.sqrt(1 - ecc ** 2)
+    area = np.pi / 4 * diam * minor
+    border = np.clip(rng.normal(3.6 + 1.0 * y, 1.3), 0, 10)
+    a, b = diam / 2, minor / 2  # Ramanujan's ellipse perimeter, stretched by the border's irregularity
+    perimeter = np.pi * (3 * (a + b) - np.sqrt((3 * a + b) * (a + 3 * b))) * (1 + 0.04 * border)
+    colour_std = rng.gamma(2.0 + 1.0 * y, 0.35)
+    return {"clin_size_long_diam_mm": diam, "tbp_lv_minorAxisMM": minor, "tbp_lv_areaMM2": area,
+            "tbp_lv_perimeterMM": perimeter, "tbp_lv_area_perim_ratio": perimeter ** 2 / area,
+            "tbp_lv_eccentricity": ecc, "tbp_lv_norm_border": border,
+            "tbp_lv_symm_2axis": np.clip(np.where(y == 1, rng.beta(3.5, 6, n), rng.beta(3, 8, n)), 0, 1),
+            "tbp_lv_symm_2axis_angle": rng.integers(0, 36, n) * 5.0,
+            "tbp_lv_color_std_mean": colour_std, "tbp_lv_norm_color": np.clip(colour_std * 2.2, 0, 10),
+            "tbp_lv_radial_color_std_max": colour_std * rng.uniform(0.3, 1.2, n),
+            "tbp_lv_stdL": colour_std * rng.uniform(1.2, 2.4, n), "tbp_lv_stdLExt": rng.normal(2.0, 0.4, n).clip(0.3),
+            "tbp_lv_nevi_confidence": 100 * np.where(y == 1, rng.beta(1.6, 3, n), rng.beta(2.5, 2, n))}
+
+
+def _tbp_context(rng: np.random.Generator, codes: np.ndarray, n_pat: int, site: pd.Series) -> dict[str, np.ndarray]:
+    """Where the lesion is (3D coordinates, location names), and the capture's provenance."""
+    n = len(site)
+    places = [_ISIC_2024_PLACES.get(s, [("Unknown", "Unknown")]) for s in site]
+    place = [p[int(k)] for p, k in zip(places, rng.integers(0, 6, n) % [len(p) for p in places], strict=True)]
+    source = _per_patient(rng, codes, n_pat, lambda r, m: r.integers(0, len(_ISIC_2024_SOURCES), m))
+    return {"image_type": np.full(n, "TBP tile: close-up"),
+            "tbp_tile_type": _per_patient(rng, codes, n_pat, lambda r, m: np.where(r.random(m) < 0.7, "3D: XP",
+                                                                                   "3D: white")),
+            "tbp_lv_location": np.array([p[0] for p in place]), "tbp_lv_location_simple": np.array([p[1] for p in place]),
+            "tbp_lv_x": rng.normal(0, 150, n), "tbp_lv_y": rng.normal(1000, 400, n), "tbp_lv_z": rng.normal(0, 80, n),
+            "attribution": np.array([_ISIC_2024_SOURCES[k][0] for k in source]),
+            "copyright_license": np.array([_ISIC_2024_SOURCES[k][1] for k in source])}
+
+
+def _tbp_train_only(rng: np.random.Generator, y: np.ndarray, first: int) -> dict[str, np.ndarray]:
+    """The train-only columns; like the real ones they give the diagnosis away, which is why the test lacks them."""
+    n = len(y)
+    has_lesion = (y == 1) | (rng.random(n) < 0.05)
+    nan = np.full(n, np.nan)
+    mel = (y == 1) & (rng.random(n) < 0.4)
+    return {"lesion_id": np.where(has_lesion, [f"IL_{first + i:07d}" for i in range(n)], None),
+            "iddx_full": np.where(y == 1, "Malignant::Malignant melanocytic proliferations (Melanoma)::Melanoma Invasive",
+                                  "Benign"),
+            "iddx_1": np.where(y == 1, "Malignant", "Benign"),
+            "iddx_2": np.where(y == 1, "Malignant melanocytic proliferations (Melanoma)", None),
+            "iddx_3": np.where(y == 1, "Melanoma Invasive", None), "iddx_4": nan, "iddx_5": nan,
+            "mel_mitotic_index": np.where(mel, "<1/mm^2", None),
+            "mel_thick_mm": np.where(mel, np.round(rng.gamma(2, 0.3, n), 2), np.nan),
+            "tbp_lv_dnn_lesion_confidence": np.round(100 * rng.beta(8, 1.5, n), 4)}
+
+
+def isic_2024_metadata(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The lesion measurements of ISIC 2024's metadata for the rows of ``df`` (patient, site, target), carrying
+    signal as the real ones do; drawn from a generator of their own, so the images and targets do not change."""
+    rng = np.random.default_rng([seed, 2024])
+    codes, uniques = pd.factorize(df["patient"])
+    y = df["target"].to_numpy()
+    cols = {**_tbp_colour(rng, codes, len(uniques), y), **_tbp_shape(rng, codes, len(uniques), y),
+            **_tbp_context(rng, codes, len(uniques), df["site"])}
+    out = pd.DataFrame({k: np.round(v, 5) if np.asarray(v).dtype.kind == "f" else v for k, v in cols.items()},
+                       index=df.index)
+    return pd.concat([out, pd.DataFrame(_tbp_train_only(rng, y, 0), index=df.index)], axis=1)
+
+
 def write_isic_2024(spec: Competition, out: Path, n: int, seed: int, n_test: int, size: int) -> None:
     import h5py
 
@@ -235,11 +362,13 @@ def write_isic_2024(spec: Competition, out: Path, n: int, seed: int, n_test: int
         with atomic_path(out / name) as tmp, h5py.File(tmp, "w") as h5:
             for id_, img in zip(df["id"], df["image"], strict=True):
                 h5.create_dataset(id_, data=np.bytes_(_encode_jpeg(img)))
+    both = pd.concat([train.drop(columns="image"), test.drop(columns="image")], ignore_index=True)
+    both = pd.concat([both, isic_2024_metadata(both, seed)], axis=1)
     cols = {"id": "isic_id", "patient": "patient_id", "site": "anatom_site_general", "age": "age_approx"}
-    meta = ["isic_id", "patient_id", "age_approx", "sex", "anatom_site_general"]
-    write_csv_atomic(train.drop(columns="image").rename(columns=cols)[["isic_id", "target", *meta[1:]]],
-                     out / "train-metadata.csv")
-    write_csv_atomic(test.rename(columns=cols)[meta], out / "test-metadata.csv")
+    both = both.rename(columns=cols)
+    train_cols = ["isic_id", "target", *ISIC_2024_TEST_COLUMNS[1:], *ISIC_2024_TRAIN_ONLY]
+    write_csv_atomic(both.iloc[:n][train_cols], out / "train-metadata.csv")
+    write_csv_atomic(both.iloc[n:][ISIC_2024_TEST_COLUMNS], out / "test-metadata.csv")
     write_csv_atomic(pd.DataFrame({"isic_id": test["id"], "target": 0.3}), out / "sample_submission.csv")
 
 

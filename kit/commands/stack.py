@@ -1,0 +1,63 @@
+"""kit stack: gradient-boosted trees on the metadata and the image runs' OOF scores, then a submission."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("stack", help="GBDT stacking of metadata features and image runs' OOF scores (ISIC)",
+                       description="Build a feature table from the competition's metadata (every column of the test "
+                       "metadata, engineered size/shape/colour ratios, each numeric feature normalised within the "
+                       "patient, the patient's lesion count) and the predicted runs' out-of-fold and test scores; "
+                       "train LightGBM / XGBoost / CatBoost (several seeds each) fold by fold on the runs' own "
+                       "folds.csv; write STACK as a run folder (stack.json, oof.csv, test_fold{k}.csv, "
+                       "scores.json, predict.json, feature importances) that kit ensemble takes like a run, and a "
+                       "validated submission. Binary competitions with metadata only.")
+    p.add_argument("--competition", required=True)
+    p.add_argument("--data", default=None, help="competition data folder (default: the first run's)")
+    p.add_argument("--runs", nargs="*", default=[], metavar="RUN", help="predicted run folders (same folds.csv); "
+                   "none: metadata only, on patient-grouped folds of the stack's own")
+    p.add_argument("--out", required=True, metavar="STACK", help="the stack folder to write")
+    p.add_argument("--models", default="lgbm,xgb,cat", help="comma-separated: lgbm, xgb, cat (default all three)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per model, averaged (default 3)")
+    p.add_argument("--trees", type=int, default=None, help="boosting rounds of every model (default: each model's "
+                   "own, 200)")
+    p.add_argument("--tune", type=int, default=0, metavar="TRIALS", help="Optuna trials per model, nested in each "
+                   "outer fold (tuned on its training part by an inner grouped CV); default 0: no search")
+    p.add_argument("--neg-per-pos", type=float, default=None, metavar="R", help="undersample each training part's "
+                   "negatives to R per positive (ISIC 2024 has ~1 positive per 1000)")
+    p.add_argument("--n-folds", type=int, default=5, help="folds when no run is given (default 5)")
+    p.add_argument("--seed", type=int, default=42, help="fold seed when no run is given (default 42)")
+    p.add_argument("--out-dir", default="submissions", help="where the submission goes (default submissions)")
+    p.add_argument("--no-submission", action="store_true", help="write the stack folder only")
+    p.set_defaults(func=run)
+
+
+def stack_and_submit(competition, data, runs, out, settings=None, out_dir="submissions", submission=True):
+    """``kit stack`` as a function: (StackResult, the submission's path or None)."""
+    from kit.ensemble import blend_folds
+    from kit.rundir import RunDir
+    from kit.stack import format_result, run_stack
+    from kit.submission import write_submission
+
+    result = run_stack(competition, data, runs, out, settings)
+    print(format_result(result))
+    print(f"wrote {result.path} (stack.json, oof.csv, test_fold*.csv, scores.json, report/importance.png)")
+    if not submission:
+        return result, None
+    stack = RunDir(result.path)
+    test_ids, test = blend_folds(stack.path, "mean")
+    ids = [str(i) for i in test_ids]
+    path = write_submission(stack.competition(), ids, test, stack.name, out_dir, expected_ids=ids)
+    print(f"wrote {path}")
+    return result, path
+
+
+def run(args) -> int:
+    from kit.stack import StackSettings
+
+    settings = StackSettings(models=[m.strip() for m in args.models.split(",") if m.strip()], seeds=args.seeds,
+                             trees=args.trees, tune=args.tune, n_folds=args.n_folds, fold_seed=args.seed,
+                             neg_per_pos=args.neg_per_pos)
+    stack_and_submit(args.competition, args.data, args.runs, args.out, settings, args.out_dir,
+                     not args.no_submission)
+    return 0

@@ -1,0 +1,340 @@
+"""The stacking stage: gradient-boosted trees on the metadata features and the image runs' out-of-fold scores,
+trained fold by fold on the image runs' own folds, written as a folder that the later stages take like a run.
+
+For outer fold k the trees train on the rows of the other folds and predict fold k's rows (their stack OOF) and the
+test rows (``test_fold{k}.csv``). Fold k's rows carry the image OOF scores of image models that never trained on
+them, and the trees that predict them never saw them either; the ids each fold trained on are saved in
+``fold{k}/train_ids.csv`` so that anyone can check it. The folder::
+
+    STACK/
+        stack.json           the stack's own settings: models, seeds, parameters (tuned per fold), features, runs
+        config.yaml, run.json, folds.csv               so that RunDir.open and kit ensemble take the folder as a run
+        oof.csv, scores.json                           stack OOF (id, fold, target, pred) and its CV
+        test_fold{k}.csv, predict.json                 each fold's test predictions; blend_folds / load_member read them
+        fold{k}/train_ids.csv                          the ids fold k's trees trained on
+        importance.csv, report/importance.png          feature importances (normalised, mean over folds and seeds)
+
+``config.yaml`` holds the competition's default kit config: RunDir.open needs it and ``RunDir.competition()`` reads
+the competition from it; nothing else of it applies to a stack, whose settings are in stack.json.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kit.competitions import Competition, get_competition
+from kit.config import load_config
+from kit.data.folds import make_folds
+from kit.ensemble import blend_folds, check_same_folds
+from kit.errors import ConfigError, DataError, KitError
+from kit.metrics import get_metric
+from kit.oof import prediction_frame, prediction_values
+from kit.rundir import RunDir
+from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
+from kit.stack.models import DEFAULTS, GBDTS, build_model, importances, require
+
+__all__ = ["STACK_INFO", "StackResult", "StackSettings", "run_stack"]
+
+STACK_INFO = "stack.json"
+IMPORTANCE = "importance.csv"
+
+
+@dataclass
+class StackSettings:
+    models: list[str] = field(default_factory=lambda: ["lgbm", "xgb", "cat"])
+    seeds: int = 3
+    trees: int | None = None
+    """Boosting rounds of every model (default: each model's own, see kit.stack.models.DEFAULTS)."""
+    tune: int = 0
+    """Optuna trials per model and outer fold (0: no search, the defaults)."""
+    n_folds: int = 5
+    fold_seed: int = 42
+    """Folds made when no run is given (grouped by patient); with runs, the first run's folds.csv."""
+    neg_per_pos: float | None = None
+    """Undersample the negatives of each training part to this many per positive (a new draw per seed)."""
+    params: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class StackResult:
+    path: Path
+    metric: str
+    cv: float
+    folds: dict[int, float]
+    models: dict[str, float]
+    inputs: dict[str, float]
+    features: list[str]
+
+
+@dataclass
+class _Inputs:
+    """What the fold loop needs: the feature table, each labelled row's fold, the member runs."""
+
+    spec: Competition
+    data_dir: Path
+    table: FeatureTable
+    fold: np.ndarray
+    runs: list[dict]
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def _open_runs(spec: Competition, run_dirs: list[Path]) -> list[RunDir]:
+    runs = [RunDir.open(r) for r in run_dirs]
+    for run in runs:
+        if (other := run.competition().name) != spec.name:
+            raise ConfigError(f"{run.path} is a {other} run; the stack is for {spec.name}")
+        if not run.folds_path.is_file():
+            raise KitError(f"{run.folds_path} is missing: {run.path} is not a complete kit run folder")
+        run.predict_info()  # not predicted: one line saying to run kit predict first
+    if len(runs) > 1:
+        check_same_folds([r.path for r in runs])
+    return runs
+
+
+def _run_folds(spec: Competition, run: RunDir, table: FeatureTable) -> np.ndarray:
+    """The fold of each labelled row from the run's folds.csv; rows it lacks (excluded images) leave the table."""
+    folds = pd.read_csv(run.folds_path, dtype={spec.id_col: str})
+    mapping = pd.Series(folds["fold"].to_numpy(dtype=int), index=folds[spec.id_col].to_numpy())
+    unknown = mapping.index.difference(pd.Index(table.train["id"]))
+    if len(unknown):
+        raise DataError(f"{run.folds_path}: {len(unknown)} ids are not in the competition's training metadata "
+                        f"(first: {', '.join(unknown[:3])}); was the run trained on other data?")
+    keep = table.train["id"].isin(mapping.index).to_numpy()
+    if not keep.all():
+        print(f"note: {int((~keep).sum())} labelled rows are not in {run.folds_path} (excluded from the run); "
+              "the stack leaves them out too")
+        table.train = table.train[keep].reset_index(drop=True)
+    return mapping.reindex(table.train["id"].to_numpy()).to_numpy(dtype=int)
+
+
+def _add_run(spec: Competition, run: RunDir, table: FeatureTable, fold: np.ndarray, name: str) -> dict:
+    """Add a predicted run's OOF (oof_tta.csv, else oof.csv) and fold-blended test scores as features."""
+    oof = run.oof_tta()
+    source = run.OOF_TTA if oof is not None else run.OOF
+    oof = oof if oof is not None else run.oof()
+    scores = pd.Series(prediction_values(spec, oof, run.path / source), index=oof[spec.id_col].to_numpy())
+    oof_fold = pd.Series(oof["fold"].to_numpy(dtype=int), index=scores.index).reindex(table.train["id"].to_numpy())
+    moved = oof_fold.notna().to_numpy() & (oof_fold.to_numpy() != fold)
+    if moved.any():
+        raise DataError(f"{run.path / source}: {int(moved.sum())} rows carry another fold than in "
+                        f"{run.folds_path} (first: {table.train['id'][moved].iloc[0]})")
+    test_ids, test = blend_folds(run.path, "mean")
+    add_image_score(table, name, scores, pd.Series(test, index=[str(i) for i in test_ids]), fold)
+    metric = get_metric(spec.metric)
+    cv = metric(table.train["target"].to_numpy(), table.train[name].to_numpy())
+    return {"name": name, "path": str(run.path.resolve()), "oof": source, "cv": cv}
+
+
+def load_inputs(competition: str, data_dir: str | Path | None, run_dirs: list[Path],
+                settings: StackSettings) -> _Inputs:
+    """The feature table (metadata + each run's scores) and the folds, every input checked."""
+    spec = get_competition(competition)
+    check_supported(spec)
+    runs = _open_runs(spec, [Path(r) for r in run_dirs])
+    if data_dir is None:
+        if not runs:
+            raise ConfigError("kit stack needs --data DIR (the competition folder) when no run is given")
+        data_dir = runs[0].info()["data"]
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder not found: {data_dir}")
+    table = metadata_features(spec, data_dir)
+    if runs:
+        fold = _run_folds(spec, runs[0], table)
+    else:
+        fold = make_folds(table.train["target"].to_numpy(), table.train["group"].to_numpy(), settings.n_folds,
+                          settings.fold_seed)
+    members, names = [], set()
+    for run in runs:
+        name = f"img_{run.name}" if f"img_{run.name}" not in names else f"img_{run.name}_{len(names)}"
+        names.add(name)
+        members.append(_add_run(spec, run, table, fold, name))
+    return _Inputs(spec, data_dir, table, fold, members)
+
+
+# ------------------------------------------------------------------------------------------------- fold loop
+def _training_rows(y: np.ndarray, train_idx: np.ndarray, ratio: float | None, seed: int) -> np.ndarray:
+    if ratio is None:
+        return train_idx
+    pos, neg = train_idx[y[train_idx] == 1], train_idx[y[train_idx] == 0]
+    n_neg = min(len(neg), int(np.ceil(ratio * len(pos))))
+    return np.sort(np.concatenate([pos, np.random.default_rng(seed).choice(neg, n_neg, replace=False)]))
+
+
+def _fold_params(inputs: _Inputs, settings: StackSettings, X: np.ndarray, train_idx: np.ndarray,
+                 k: int) -> dict[str, dict]:
+    """Each model's parameters for outer fold k: the defaults, or tuned on fold k's training part only."""
+    params = {m: dict(settings.params.get(m, {})) for m in settings.models}
+    if not settings.tune:
+        return params
+    from kit.stack.tune import tune_params
+
+    y, groups = inputs.table.train["target"].to_numpy(), inputs.table.train["group"].to_numpy()
+    metric = get_metric(inputs.spec.metric)
+    for m in settings.models:
+        params[m], score = tune_params(m, X[train_idx], y[train_idx], groups[train_idx], settings.tune, metric,
+                                       seed=k, trees=settings.trees, base=params[m])
+        print(f"fold {k}: {m} tuned, {settings.tune} trials, inner-CV {inputs.spec.metric} {score:.4f}", flush=True)
+    return params
+
+
+def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: np.ndarray, k: int) -> dict:
+    """Train every model x seed on the other folds; their predictions of fold k and of the test rows."""
+    y = inputs.table.train["target"].to_numpy()
+    held = inputs.fold == k
+    train_idx = np.flatnonzero(~held)
+    params = _fold_params(inputs, settings, X, train_idx, k)
+    val, test, imp, used = {}, {}, {}, set()
+    for m in settings.models:
+        val[m], test[m], imp[m] = [], [], []
+        for s in range(settings.seeds):
+            rows = _training_rows(y, train_idx, settings.neg_per_pos, 1000 * k + s)
+            used.update(rows.tolist())
+            model = build_model(m, params[m], seed=s, trees=settings.trees).fit(X[rows], y[rows])
+            val[m].append(model.predict(X[held]))
+            test[m].append(model.predict(X_test))
+            imp[m].append(importances(model))
+    ids = inputs.table.train["id"].to_numpy()
+    return {"k": k, "held": held, "params": params, "train_ids": ids[sorted(used)],
+            "val": {m: np.mean(v, axis=0) for m, v in val.items()},
+            "test": {m: np.mean(v, axis=0) for m, v in test.items()},
+            "importance": {m: np.mean(v, axis=0) for m, v in imp.items()}}
+
+
+def _check_models(settings: StackSettings) -> None:
+    if not settings.models:
+        raise ConfigError("--models: give at least one of " + ", ".join(GBDTS.names()))
+    settings.models = [GBDTS.canonical(m) for m in settings.models]
+    for m in settings.models:
+        require(m)
+    if settings.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {settings.seeds}")
+    if settings.tune < 0:
+        raise ConfigError(f"--tune must be 0 (no search) or a number of trials, got {settings.tune}")
+    if settings.neg_per_pos is not None and settings.neg_per_pos <= 0:
+        raise ConfigError(f"--neg-per-pos must be positive, got {settings.neg_per_pos}")
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _check_out(stack: RunDir) -> None:
+    """Refuse a run folder that is not a stack (checked before any work, and again under the lock)."""
+    if stack.path.is_dir() and stack.is_run() and not (stack.path / STACK_INFO).is_file():
+        raise KitError(f"{stack.path} is a kit run folder, not a stack: give kit stack another --out")
+
+
+def _prepare_folder(stack: RunDir) -> None:
+    """Clear an old stack's per-fold files."""
+    _check_out(stack)
+    for old in stack.path.glob("test_fold*.csv"):
+        old.unlink()
+    for k in stack.fold_numbers():
+        shutil.rmtree(stack.fold_dir(k), ignore_errors=True)
+
+
+def _scores(inputs: _Inputs, fits: list[dict], pred: np.ndarray, models: list[str]) -> dict:
+    spec, y = inputs.spec, inputs.table.train["target"].to_numpy()
+    metric = get_metric(spec.metric)
+    per_fold = {f["k"]: metric(y[f["held"]], pred[f["held"]]) for f in fits}
+    per_model = {}
+    for m in models:
+        p = np.empty(len(y))
+        for f in fits:
+            p[f["held"]] = f["val"][m]
+        per_model[m] = metric(y, p)
+    return {"metric": spec.metric, "cv": metric(y, pred), "mean_of_folds": float(np.mean(list(per_fold.values()))),
+            "folds": {str(k): v for k, v in per_fold.items()}, "models": per_model,
+            "inputs": {r["name"]: r["cv"] for r in inputs.runs}}
+
+
+def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: list[dict]) -> dict:
+    spec, table = inputs.spec, inputs.table
+    ids, y = table.train["id"].to_numpy(), table.train["target"].to_numpy()
+    pred = np.empty(len(ids))
+    for f in fits:
+        pred[f["held"]] = np.mean([f["val"][m] for m in settings.models], axis=0)
+    folds = [f["k"] for f in fits]
+    stack.write_config(load_config(spec.name))
+    stack.write_info(inputs.data_dir, folds)
+    stack.write_csv(stack.folds_path, pd.DataFrame({spec.id_col: ids, "fold": inputs.fold}))
+    stack.write_csv(stack.oof_path, prediction_frame(spec, ids, pred, fold=inputs.fold, target=y))
+    for f in fits:
+        test = np.mean([f["test"][m] for m in settings.models], axis=0)
+        stack.write_csv(stack.test_path(f["k"]), prediction_frame(spec, table.test["id"].to_numpy(), test))
+        stack.write_csv(stack.fold_dir(f["k"]) / "train_ids.csv", pd.DataFrame({spec.id_col: f["train_ids"]}))
+    scores = _scores(inputs, fits, pred, settings.models)
+    stack.write_json(stack.scores_path, scores)
+    stack.write_json(stack.predict_info_path, {"folds": folds, "data": str(inputs.data_dir.resolve()),
+                                               "oof": stack.OOF, "stack": True})
+    _write_importance(stack, table.features, fits, settings.models)
+    stack.write_json(stack.path / STACK_INFO, {
+        "competition": spec.name, "metric": spec.metric, **asdict(settings),
+        "defaults": {m: DEFAULTS[m] for m in settings.models}, "runs": inputs.runs, "features": table.features,
+        "categorical": table.categorical, "unknown_categories": table.unknown, "test_metadata": table.test_source,
+        "fold_params": {str(f["k"]): f["params"] for f in fits},
+        "tuning": "nested: Optuna on each outer fold's training part, scored by an inner grouped CV"
+        if settings.tune else None})
+    return scores
+
+
+def _write_importance(stack: RunDir, features: list[str], fits: list[dict], models: list[str]) -> None:
+    rows = {m: np.mean([f["importance"][m] for f in fits], axis=0) for m in models}
+    df = pd.DataFrame({"feature": features, **rows})
+    df["mean"] = df[models].mean(axis=1)
+    df = df.sort_values("mean", ascending=False).reset_index(drop=True)
+    stack.write_csv(stack.path / IMPORTANCE, df)
+    plot_importance(df, stack.report_dir / "importance.png", f"{stack.name}: feature importance")
+
+
+def plot_importance(df: pd.DataFrame, path: Path, title: str, top: int = 30) -> Path:
+    """A horizontal bar chart of the ``top`` features' mean importance (matplotlib's Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from kit.io import atomic_path
+
+    head = df.head(top).iloc[::-1]
+    fig = Figure(figsize=(7, 0.25 * len(head) + 1.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.barh(head["feature"], head["mean"], color="tab:blue")
+    ax.set(xlabel="importance (normalised, mean over models, folds and seeds)", title=title)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------- run
+def run_stack(competition: str, data_dir: str | Path | None, run_dirs: list[str | Path], out: str | Path,
+              settings: StackSettings | None = None) -> StackResult:
+    """Stack GBDTs on the metadata of ``competition`` and the scores of the predicted runs ``run_dirs``, fold by
+    fold on the runs' folds (or patient-grouped folds of its own with no run); write the stack folder ``out``."""
+    settings = settings or StackSettings()
+    _check_models(settings)
+    _check_out(RunDir(out))
+    inputs = load_inputs(competition, data_dir, [Path(r) for r in run_dirs], settings)
+    X, X_test = inputs.table.matrices()
+    print(f"stack: {len(X)} rows, {len(inputs.table.features)} features, {len(settings.models)} models x "
+          f"{settings.seeds} seeds, {len(np.unique(inputs.fold))} folds", flush=True)
+    fits = [_fit_fold(inputs, settings, X, X_test, int(k)) for k in np.unique(inputs.fold)]
+    stack = RunDir(out)
+    with stack.writing():
+        _prepare_folder(stack)
+        scores = _write_stack(stack, inputs, settings, fits)
+    return StackResult(stack.path, scores["metric"], scores["cv"], {int(k): v for k, v in scores["folds"].items()},
+                       scores["models"], scores["inputs"], inputs.table.features)
+
+
+def format_result(result: StackResult) -> str:
+    """The table printed by kit stack: each input run, each model, the stack."""
+    rows = [(f"run {k}", v) for k, v in result.inputs.items()] + [(f"stack {m}", v) for m, v in result.models.items()]
+    rows.append(("stack (mean of models)", result.cv))
+    width = max(len(n) for n, _ in rows) + 2
+    lines = [f"{'':<{width}}{result.metric + ' CV':>12}"] + [f"{n:<{width}}{v:>12.4f}" for n, v in rows]
+    return "\n".join(lines)

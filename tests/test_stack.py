@@ -1,0 +1,248 @@
+"""kit stack: GBDTs on metadata + image OOF scores, on the image runs' own folds, written as a run-like folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit.competitions import get_competition
+from kit.config import load_config
+from kit.data.folds import make_folds
+from kit.data.labels import load_test_table, load_train_table
+from kit.data.synthetic import ISIC_2024_TEST_COLUMNS, ISIC_2024_TRAIN_ONLY
+from kit.errors import ConfigError, DataError, KitError
+from kit.oof import prediction_frame
+from kit.rundir import RunDir
+from kit.stack import StackSettings, run_stack
+
+pytest.importorskip("lightgbm")
+
+ISIC = "isic-2024-challenge"
+FAST = dict(models=["lgbm"], seeds=1, trees=25)
+TINY_CFG = ["model.name=test_resnet", "model.img_size=32"]
+
+
+def fake_run(path: Path, data: Path, fold_seed: int = 0, n_folds: int = 3, competition: str = ISIC,
+             strength: float = 1.2, predicted: bool = True) -> Path:
+    """The files a trained and predicted run has, with OOF scores that carry signal the metadata lacks."""
+    spec = get_competition(ISIC)
+    table, test = load_train_table(spec, data), load_test_table(spec, data)
+    ids, y = table["id"].to_numpy(), table["target"].to_numpy()
+    fold = make_folds(y, table["group"].to_numpy(), n_folds, fold_seed)
+    rng = np.random.default_rng(fold_seed + 100)
+    score = 1 / (1 + np.exp(-(strength * (2 * y - 1) + rng.normal(0, 1.0, len(y)))))
+    run = RunDir(path)
+    with run.writing():
+        run.write_config(load_config(competition, overrides=TINY_CFG))
+        run.write_info(data, list(range(n_folds)))
+        run.write_csv(run.folds_path, pd.DataFrame({spec.id_col: ids, "fold": fold}))
+        oof = prediction_frame(spec, ids, score, fold=fold, target=y)
+        run.write_csv(run.oof_path, oof)
+        if predicted:
+            run.write_csv(run.oof_tta_path, oof)
+            for k in range(n_folds):
+                run.write_csv(run.test_path(k), prediction_frame(spec, test["id"].to_numpy(),
+                                                                 rng.uniform(0, 1, len(test))))
+            run.write_json(run.predict_info_path, {"folds": list(range(n_folds)), "data": str(data),
+                                                   "tta": {"views": ["id"], "merge": "mean"}, "oof": run.OOF_TTA})
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(demo_data) -> Path:
+    return demo_data(ISIC, n=400, size=16)
+
+
+@pytest.fixture(scope="module")
+def image_run(data, tmp_path_factory) -> Path:
+    return fake_run(tmp_path_factory.mktemp("runs") / "img", data)
+
+
+@pytest.fixture(scope="module")
+def meta_stack(data, tmp_path_factory):
+    return run_stack(ISIC, data, [], tmp_path_factory.mktemp("stacks") / "meta", StackSettings(**FAST, n_folds=3))
+
+
+@pytest.fixture(scope="module")
+def full_stack(data, image_run, tmp_path_factory):
+    return run_stack(ISIC, None, [image_run], tmp_path_factory.mktemp("stacks") / "full",
+                     StackSettings(**FAST))
+
+
+def copy_data(data: Path, dest: Path) -> Path:
+    shutil.copytree(data, dest, ignore=shutil.ignore_patterns("*.hdf5"))
+    return dest
+
+
+# --------------------------------------------------------------------------------------------- synthetic data
+def test_synthetic_isic_2024_metadata_has_the_real_layout_and_signal(data, shared_data):
+    real = pd.read_csv(shared_data / ISIC / "test-metadata.csv")
+    test = pd.read_csv(data / "test-metadata.csv")
+    train = pd.read_csv(data / "train-metadata.csv")
+    assert list(test.columns) == list(real.columns) == ISIC_2024_TEST_COLUMNS
+    assert list(train.columns) == ["isic_id", "target", *ISIC_2024_TEST_COLUMNS[1:], *ISIC_2024_TRAIN_ONLY]
+    pos, neg = train[train["target"] == 1], train[train["target"] == 0]
+    assert pos["clin_size_long_diam_mm"].median() > neg["clin_size_long_diam_mm"].median()
+    assert pos["tbp_lv_norm_border"].mean() > neg["tbp_lv_norm_border"].mean()
+    assert pos["tbp_lv_symm_2axis"].mean() > neg["tbp_lv_symm_2axis"].mean()
+    # the colour of a malignant lesion departs from its patient's other lesions
+    lab = ["tbp_lv_L", "tbp_lv_A", "tbp_lv_B"]
+    dist = np.sqrt(((train[lab] - train.groupby("patient_id")[lab].transform("mean")) ** 2).sum(axis=1))
+    assert dist[train["target"] == 1].mean() > 1.5 * dist[train["target"] == 0].mean()
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+def test_metadata_only_stack_is_a_run_folder(meta_stack, data):
+    stack = RunDir.open(meta_stack.path)
+    assert stack.competition().name == ISIC
+    info = json.loads((stack.path / "stack.json").read_text())
+    assert info["runs"] == [] and info["models"] == ["lgbm"]
+    features = set(info["features"])
+    assert not features & {*ISIC_2024_TRAIN_ONLY, "target", "isic_id", "patient_id"}  # they would leak the label
+    assert {"lesion_size_ratio", "hue_contrast", "tbp_lv_L_pnorm", "patient_lesion_count", "attribution"} <= features
+    oof = pd.read_csv(stack.oof_path)
+    assert list(oof.columns) == ["isic_id", "fold", "target", "pred"] and len(oof) == 400
+    assert sorted(oof["fold"].unique()) == [0, 1, 2]
+    # patient-grouped folds of its own
+    patients = pd.read_csv(data / "train-metadata.csv").set_index("isic_id")["patient_id"]
+    assert oof.groupby(oof["isic_id"].map(patients))["fold"].nunique().max() == 1
+    scores = stack.scores()
+    assert scores["metric"] == "pauc80" and 0.1 < scores["cv"] <= 0.2 and scores["cv"] == meta_stack.cv
+    assert sorted(stack.predict_info()["folds"]) == [0, 1, 2]
+    assert (stack.report_dir / "importance.png").stat().st_size > 1000
+    test = pd.read_csv(stack.test_path(0))
+    assert list(test["isic_id"]) == list(pd.read_csv(data / "test-metadata.csv")["isic_id"])
+
+
+def test_each_oof_row_comes_from_trees_that_never_saw_it(full_stack, image_run):
+    stack = RunDir.open(full_stack.path)
+    folds = pd.read_csv(stack.folds_path)
+    assert folds.equals(pd.read_csv(RunDir(image_run).folds_path))  # the image run's own folds
+    oof = pd.read_csv(stack.oof_path)
+    for k in sorted(oof["fold"].unique()):
+        trained = set(pd.read_csv(stack.fold_dir(k) / "train_ids.csv")["isic_id"])
+        held = set(oof.loc[oof["fold"] == k, "isic_id"])
+        assert trained and held and not trained & held
+        assert trained == set(folds.loc[folds["fold"] != k, "isic_id"])
+
+
+def test_an_image_run_lifts_the_stack_above_metadata_alone(full_stack, meta_stack):
+    assert {"img_img", "img_img_pnorm", "img_img_rank"} <= set(full_stack.features)
+    assert full_stack.cv > meta_stack.cv
+    assert full_stack.cv > full_stack.inputs["img_img"]
+
+
+def test_kit_ensemble_and_kit_submit_take_the_stack(full_stack, image_run, data, tmp_path):
+    from kit.cli import main
+    from kit.commands.ensemble import ensemble_and_submit
+
+    result, path, _ = ensemble_and_submit([full_stack.path, image_run], method="fit", out_dir=tmp_path)
+    assert {m.name for m in result.members} == {full_stack.path.name, "img"}
+    assert main(["submit", "--competition", ISIC, "--data", str(data), str(path), "--dry-run"]) == 0
+
+
+def test_the_command_writes_a_valid_submission(data, tmp_path, capsys):
+    from kit.cli import main
+
+    code = main(["stack", "--competition", ISIC, "--data", str(data), "--out", str(tmp_path / "s"), "--models",
+                 "lgbm,xgb", "--seeds", "1", "--trees", "10", "--n-folds", "2", "--out-dir", str(tmp_path / "sub")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "stack lgbm" in out and "stack xgb" in out
+    submission = next((tmp_path / "sub").glob("*.csv"))
+    assert main(["submit", "--competition", ISIC, "--data", str(data), str(submission), "--dry-run"]) == 0
+
+
+def test_tuning_is_nested_in_each_outer_fold(data, tmp_path):
+    pytest.importorskip("optuna")
+    result = run_stack(ISIC, data, [], tmp_path / "t", StackSettings(models=["lgbm"], seeds=1, trees=10, tune=2,
+                                                                    n_folds=2))
+    info = json.loads((result.path / "stack.json").read_text())
+    assert info["tune"] == 2 and info["tuning"].startswith("nested")
+    assert set(info["fold_params"]) == {"0", "1"}
+    assert all("num_leaves" in p["lgbm"] for p in info["fold_params"].values())
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def one_line(e: pytest.ExceptionInfo) -> str:
+    text = str(e.value)
+    assert "\n" not in text
+    return text
+
+
+def test_runs_on_other_folds_are_refused(data, image_run, tmp_path):
+    other = fake_run(tmp_path / "other", data, fold_seed=5)
+    with pytest.raises(DataError, match="differ") as e:
+        run_stack(ISIC, data, [image_run, other], tmp_path / "s", StackSettings(**FAST))
+    one_line(e)
+
+
+def test_a_run_of_another_competition_is_refused(data, tmp_path):
+    siim = fake_run(tmp_path / "siim", data, competition="siim-isic-melanoma-classification")
+    with pytest.raises(ConfigError, match="is a siim-isic-melanoma-classification run") as e:
+        run_stack(ISIC, data, [siim], tmp_path / "s", StackSettings(**FAST))
+    one_line(e)
+
+
+def test_a_run_not_predicted_is_refused(data, tmp_path):
+    run = fake_run(tmp_path / "unpredicted", data, predicted=False)
+    with pytest.raises(KitError, match="no test predictions") as e:
+        run_stack(ISIC, data, [run], tmp_path / "s", StackSettings(**FAST))
+    one_line(e)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_feature_missing_from_the_test_metadata_is_named(data, tmp_path):
+    copy = copy_data(data, tmp_path / "data")
+    test = pd.read_csv(copy / "test-metadata.csv")
+    test.drop(columns="tbp_lv_norm_border").to_csv(copy / "test-metadata.csv", index=False)
+    with pytest.raises(DataError, match="'tbp_lv_norm_border'") as e:
+        run_stack(ISIC, copy, [], tmp_path / "s", StackSettings(**FAST))
+    one_line(e)
+
+
+def test_a_category_unseen_in_training_becomes_unknown_with_one_warning(data, tmp_path, capsys):
+    copy = copy_data(data, tmp_path / "data")
+    test = pd.read_csv(copy / "test-metadata.csv")
+    test.loc[:4, "attribution"] = "A New Hospital"
+    test.to_csv(copy / "test-metadata.csv", index=False)
+    result = run_stack(ISIC, copy, [], tmp_path / "s", StackSettings(**FAST, n_folds=2))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "'attribution'" in warnings[0] and "A New Hospital" in warnings[0]
+    assert json.loads((result.path / "stack.json").read_text())["unknown_categories"] == {"attribution": 5}
+    assert np.isfinite(pd.read_csv(result.path / "test_fold0.csv")["pred"]).all()
+
+
+@pytest.mark.parametrize("competition", ["isic-2019", "histopathologic-cancer-detection"])
+def test_competitions_without_binary_metadata_are_refused(competition, tmp_path):
+    with pytest.raises(ConfigError, match="binary competition with tabular metadata") as e:
+        run_stack(competition, tmp_path, [], tmp_path / "s", StackSettings(**FAST))
+    one_line(e)
+
+
+def test_a_missing_library_says_how_to_install_it(data, tmp_path, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *args):
+        if name == "catboost":
+            raise ImportError("No module named 'catboost'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    with pytest.raises(ConfigError, match="pip install catboost") as e:
+        run_stack(ISIC, data, [], tmp_path / "s", StackSettings(models=["lgbm", "cat"]))
+    one_line(e)
+
+
+def test_a_run_folder_is_not_overwritten(data, image_run, tmp_path):
+    target = tmp_path / "img"
+    shutil.copytree(image_run, target)
+    with pytest.raises(KitError, match="is a kit run folder, not a stack"):
+        run_stack(ISIC, data, [], target, StackSettings(**FAST, n_folds=2))
