@@ -128,6 +128,9 @@ class TrainConfig:
     class_weights: bool = _f(False, "weight the loss by inverse class frequency (pos_weight for bce)")
     balanced_sampler: bool = _f(False, "sample training images with inverse class-frequency weights instead of "
                                        "shuffling")
+    negatives_per_positive: float = _f(0.0, "binary only: each epoch trains on every positive and this many "
+                                            "negatives per positive, a fresh random subset each epoch (ISIC 2024 "
+                                            "winners used 3 to 20); 0 = every image", ge=0.0)
     ema: bool = _f(False, "validate and save an exponential moving average of the weights (timm ModelEmaV3)")
     ema_decay: float = _f(0.998, "decay of the weight average", gt=0.0, lt=1.0)
     grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)", ge=0.0)
@@ -139,8 +142,9 @@ class TrainConfig:
                                 "(0 = off)", ge=0)
     num_workers: int = _f(-1, "DataLoader workers; -1 = 0 on CPU (images are cached in memory), min(8, cores) on "
                               "CUDA", ge=-1)
-    cache_images: bool = _f(True, "decode every image once into a packed uint8 array shared by all folds (fast; "
-                                  "needs RAM)")
+    cache_images: bool = _f(True, "read images from the split's pack: decoded once into a memory-mapped uint8 file "
+                                  "on disk (kit pack; built on first use), shared by every fold, run, trial and "
+                                  "prediction at that size; false = decode the image files every epoch")
     seed: int = _f(42, "seed of weights, augmentation and sampling (fold k uses seed + k)", ge=0)
     device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", check=_check_device,
                      valid="auto, cpu, cuda, cuda:N")
@@ -259,6 +263,12 @@ def _check_together(cfg: Config) -> None:
         resolve_loss(t.loss, spec.task)
     except ConfigError as e:
         raise ConfigError(f"config key {e} ({spec.name} is {spec.task})") from None
+    if t.negatives_per_positive and not spec.is_binary:
+        raise ConfigError(f"config key train.negatives_per_positive={t.negatives_per_positive} is not valid; "
+                          f"{spec.name} is {spec.task}, it needs a binary target")
+    if t.negatives_per_positive and t.balanced_sampler:
+        raise ConfigError("config keys train.negatives_per_positive and train.balanced_sampler are two ways to "
+                          "rebalance the classes: set one of them")
     if m.use_metadata and not spec.has_metadata:
         raise ConfigError(f"config key model.use_metadata=true is not valid; {spec.name} has no metadata")
 

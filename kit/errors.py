@@ -4,6 +4,24 @@
 class KitError(Exception):
     """Base class: a problem with the user's input or environment, with a message that names the culprit."""
 
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str) and _is_worker_report(args[0]):
+            args = (_from_worker(args[0]),)
+        super().__init__(*args)
+
+
+def _is_worker_report(message: str) -> bool:
+    return message.startswith("Caught ") and "\nOriginal Traceback" in message
+
+
+def _from_worker(report: str) -> str:
+    """A DataLoader worker's error comes back as its whole traceback (torch's ExceptionWrapper.reraise builds the
+    exception again from "Caught X in DataLoader worker process N.\nOriginal Traceback ..."); keep the one line that
+    names the culprit, and say which worker raised it."""
+    where = report.splitlines()[0].removeprefix("Caught ").rstrip(".").split(" ", 1)[-1]
+    last = [line for line in report.splitlines() if line.strip()][-1]
+    return f"{last.partition(': ')[2] or last} ({where})"
+
 
 class DataError(KitError):
     """Bad or missing data: a labels file, an image, an HDF5 key, a folds file."""

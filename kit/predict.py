@@ -24,9 +24,10 @@ from torch import nn
 
 from kit.checkpoint import Checkpoint, load_checkpoint
 from kit.competitions import Competition
-from kit.data.dataset import ImageDataset, load_image_cache
+from kit.data.dataset import ImageDataset
 from kit.data.labels import load_test_table, load_train_table
 from kit.data.meta import MetaEncoder
+from kit.data.pack import Pack, split_pack
 from kit.data.readers import ImageStore, check_images_exist, open_store
 from kit.errors import ConfigError, KitError
 from kit.oof import prediction_frame, score_oof
@@ -51,29 +52,26 @@ def load_fold_model(path: Path, device: torch.device) -> tuple[nn.Module, Checkp
 
 # ---------------------------------------------------------------------------------------------------- images
 class ImageSource:
-    """Datasets over one image store, decoded the way the checkpoint's run decoded them for training.
+    """Datasets over one split's images, read the way the checkpoint's run read them in training.
 
-    ``cache_images`` runs decoded every image once into a packed array resized with INTER_AREA, others resized in the
-    transform; mirroring that keeps the identity view's predictions equal to training's validation. Packed test images
-    are kept for the next fold.
+    ``cache_images`` runs read the split's pack (kit.data.pack: decoded once, resized with INTER_AREA, shared with
+    training and every later prediction at that size); others read the image files and resize in the transform.
+    Mirroring training keeps the identity view's predictions equal to training's validation.
     """
 
-    def __init__(self, store: ImageStore, keep: bool):
-        self.store = store
-        self.keep = keep
-        self._packed: tuple[int, list[str], np.ndarray] | None = None
+    def __init__(self, spec: Competition, data_dir: Path, split: str, store: ImageStore):
+        self.spec, self.data_dir, self.split, self.store = spec, data_dir, split, store
+        self._packs: dict[int, Pack] = {}
 
     def dataset(self, ids: Sequence[str], size: int, cached: bool, meta: np.ndarray | None) -> ImageDataset:
-        ids = list(ids)
+        ids = np.asarray(ids, dtype=str)
         if not cached:
             return ImageDataset(ids, build_eval_transform(size, None), store=self.store, meta=meta)
-        if self._packed is not None and self._packed[0] == size and self._packed[1] == ids:
-            images = self._packed[2]
-        else:
-            images = load_image_cache(self.store, ids, size)
-            if self.keep:
-                self._packed = (size, ids, images)  # one set at a time: the folds of a run share the input size
-        return ImageDataset(ids, build_eval_transform(size, size), images=images, meta=meta)
+        if size not in self._packs:  # the folds of a run share one input size, so this opens one pack
+            self._packs[size] = split_pack(self.spec, self.data_dir, self.split, size)
+        pack = self._packs[size]
+        return ImageDataset(ids, build_eval_transform(size, size), images=pack.rows, image_rows=pack.index(ids),
+                            meta=meta)
 
 
 @torch.inference_mode()
@@ -161,8 +159,10 @@ class _RunPredictor:
         self.test_table = load_test_table(self.spec, data_dir)
         test_store = open_store(self.spec, data_dir, "test")
         check_images_exist(test_store, list(self.test_table["id"]), what="test ids")
-        self.test = ImageSource(test_store, keep=True)
-        self.train = ImageSource(open_store(self.spec, data_dir, "train"), keep=False) if with_oof else None
+        self.test = ImageSource(self.spec, data_dir, "test", test_store)
+        self.train = None
+        if with_oof:
+            self.train = ImageSource(self.spec, data_dir, "train", open_store(self.spec, data_dir, "train"))
         self._train_rows: pd.DataFrame | None = None
 
     def train_rows(self) -> pd.DataFrame:

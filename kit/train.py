@@ -37,11 +37,13 @@ from kit.checkpoint import (
 )
 from kit.competitions import Competition, get_competition
 from kit.config import Config
-from kit.data.dataset import ImageDataset, load_image_cache
+from kit.data.dataset import ImageDataset
 from kit.data.folds import make_folds, read_folds, write_folds
 from kit.data.labels import load_train_table
 from kit.data.meta import MetaEncoder
+from kit.data.pack import split_pack
 from kit.data.readers import check_images_exist, open_store
+from kit.data.sampling import subsample_negatives
 from kit.errors import ConfigError, KitError
 from kit.losses import build_loss
 from kit.metrics import get_metric
@@ -192,9 +194,8 @@ class RunData:
     spec: Competition
     table: pd.DataFrame
     fold: np.ndarray
-    images: np.ndarray | None
-    store: object
-    meta: np.ndarray | None
+    dataset: ImageDataset
+    """Every row of ``table`` (no transform yet): folds and epochs are index views of it (``ImageDataset.subset``)."""
     meta_encoder: MetaEncoder | None
     input_size: int
     native_size: int | None
@@ -227,6 +228,7 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     """Labels, folds, metadata and (cached) images of a run, and its model built once: nothing is written here."""
     spec = get_competition(cfg.competition)
     table = load_train_table(spec, data_dir)
+    all_ids = table["id"].tolist()  # the pack covers the whole split, whatever this run leaves out
     if exclude:
         table = table[~table["id"].isin(set(exclude))].reset_index(drop=True)
     store = open_store(spec, data_dir, "train")
@@ -245,10 +247,21 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     dcfg = data_config(probe, cfg.model.img_size)
     del probe
     size = dcfg["input_size"][-1]
-    images = load_image_cache(store, list(table["id"]), size) if cfg.train.cache_images else None
+    dataset = _run_dataset(cfg, spec, data_dir, table, all_ids, store, size, meta)
     description = ModelDescription(cfg.model.name, spec.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
-    return RunData(spec, table, fold, images, store, meta, meta_encoder, size,
-                   size if images is not None else None, dcfg["mean"], dcfg["std"], description, fold_source)
+    return RunData(spec, table, fold, dataset, meta_encoder, size, size if dataset.images is not None else None,
+                   dcfg["mean"], dcfg["std"], description, fold_source)
+
+
+def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataFrame, all_ids: list[str],
+                 store, size: int, meta: np.ndarray | None) -> ImageDataset:
+    """The run's rows over the split's pack (built on first use, then reused by every fold, run and trial at this
+    size), or over the image files when ``train.cache_images`` is off."""
+    ids, targets = table["id"].to_numpy(dtype=str), table["target"].to_numpy()
+    if not cfg.train.cache_images:
+        return ImageDataset(ids, None, store=store, targets=targets, meta=meta)
+    pack = split_pack(spec, data_dir, "train", size, all_ids)
+    return ImageDataset(ids, None, images=pack.rows, image_rows=pack.index(ids), targets=targets, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,11 +326,7 @@ class FoldTrainer:
         self.progress = FoldProgress()
 
     def _subset(self, idx: np.ndarray, transform) -> ImageDataset:
-        d = self.data
-        return ImageDataset(d.table["id"].to_numpy()[idx], transform,
-                            store=None if d.images is not None else d.store,
-                            images=None if d.images is None else d.images[idx], targets=self.targets[idx],
-                            meta=None if d.meta is None else d.meta[idx])
+        return self.data.dataset.subset(idx).with_transform(transform)
 
     def _build_optimisation(self) -> None:
         t, spec, device = self.cfg.train, self.data.spec, self.rt.device
@@ -330,7 +339,7 @@ class FoldTrainer:
             counts = np.bincount(train_targets, minlength=n_classes)
             self.sample_weights = 1.0 / counts[train_targets]
         self.val_loader = make_loader(self.val_ds, t.batch_size * 2, self.workers, device, train=False)
-        steps_per_epoch = len(make_loader(self.train_ds, t.batch_size, 0, device, train=True))
+        steps_per_epoch = len(make_loader(self.epoch_dataset(0), t.batch_size, 0, device, train=True))
         self.optimizer = build_optimizer(self.model, self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, steps_per_epoch)
         self.ema = None
@@ -341,6 +350,15 @@ class FoldTrainer:
             # first n steps: hundreds of steps of validating a model that has barely moved. timm's warm-up raises the
             # decay from 0 towards ema_decay as 1 - (1 + step)**-2/3.
             self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=True)
+
+    def epoch_dataset(self, epoch: int) -> ImageDataset:
+        """The training rows of ``epoch``: all of them, or every positive and a fresh subset of the negatives."""
+        t = self.cfg.train
+        if not t.negatives_per_positive:
+            return self.train_ds
+        rows = subsample_negatives(self.train_idx, self.targets, t.negatives_per_positive,
+                                   epoch_seed(t.seed, self.k, epoch))
+        return self.train_ds.subset(rows)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch: int, metric: float, model: nn.Module,
@@ -391,7 +409,7 @@ class FoldTrainer:
             set_backbone_trainable(self.model, epoch >= self.cfg.model.freeze_epochs, self.cfg.model.unfreeze_blocks)
         seed = epoch_seed(t.seed, self.k, epoch)
         self.train_tf.set_seed(seed)
-        loader = make_loader(self.train_ds, t.batch_size, self.workers, self.rt.device, True, seed,
+        loader = make_loader(self.epoch_dataset(epoch), t.batch_size, self.workers, self.rt.device, True, seed,
                              self.sample_weights)
         stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.rt, self.scheduler,
                                 self.ema, t.grad_clip, epoch, show_progress)

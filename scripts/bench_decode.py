@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_decode.py [--size 128] [--repeat 50] [--rounds 7] [--dir FOLDER]
 
 Decodes every .jpg of FOLDER (default: the real 512x512 SIIM-ISIC images in ../shared/data) ``--repeat`` times per
-round: (a) full decode + resize (what ``load_image_cache`` does), (b) ``decode_jpeg(min_side=S)`` + the same resize
+round: (a) full decode + resize (the full-size read), (b) ``decode_jpeg(min_side=S)`` + the same resize
 (what a pack does). The two are timed round-robin, one round of each in turn, so that load from other processes falls
 on both alike; each figure is the median over the rounds, and the ratio is (a) / (b) from this one run.
 """

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from kit.competitions import get_competition
-from kit.data.dataset import ImageDataset, load_image_cache
+from kit.data.dataset import ImageDataset
 from kit.data.labels import load_train_table
-from kit.data.readers import open_store
+from kit.data.readers import fit_square, open_store
 from kit.data.synthetic import make_demo_data
 from kit.models import build_model, data_config
 from kit.runtime import Runtime, make_loader
@@ -53,8 +53,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_demo_data(spec.name, tmp, n=args.n, seed=0)
         table = load_train_table(spec, data)
-        images = load_image_cache(open_store(spec, data), list(table["id"]), args.size)
-    dataset = ImageDataset(list(table["id"]), build_eval_transform(args.size, args.size), images=images,
+        store = open_store(spec, data)
+        images = np.stack([fit_square(store.read(k), args.size) for k in table["id"]])
+    dataset = ImageDataset(table["id"].to_numpy(str), build_eval_transform(args.size, args.size), images=images,
                            targets=table["target"].to_numpy())
     device = torch.device("cpu")
     model = build_model(args.model, 1, img_size=args.size)

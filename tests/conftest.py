@@ -20,6 +20,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pack_cache_dir(tmp_path_factory) -> Path:
+    """Every pack a test builds goes to one session folder (inherited by the CLI subprocesses), never into
+    ../shared/data/.kit-cache or the user's ~/.cache/kit; a test of the default location unsets it."""
+    folder = tmp_path_factory.mktemp("kit-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KIT_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo")

@@ -26,7 +26,6 @@ from kit.cli import main
 from kit.competitions import get_competition
 from kit.data import pack as packmod
 from kit.data import readers
-from kit.data.dataset import _fit, load_image_cache
 from kit.data.labels import load_test_table, load_train_table
 from kit.data.pack import (
     IMAGES,
@@ -39,12 +38,18 @@ from kit.data.pack import (
     open_pack,
     pack_path,
 )
+from kit.data.readers import fit_square as _fit
 from kit.data.synthetic import make_demo_data
 from kit.errors import DataError
 
 HCD = "histopathologic-cancer-detection"
 I24 = "isic-2024-challenge"
 KIT = Path(sys.executable).with_name("kit")
+
+
+def load_image_cache(store, ids, size):
+    """Every image fully decoded and resized as the training transform would: the reference a pack is held to."""
+    return np.stack([_fit(store.read(k), size) for k in ids])
 
 
 @pytest.fixture(scope="module")

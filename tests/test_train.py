@@ -78,7 +78,7 @@ def test_checkpoint_rebuilds_the_model_alone(tiny_run):
 
     oof = pd.read_csv(run / "fold0" / "oof.csv", dtype={"id": str}).head(8)
     store = open_store(__import__("kit.competitions", fromlist=["x"]).get_competition("hcd"), data)
-    from kit.data.dataset import _fit
+    from kit.data.readers import fit_square as _fit
 
     x = torch.stack([torch.from_numpy(_fit(store.read(i), 48).transpose(2, 0, 1).copy()) for i in oof["id"]])
     mean = torch.tensor(ckpt.mean).view(1, -1, 1, 1)

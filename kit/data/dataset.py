@@ -1,76 +1,66 @@
-"""The torch Dataset over a table of ids, and the packed uint8 image cache.
+"""The torch Dataset over a table of ids: images from the packed cache on disk, or from the competition's store.
 
-Images are never copied into class folders: the Dataset reads them from the competition's own store (folder or
-HDF5), or from a packed uint8 array decoded once per run (``load_image_cache``), which is where the speed is on a CPU
-(the anchor benchmark measured a memmap-style packed read at ~38x per-file decoding).
+A Dataset holds the whole split's arrays (the pack's rows, targets, metadata) and ``rows``, an index array into
+them: a fold's training and validation sets, and each epoch's subsample, are index arrays over the same arrays, never
+copies. Ids are a fixed-width numpy string array, not a list of Python strings: DataLoader workers forked from the
+process then share its pages instead of copying each one they touch (reference counts; PyTorch issue 13246).
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kit.data.readers import ImageStore, fit_square
-
-
-def _fit(img: np.ndarray, size: int | None) -> np.ndarray:
-    return fit_square(img, size)  # one definition, shared with the packed cache (kit.data.pack)
-
-
-def load_image_cache(store: ImageStore, ids: list[str], size: int | None = None,
-                     workers: int | None = None) -> np.ndarray:
-    """Decode every image once into an (N, H, W, 3) uint8 array, resized to ``size`` when images differ from it.
-
-    Decoders (libjpeg-turbo, tifffile) release the GIL, so threads decode in parallel.
-    """
-    if not ids:
-        raise ValueError("no ids to load")
-    first = _fit(store.read(ids[0]), size)
-    out = np.empty((len(ids), *first.shape), dtype=np.uint8)
-    out[0] = first
-
-    def load(i: int) -> None:
-        img = _fit(store.read(ids[i]), size)
-        if img.shape != first.shape:
-            from kit.errors import DataError
-
-            raise DataError(f"{store.ref(ids[i])}: image is {img.shape[1]}x{img.shape[0]} but "
-                            f"{store.ref(ids[0])} is {first.shape[1]}x{first.shape[0]}; set model.img_size")
-        out[i] = img
-
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(load, range(1, len(ids))))
-    return out
+from kit.data.readers import ImageStore
 
 
 class ImageDataset(Dataset):
-    """Items are dicts: ``image`` (uint8 CHW tensor from ``transform``), and ``target`` / ``meta`` when given."""
+    """Item ``i`` is row ``rows[i]`` of the split: a dict with ``image`` (uint8 CHW tensor from ``transform``), and
+    ``target`` / ``meta`` when given. ``images`` gives an S x S x 3 uint8 array per row (the pack's ``PackRows``, or
+    any array), row ``image_rows[i]`` for id ``i`` when given; without it images are read from ``store``."""
 
-    def __init__(self, ids: list[str], transform: Callable[[np.ndarray], torch.Tensor],
-                 store: ImageStore | None = None, images: np.ndarray | None = None,
-                 targets: np.ndarray | None = None, meta: np.ndarray | None = None):
+    def __init__(self, ids, transform: Callable[[np.ndarray], torch.Tensor], store: ImageStore | None = None,
+                 images: np.ndarray | None = None, targets: np.ndarray | None = None,
+                 meta: np.ndarray | None = None, rows: np.ndarray | None = None, image_rows: np.ndarray | None = None):
         if (store is None) == (images is None):
             raise ValueError("give exactly one of store or images")
-        self.ids = list(ids)
+        self.ids = ids if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" else np.asarray(ids, dtype=str)
         self.transform = transform
         self.store = store
         self.images = images
+        self.image_rows = image_rows  # row of each id in ``images`` when the pack's order differs from ``ids``
         self.targets = None if targets is None else torch.tensor(np.asarray(targets))  # a copy: pandas arrays are read-only
         self.meta = None if meta is None else torch.as_tensor(meta, dtype=torch.float32)
+        self.rows = np.arange(len(self.ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def subset(self, rows: np.ndarray) -> ImageDataset:
+        """The same arrays seen through other rows of the split (a fold, an epoch's subsample): nothing is copied."""
+        view = object.__new__(ImageDataset)
+        view.__dict__.update(self.__dict__)
+        view.rows = np.asarray(rows, dtype=np.int64)
+        return view
+
+    def with_transform(self, transform: Callable[[np.ndarray], torch.Tensor]) -> ImageDataset:
+        view = self.subset(self.rows)
+        view.transform = transform
+        return view
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.rows)
+
+    def image(self, row: int) -> np.ndarray:
+        if self.images is None:
+            return self.store.read(str(self.ids[row]))
+        return self.images[row if self.image_rows is None else self.image_rows[row]]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        img = self.images[i] if self.images is not None else self.store.read(self.ids[i])
-        item = {"image": self.transform(img)}
+        row = int(self.rows[i])
+        item = {"image": self.transform(self.image(row))}
         if self.targets is not None:
-            item["target"] = self.targets[i]
+            item["target"] = self.targets[row]
         if self.meta is not None:
-            item["meta"] = self.meta[i]
+            item["meta"] = self.meta[row]
         return item

@@ -49,7 +49,7 @@ MAX_CHUNK_ROWS = 256
 CHUNK_BYTES = 64 << 20  # caps a chunk of 512 px rows at ~85 rows: a few chunk buffers in flight stay small
 IN_FLIGHT = 3  # chunks decoding at once: the pool always has queued work while the main thread writes one
 VERIFY_ROWS = 8
-KAGGLE_WORKING = Path("/kaggle/working")
+KAGGLE_WORKING = "/kaggle/working"  # KIT_KAGGLE_WORKING moves it, as it does for the kernels (tried off Kaggle)
 LOG_EVERY_S = 30.0
 
 
@@ -96,8 +96,9 @@ def default_cache_dir(data_dir: str | Path) -> Path:
     env = os.environ.get("KIT_CACHE_DIR")
     if env:
         return Path(env).expanduser()
-    if KAGGLE_WORKING.is_dir():
-        return KAGGLE_WORKING / "kit-cache"
+    working = Path(os.environ.get("KIT_KAGGLE_WORKING", KAGGLE_WORKING))
+    if working.is_dir():
+        return working / "kit-cache"
     local = Path(data_dir).resolve() / ".kit-cache"
     if _writable(local):
         return local
@@ -210,6 +211,39 @@ def describe_source_change(old_info: dict, old_table: pd.DataFrame, new: Source)
 # The pack
 
 
+class PackRows:
+    """Rows of images.u8 read one ``pread`` each: through the page cache as a memmap read is, but nothing stays mapped
+    into the process. A memmap's touched pages count in the RSS of every process that reads it (the kernel maps
+    whole large folios per fault: 640 random rows mapped 0.7 GB of a 1 GB pack), so a long epoch over a 20 GB pack
+    would look like a 20 GB process to Kaggle's memory monitor. Pickles as its path (DataLoader workers reopen it)."""
+
+    def __init__(self, path: Path, n: int, size: int):
+        self.path, self.shape = Path(path), (int(n), int(size), int(size), 3)
+        self.row_bytes = int(size) * int(size) * 3
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i) -> np.ndarray:
+        i = int(i)
+        if not 0 <= i < self.shape[0]:
+            raise IndexError(f"row {i} of a pack of {self.shape[0]} images")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)  # pread has no file position: safe to share with forks
+        buf = bytearray(self.row_bytes)  # writable: transforms may work in place
+        if os.preadv(self._fd, [buf], i * self.row_bytes) != self.row_bytes:
+            raise PackError(f"{self.path}: row {i} is cut short; run `kit pack --rebuild`", "truncated")
+        return np.frombuffer(buf, dtype=np.uint8).reshape(self.shape[1:])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
 class Pack:
     """A complete, verified pack: ``images`` (N x S x S x 3 read-only memmap), ``ids`` (row order), ``status``
     ('built', 'resumed' or 'reused'). Pickles as its path, so a spawned DataLoader worker maps the file again
@@ -226,6 +260,11 @@ class Pack:
 
     def __reduce__(self):
         return Pack, (self.path, self.manifest, self.ids, self.status)
+
+    @property
+    def rows(self) -> PackRows:
+        """Row-by-row reads for Datasets (no pages mapped into the reader); ``images`` is the memmap of it all."""
+        return PackRows(self.path / IMAGES, self.manifest["n"], self.manifest["size"])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -681,3 +720,24 @@ def ensure_pack(spec: str | Competition, data_dir: str | Path, split: str, size:
             except PackError:
                 pass
         return _build(spec, Path(data_dir), split, int(size), ids, path, _workers(workers), progress, log)
+
+
+def split_pack(spec: str | Competition, data_dir: str | Path, split: str, size: int,
+               ids: Sequence[str] | None = None, cache_dir: str | Path | None = None, workers: int | None = None,
+               rebuild: bool = False, log: Callable[[str], None] = print) -> Pack:
+    """The pack of a whole split as `kit pack` makes it: every labelled training id, or the test list.
+
+    Train, predict, tune and the kernel all ask for this one set whatever subset they read (a fold, an excluded id,
+    the OOF rows), so one pack per (split, size) serves them all; they map their ids with ``Pack.index``. ``ids``
+    saves reading the split's table again when the caller has it (the full table, not a subset)."""
+    from kit.data.labels import load_test_table, load_train_table
+
+    spec = get_competition(spec)
+    if ids is None:
+        table = load_train_table(spec, data_dir) if split == "train" else load_test_table(spec, data_dir)
+        ids = table["id"].tolist()
+    pack = ensure_pack(spec, data_dir, split, size, ids, cache_dir=cache_dir, workers=workers, rebuild=rebuild,
+                       log=log)
+    log(f"images: {len(pack)} {split} images at {size}x{size} px, {pack.status} pack {pack.path} "
+        f"({human_bytes(pack.disk_bytes())})")
+    return pack

@@ -240,6 +240,7 @@ ISIC_2024_TEST_COLUMNS = [
     "attribution", "copyright_license"]
 ISIC_2024_TRAIN_ONLY = ["lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
                         "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"]
+ISIC_2024_TRAIN_COLUMNS = ["isic_id", "target", *ISIC_2024_TEST_COLUMNS[1:], *ISIC_2024_TRAIN_ONLY]
 _ISIC_2024_PLACES = {  # synthetic site -> (tbp_lv_location, tbp_lv_location_simple) choices
     "torso": [("Torso Back Top Third", "Torso Back"), ("Torso Front Top Half", "Torso Front"),
               ("Torso Back Middle Third", "Torso Back")],
@@ -354,6 +355,14 @@ def isic_2024_metadata(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     return pd.concat([out, pd.DataFrame(_tbp_train_only(rng, y, 0), index=df.index)], axis=1)
 
 
+def isic_2024_table(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """``rows`` (id, patient, sex, age, site, target; a fresh index) with ISIC 2024's metadata, in its column names:
+    select ``ISIC_2024_TRAIN_COLUMNS`` for train-metadata.csv, ``ISIC_2024_TEST_COLUMNS`` for test-metadata.csv."""
+    both = pd.concat([rows, isic_2024_metadata(rows, seed)], axis=1)
+    return both.rename(columns={"id": "isic_id", "patient": "patient_id", "site": "anatom_site_general",
+                                "age": "age_approx"})
+
+
 def write_isic_2024(spec: Competition, out: Path, n: int, seed: int, n_test: int, size: int) -> None:
     import h5py
 
@@ -362,12 +371,9 @@ def write_isic_2024(spec: Competition, out: Path, n: int, seed: int, n_test: int
         with atomic_path(out / name) as tmp, h5py.File(tmp, "w") as h5:
             for id_, img in zip(df["id"], df["image"], strict=True):
                 h5.create_dataset(id_, data=np.bytes_(_encode_jpeg(img)))
-    both = pd.concat([train.drop(columns="image"), test.drop(columns="image")], ignore_index=True)
-    both = pd.concat([both, isic_2024_metadata(both, seed)], axis=1)
-    cols = {"id": "isic_id", "patient": "patient_id", "site": "anatom_site_general", "age": "age_approx"}
-    both = both.rename(columns=cols)
-    train_cols = ["isic_id", "target", *ISIC_2024_TEST_COLUMNS[1:], *ISIC_2024_TRAIN_ONLY]
-    write_csv_atomic(both.iloc[:n][train_cols], out / "train-metadata.csv")
+    both = isic_2024_table(pd.concat([train.drop(columns="image"), test.drop(columns="image")], ignore_index=True),
+                           seed)
+    write_csv_atomic(both.iloc[:n][ISIC_2024_TRAIN_COLUMNS], out / "train-metadata.csv")
     write_csv_atomic(both.iloc[n:][ISIC_2024_TEST_COLUMNS], out / "test-metadata.csv")
     write_csv_atomic(pd.DataFrame({"isic_id": test["id"], "target": 0.3}), out / "sample_submission.csv")
 
