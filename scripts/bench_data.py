@@ -9,8 +9,9 @@ real ISIC 2018 128 px JPEGs in ../shared/data. For each, one run measures images
   (b) kit from the image files: its Dataset (tifffile / libjpeg-turbo readers) through its DataLoader, batch 256,
       with a random horizontal flip (the same per-image work as (a); kit scales to float on the device, per batch);
   (c) kit from the pack with the competition preset's augmentation (histo / isic), 0 workers and 2 workers;
-  (d) the limit: kit from the pack, no augmentation.
-and the peak memory (PSS summed over the process and its workers: shared pages counted once) of (c) with 4 workers
+  (d) the limit: kit from the pack, no augmentation;
+then kit's training step (resnet18, the preset's augmentation) fed by 0 and by 2 DataLoader workers, and the peak
+memory (PSS summed over the process and its workers: shared pages counted once) of (c) with 4 workers
 against 0. Ratios are against (a) measured in this same run; each arm takes the best of --epochs passes.
 """
 
@@ -21,6 +22,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import albumentations as A
@@ -127,9 +129,35 @@ def bench(competition: str, data: Path, size: int, preset: str, passes: int) -> 
     base = rates["(a) keras-style PIL per file"]
     for name, rate in rates.items():
         print(f"  {name:40s} {rate:9.0f} img/s  {rate / base:6.2f}x (a)")
+    train = train_rates(packed.with_transform(build_train_transform(preset, size, 1.0, size)), size)
+    print(f"  training resnet18 + {preset} aug: 0 workers {train[0]:.0f} img/s, 2 workers {train[2]:.0f} img/s "
+          f"({train[2] / train[0]:.2f}x)")
     mem0 = peak_pss_mb(lambda: drain(packed, 0))
     mem4 = peak_pss_mb(lambda: drain(packed, 4))
     print(f"  peak PSS of (c): 0 workers {mem0:.0f} MB, 4 workers {mem4:.0f} MB ({mem4 / mem0:.2f}x)")
+
+
+def train_rates(dataset: ImageDataset, size: int, steps: int = 12, batch: int = 32) -> dict[int, float]:
+    """Images/s of kit's training step (resnet18, the preset's augmentation) fed by 0 and by 2 DataLoader workers:
+    whether workers pay on this CPU, where the model's own threads want the same cores."""
+    from torch import nn
+
+    from kit.models import build_model
+    from kit.runtime import Runtime
+    from kit.train import train_one_epoch
+
+    sub = dataset.subset(np.random.default_rng(0).choice(len(dataset), steps * batch, replace=False))
+    rates = {}
+    for workers in (0, 2, 0, 2):  # alternating, the second pass of each counts: warm caches, less noise
+        model = build_model("resnet18", 1, img_size=size)
+        rt = Runtime(torch.device("cpu"), None, None, False, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1),
+                     binary=True, use_meta=False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        loader = make_loader(sub, batch, workers, torch.device("cpu"), True, seed=0)
+        t = time.perf_counter()
+        train_one_epoch(model, loader, optimizer, nn.BCEWithLogitsLoss(), rt)
+        rates[workers] = len(sub) / (time.perf_counter() - t)
+    return rates
 
 
 def main() -> None:
@@ -139,6 +167,7 @@ def main() -> None:
                    help="where the patches and packs go (reused by the next run)")
     p.add_argument("--epochs", type=int, default=2, help="passes per arm; the best counts (default 2)")
     args = p.parse_args()
+    warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 4 workers on 2 cores: on purpose
     os.environ.setdefault("KIT_CACHE_DIR", str(args.work / "packs"))  # never into ../shared/data
     hcd = args.work / f"hcd-{args.n}"
     if not (hcd / "train_labels.csv").is_file():
