@@ -112,7 +112,8 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
     p = subprocess.run([str(python), str(kernel / "kernel.py")], env=env, cwd=working, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "--no-index --find-links" in p.stdout and "Successfully installed" in p.stdout
+    assert "--no-index --no-deps --find-links" in p.stdout and "Successfully installed" in p.stdout
+    assert "kit kernel: kit installed; the 15 modules it imports are there" in p.stdout
     # kit and simplejpeg now come from the wheels dataset, installed into the kernel's Python
     after = python_says(python, "import kit, simplejpeg; print(kit.__file__, simplejpeg.FAKE)", env, working)
     assert after.stdout.split() == [str(python.parent.parent / "lib" / f"python{sys.version_info[0]}."
@@ -276,18 +277,23 @@ def test_push_fails_when_kaggle_leaves_inputs_out(tmp_path):
 @pytest.mark.parametrize("status, failure, rc, said", [
     ("COMPLETE", "", 0, f"{OWNER}/kit-{HCD}: complete\nits submission.csv: kaggle kernels output {OWNER}/kit-{HCD}"),
     ("ERROR", "kit kernel: pip could not install", 1,
-     f"kit kernel: error: kernel {OWNER}/kit-{HCD} failed: kit kernel: pip could not install; its log: "
-     f"https://www.kaggle.com/code/{OWNER}/kit-{HCD}/log"),
+     f"kit kernel: error: kernel {OWNER}/kit-{HCD} failed: kit kernel: pip could not install. The end of its log:\n"
+     "  | + pip install\n  | ERROR: No matching distribution found for simplejpeg\n"
+     f"the whole log: https://www.kaggle.com/code/{OWNER}/kit-{HCD}/log"),
 ])
 def test_status_of_a_pushed_kernel(tmp_path, status, failure, rc, said):
     out = build_kernel(HCD, OWNER, out=tmp_path / "kernel")
-    with FakeKaggle(kernel_status=status, kernel_failure=failure) as fake:
+    log = json.dumps([{"stream_name": "stdout", "time": 1.0, "data": "+ pip install\n"},
+                      {"stream_name": "stderr", "time": 2.0, "data": "ERROR: No matching distribution found for "
+                                                                     "simplejpeg\n"}])
+    with FakeKaggle(kernel_status=status, kernel_failure=failure, kernel_log=log) as fake:
         fake.datasets[WEIGHTS] = Dataset(WEIGHTS, "w", "other", True)
         assert kit(tmp_path, fake, "kernel", "push", str(out)).returncode == 0
         p = kit(tmp_path, fake, "kernel", "status", f"{OWNER}/kit-{HCD}")
     assert p.returncode == rc, p.stderr
     assert said in p.stdout + p.stderr
-    assert fake.requests[-1].body == {"userName": OWNER, "kernelSlug": f"kit-{HCD}"}
+    status_calls = [r for r in fake.requests if r.endpoint.endswith("GetKernelSessionStatus")]
+    assert status_calls[-1].body == {"userName": OWNER, "kernelSlug": f"kit-{HCD}"}
 
 
 def test_status_waits_while_the_kernel_runs(tmp_path):
