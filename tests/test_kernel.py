@@ -163,6 +163,28 @@ def test_the_script_finds_its_inputs_in_both_layouts(tmp_path, monkeypatch, layo
                                                        f"{root / slug}/**/run.json with fold*/best.pt beside it"])
 
 
+def test_the_script_installs_the_highest_version_of_kit_not_the_last_name(tmp_path, monkeypatch):
+    wheels = tmp_path / "input" / "kit-wheels"
+    wheels.mkdir(parents=True)
+    for version in ("0.9.0", "0.10.0", "0.10.0rc1", "not-a-version"):
+        (wheels / f"kit-{version}-py3-none-any.whl").write_bytes(b"w")
+    script = load_script(tmp_path, monkeypatch, wheels=WHEELS)
+    assert [p.name for p in sorted(wheels.iterdir())][-2:] == ["kit-0.9.0-py3-none-any.whl",  # name order
+                                                              "kit-not-a-version-py3-none-any.whl"]
+    assert script.find(WHEELS, "kit-*.whl", []).name == "kit-0.10.0-py3-none-any.whl"
+
+
+def test_the_import_check_names_every_missing_module_in_one_line(tmp_path, monkeypatch, capsys):
+    script = load_script(tmp_path, monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        script.check_imports(("json", "kit_no_such_module", "kit.no_such_stage"), WHEELS)
+    assert str(stop.value) == ("kit kernel: this image lacks modules kit imports: kit_no_such_module "
+                               f"kit.no_such_stage; put the wheels of the missing packages in {WHEELS} "
+                               "(KAGGLE_IMAGE_LACKS in kit/bundle.py) and push it again")
+    script.check_imports(("json", "kit.cli"), WHEELS)
+    assert "the 2 modules it imports are there" in capsys.readouterr().out
+
+
 def test_missing_inputs_are_all_named_with_where_the_script_looked(tmp_path):
     (tmp_path / "input").mkdir()
     script = tmp_path / "kernel.py"

@@ -309,3 +309,41 @@ def test_the_budget_never_stops_the_last_epoch_of_the_run_and_refuses_nonsense()
     budget(3, 1, 0.5)  # nothing follows but the scores: no stop
     with pytest.raises(ConfigError, match="--time-budget must be a positive number of seconds, got -5"):
         TimeBudget(-5, epochs=2, folds=[0])
+
+
+def test_a_fold_stopped_early_and_then_by_the_budget_does_not_train_on(demo_data, tmp_path, monkeypatch):
+    """Early stopping and the budget on the same epoch: the resumed fold ends there, as the uninterrupted one did."""
+    from kit.config import load_config
+    from kit.train import FoldProgress, train_folds
+
+    improve = FoldProgress.update
+
+    def only_the_first_epoch_improves(self, epoch, metric, loss):
+        if epoch == 1:
+            return improve(self, epoch, metric, loss)
+        self.stale += 1
+        return False
+
+    monkeypatch.setattr(FoldProgress, "update", only_the_first_epoch_improves)
+    cfg = load_config(HCD, overrides=[*TINY, "train.epochs=4", "train.early_stopping=1"])
+    data, run = demo_data(HCD, n=40), RunDir(tmp_path / "run")
+
+    def budget(fold, epoch, metric):
+        if epoch == 1:  # the epoch that also stops the fold early
+            raise TimeBudgetReached("stopped by the time budget")
+
+    with pytest.raises(TimeBudgetReached):
+        train_folds(cfg, data, run.path, folds=[0], on_epoch=budget)
+    assert len(run.history(0)) == 2 and 0 not in run.finished_folds()
+    train_folds(cfg, data, run.path, folds=[0])
+    assert len(run.history(0)) == 2 and run.fold_result(0)["epochs_run"] == 2
+
+
+def test_kit_train_refuses_a_time_budget_that_is_not_positive(demo_data, tmp_path, capsys):
+    from kit.cli import main
+
+    rc = main(["train", "--competition", "hcd", "--data", str(demo_data(HCD, n=40)), "--out", str(tmp_path / "r"),
+               *[x for o in TINY for x in ("--set", o)], "--time-budget", "-1"])
+    assert rc == 1
+    assert capsys.readouterr().err == "kit train: error: --time-budget must be a positive number of seconds, got -1.0\n"
+    assert not (tmp_path / "r").exists()
