@@ -38,7 +38,7 @@ from kit.io import write_text_atomic
 from kit.rundir import LOCK_FILE, RunDir
 
 __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePush", "build_kit_wheel", "bundle_slug",
-           "check_dataset_ref", "check_owner", "make_bundle", "push_bundle", "run_competition"]
+           "check_dataset_ref", "check_owner", "make_bundle", "make_wheels_bundle", "push_bundle", "run_competition"]
 
 # kit's dependencies, sorted by whether Kaggle's Python image ships them (Kaggle/docker-python,
 # installed_cpu_packages.txt: torch 2.10, timm 1.0.26, albumentations 2.0.8, pandas 2.3, scikit-learn 1.6,
@@ -55,6 +55,7 @@ KAGGLE_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
 CHECKPOINTS = "checkpoints"
 METADATA = "dataset-metadata.json"
 MANIFEST = "bundle.json"
+WHEELS_SLUG = "kit-wheels"  # the default wheels-only dataset, which training kernels attach
 DEFAULT_LICENSE = "other"  # weights derived from competition data: the competition's rules apply, say so
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{4,48})[a-z0-9]$")
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -261,7 +262,42 @@ def make_bundle(run_dir: str | os.PathLike, owner: str, slug: str | None = None,
     chosen = _chosen_folds(run, folds)
     slug = slug or bundle_slug(competition)
     ref = check_dataset_ref(f"{check_owner(owner)}/{slug}")
-    out = Path(out) if out is not None else Path("bundles") / slug
+
+    def fill(staged: Path, kit_wheel: Path, wheels: list[Path]) -> None:
+        _copy_checkpoints(run, chosen, staged / CHECKPOINTS)
+        cv = _cv_text(run)
+        write_text_atomic(staged / METADATA, json.dumps(_metadata(ref, competition, run.name, cv,
+                                                                  license_name), indent=2))
+        write_text_atomic(staged / MANIFEST, json.dumps({
+            "id": ref, "competition": competition, "run": run.name, "folds": chosen, "cv": cv,
+            "kit_wheel": kit_wheel.name, "wheels": sorted(w.name for w in wheels), "pythons": list(pythons),
+            "checkpoints": CHECKPOINTS}, indent=2))
+
+    return _write_bundle(out if out is not None else Path("bundles") / slug, fill, wheel_cache, kit_source, pythons)
+
+
+def make_wheels_bundle(owner: str, slug: str = WHEELS_SLUG, out: str | os.PathLike | None = None,
+                       wheel_cache: str | os.PathLike | None = None, kit_source: str | os.PathLike | None = None,
+                       license_name: str = "apache-2.0", pythons: Sequence[str] = KAGGLE_PYTHONS) -> Path:
+    """A dataset folder of wheels only (kit's and those Kaggle lacks): what a training kernel installs kit from."""
+    ref = check_dataset_ref(f"{check_owner(owner)}/{slug}")
+
+    def fill(staged: Path, kit_wheel: Path, wheels: list[Path]) -> None:
+        write_text_atomic(staged / METADATA, json.dumps({
+            "title": slug, "id": ref, "licenses": [{"name": license_name}],
+            "description": "kit's wheel and wheels of the dependencies Kaggle's image lacks, made by `kit bundle "
+                           "wheels`: kernels built with `kit kernel build` install kit from it offline."}, indent=2))
+        write_text_atomic(staged / MANIFEST, json.dumps({
+            "id": ref, "kit_wheel": kit_wheel.name, "wheels": sorted(w.name for w in wheels),
+            "pythons": list(pythons)}, indent=2))
+
+    return _write_bundle(out if out is not None else Path("bundles") / slug, fill, wheel_cache, kit_source, pythons)
+
+
+def _write_bundle(out: str | os.PathLike, fill, wheel_cache: str | os.PathLike | None,
+                  kit_source: str | os.PathLike | None, pythons: Sequence[str]) -> Path:
+    """Build the wheels in a staging folder beside ``out``, let ``fill`` add the rest, then swap it into place."""
+    out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise KitError(f"{out} exists and is not a kit bundle (no {MANIFEST}): choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,14 +307,7 @@ def make_bundle(run_dir: str | os.PathLike, owner: str, slug: str | None = None,
         wheels = [kit_wheel]
         for requirement in missing_on_kaggle(wheel_requirements(kit_wheel)):
             wheels += fetch_wheels(_pinned(requirement), staged, pythons, wheel_cache)
-        _copy_checkpoints(run, chosen, staged / CHECKPOINTS)
-        cv = _cv_text(run)
-        write_text_atomic(staged / METADATA, json.dumps(_metadata(ref, competition, run.name, cv,
-                                                                  license_name), indent=2))
-        write_text_atomic(staged / MANIFEST, json.dumps({
-            "id": ref, "competition": competition, "run": run.name, "folds": chosen, "cv": cv,
-            "kit_wheel": kit_wheel.name, "wheels": sorted(w.name for w in wheels), "pythons": list(pythons),
-            "checkpoints": CHECKPOINTS}, indent=2))
+        fill(staged, kit_wheel, wheels)
         staged.chmod(0o755)  # mkdtemp makes it 0700
         _replace_dir(staged, out)
     except BaseException:

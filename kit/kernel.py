@@ -25,10 +25,13 @@ from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
 from kit.io import atomic_path, write_text_atomic
 
-__all__ = ["KernelPush", "build_kernel", "kernel_metadata", "kernel_slug", "kernel_status", "push_kernel",
-           "render_script", "run_kernel"]
+__all__ = ["KernelPush", "build_kernel", "fill_template", "kernel_metadata", "kernel_slug", "kernel_status",
+           "push_kernel", "render_script", "run_kernel"]
 
 TEMPLATE = Path(__file__).parent / "templates" / "kaggle_kernel.py"
+INSTALL = Path(__file__).parent / "templates" / "kaggle_install.py"
+_INSTALL_LINE = re.compile(r"^from kaggle_install import .*# __INSTALL__")
+_FUTURE = "from __future__ import annotations\n"
 CODE_FILE = "kernel.py"
 METADATA = "kernel-metadata.json"
 DEFAULT_WORKING = "/kaggle/working"
@@ -70,16 +73,39 @@ def kernel_metadata(competition: str, owner: str, wheels_dataset: str, weights_d
 def render_script(competition: str, wheels_dataset: str, weights_dataset: str, tta: str = "8") -> str:
     """The kernel script: the template with the competition, the two datasets and the TTA view set filled in."""
     spec = get_competition(competition)
-    text = TEMPLATE.read_text()
     values = {"COMPETITION": spec.name, "WHEELS_DATASET": wheels_dataset, "WEIGHTS_DATASET": weights_dataset,
               "TTA": str(tta)}
+    return fill_template(TEMPLATE, values, spec.title)
+
+
+def fill_template(template: Path, values: dict, title: str) -> str:
+    """A kernel script from ``template``: its install line replaced by kaggle_install.py's code, every
+    ``"__NAME__"`` by the Python literal of ``values[NAME]`` and ``__TITLE__`` by ``title``."""
+    text = _splice_install(template)
     for name, value in values.items():
-        text = text.replace(f'"__{name}__"', json.dumps(value))
-    text = text.replace("__TITLE__", spec.title)
+        text = text.replace(f'"__{name}__"', json.dumps(value) if isinstance(value, str) else repr(value))
+    text = text.replace("__TITLE__", title)
     left = sorted(set(_LEFT_OVER.findall(text)))
     if left:
-        raise KitError(f"{TEMPLATE} has placeholders kit does not fill: {', '.join(left)}")
+        raise KitError(f"{template} has placeholders kit does not fill: {', '.join(left)}")
     return text
+
+
+def _splice_install(template: Path) -> str:
+    """``template`` with kaggle_install.py's code in place of its install line, the two import blocks merged."""
+    lines = template.read_text().splitlines(keepends=True)
+    marks = [i for i, line in enumerate(lines) if _INSTALL_LINE.match(line)]
+    if len(marks) != 1 or _FUTURE not in lines:
+        raise KitError(f"{template} needs `{_FUTURE.strip()}` and one `from kaggle_install import ...  # "
+                       f"__INSTALL__` line, found {len(marks)}")
+    future, mark = lines.index(_FUTURE), marks[0]
+    code = INSTALL.read_text().split(_FUTURE, 1)[1].splitlines(keepends=True)
+    first = next(i for i, line in enumerate(code) if line.strip() and not line.startswith(("import ", "from ")))
+    imports = {line for line in lines[future + 1:mark] + code[:first] if line.strip()}
+    merged = sorted(imports, key=lambda line: (line.startswith("from "), line))  # isort's order
+    body = "".join(code[first:]).strip("\n") + "\n"
+    return "".join(lines[:future + 1] + ["\n"] + merged + ["\n", body, "\n\n"]) + \
+        "".join(lines[mark + 1:]).lstrip("\n")
 
 
 def build_kernel(competition: str, owner: str, wheels_dataset: str | None = None, weights_dataset: str | None = None,

@@ -445,6 +445,8 @@ class FoldTrainer:
     def fit(self, on_epoch: EpochCallback | None = None, show_progress: bool = False) -> FoldResult:
         t = self.cfg.train
         for epoch in range(self.resume(), t.epochs):
+            if t.early_stopping and self.progress.stale >= t.early_stopping:
+                break  # resumed after the epoch that stopped it early (a stop before result.json was written)
             val_metric = self.end_epoch(epoch, self.train_epoch(epoch, show_progress))
             if on_epoch is not None:
                 on_epoch(self.k, epoch, val_metric)

@@ -1,5 +1,6 @@
 """A loopback imitation of the Kaggle API endpoints that kit's uploads call (kaggle 2.2.4): competition submissions,
-datasets (create, version, status, with blob uploads) and kernels (push, status).
+datasets (create, version, status, with blob uploads) and kernels (push, status, output and log, with the output's
+files downloaded by GET).
 
 The real client has no endpoint setting, but ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` (read when ``kaggle`` is imported)
 makes it POST to ``http://localhost/api/v1/<Service>/<Method>``, and ``requests`` sends plain-http calls through
@@ -17,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import urlsplit
 
 SERVICE = "competitions.CompetitionApiService"
@@ -90,6 +92,14 @@ class FakeKaggle:
     kernel_status: str = "COMPLETE"
     """What GetKernelSessionStatus answers for a pushed kernel (QUEUED, RUNNING, COMPLETE, ERROR, ...)."""
     kernel_failure: str = ""
+    kernel_output: dict[str, bytes] = field(default_factory=dict)
+    """The files ListKernelSessionOutput lists (relative path -> bytes), each downloaded from /output/<n>."""
+    kernel_log: str = ""
+    """The log ListKernelSessionOutput returns (Kaggle's: a JSON list of {stream_name, time, data})."""
+    statuses: list[str] = field(default_factory=list)
+    """GetKernelSessionStatus answers these first, one per call, then kernel_status."""
+    on_save: Callable[[FakeKaggle, dict], None] | None = None
+    """Called with each SaveKernel body: a test's stand-in for Kaggle running the pushed script."""
     unknown_competitions: tuple[str, ...] = ()
     """Competition slugs SaveKernel reports as invalid sources (datasets are invalid unless created here)."""
     requests: list[Request] = field(default_factory=list)
@@ -142,6 +152,8 @@ class FakeKaggle:
             return code, {"code": code, "message": ERROR_MESSAGES.get(code, "error")}
         if request.method == "PUT":
             self.uploads[request.path.rsplit("/", 1)[-1]] = request.data
+            return 200, {}
+        if request.method == "GET":  # an output file's download URL, as listed by ListKernelSessionOutput
             return 200, {}
         body = request.body or {}
         if method == "IntrospectToken":  # the access-token flow checks the token before any call
@@ -210,6 +222,8 @@ class FakeKaggle:
         ref = body.get("slug", "")
         kernel = self.kernels.setdefault(ref, Kernel(ref))
         kernel.versions.append(body)
+        if self.on_save is not None:
+            self.on_save(self, body)
         return 200, {
             "ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": len(kernel.versions),
             "kernelId": 1000 + list(self.kernels).index(ref),
@@ -221,10 +235,24 @@ class FakeKaggle:
         ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
         if ref not in self.kernels:
             return 404, {"code": 404, "message": f"Kernel {ref} not found"}
-        reply = {"status": self.kernel_status}
+        reply = {"status": self.statuses.pop(0) if self.statuses else self.kernel_status}
         if self.kernel_failure:
             reply["failureMessage"] = self.kernel_failure
         return 200, reply
+
+    def _kernel_output(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
+        if ref not in self.kernels:
+            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+        files = [{"fileName": name, "url": f"http://localhost/output/{i}"} for i, name in enumerate(self.kernel_output)]
+        return 200, {"files": files, "log": self.kernel_log}
+
+    def output_file(self, path: str) -> bytes | None:
+        """The bytes behind an output file's URL (/output/<n>), None for an unknown one."""
+        names = list(self.kernel_output)
+        n = path.rsplit("/", 1)[-1]
+        return self.kernel_output[names[int(n)]] if path.startswith("/output/") and n.isdigit() and int(n) < len(
+            names) else None
 
     def _create(self, body: dict) -> tuple[int, dict]:
         token = body.get("blobFileTokens", "")
@@ -250,7 +278,8 @@ class FakeKaggle:
 
 DATASET_METHODS = {"GetDatasetStatus": FakeKaggle._dataset_status, "CreateDataset": FakeKaggle._create_dataset,
                    "CreateDatasetVersion": FakeKaggle._create_version}
-KERNEL_METHODS = {"SaveKernel": FakeKaggle._save_kernel, "GetKernelSessionStatus": FakeKaggle._kernel_status}
+KERNEL_METHODS = {"SaveKernel": FakeKaggle._save_kernel, "GetKernelSessionStatus": FakeKaggle._kernel_status,
+                  "ListKernelSessionOutput": FakeKaggle._kernel_output}
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
@@ -278,15 +307,19 @@ def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             with fake._lock:
                 fake.requests.append(request)
                 status, reply = fake.answer(request)
-            payload = json.dumps(reply).encode()
+                download = fake.output_file(request.path) if self.command == "GET" else None
+            payload = json.dumps(reply).encode() if download is None else download
+            if self.command == "GET" and download is None:
+                status, payload = 404, b"no such output file"
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "application/json" if download is None else "application/octet-stream")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
 
         do_POST = _serve
         do_PUT = _serve
+        do_GET = _serve
 
         def log_message(self, format, *args) -> None:  # keep pytest output clean; the requests are recorded
             pass

@@ -112,7 +112,8 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
     p = subprocess.run([str(python), str(kernel / "kernel.py")], env=env, cwd=working, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "--no-index --find-links" in p.stdout and "Successfully installed" in p.stdout
+    assert "--no-index --no-deps --find-links" in p.stdout and "Successfully installed" in p.stdout
+    assert "kit kernel: kit installed; the 15 modules it imports are there" in p.stdout
     # kit and simplejpeg now come from the wheels dataset, installed into the kernel's Python
     after = python_says(python, "import kit, simplejpeg; print(kit.__file__, simplejpeg.FAKE)", env, working)
     assert after.stdout.split() == [str(python.parent.parent / "lib" / f"python{sys.version_info[0]}."
@@ -160,6 +161,28 @@ def test_the_script_finds_its_inputs_in_both_layouts(tmp_path, monkeypatch, layo
     assert script.find_checkpoints(looked) == weights / "checkpoints"
     assert looked == ([] if layout == "classic" else [f"{root / slug}/**/kit-*.whl",
                                                        f"{root / slug}/**/run.json with fold*/best.pt beside it"])
+
+
+def test_the_script_installs_the_highest_version_of_kit_not_the_last_name(tmp_path, monkeypatch):
+    wheels = tmp_path / "input" / "kit-wheels"
+    wheels.mkdir(parents=True)
+    for version in ("0.9.0", "0.10.0", "0.10.0rc1", "not-a-version"):
+        (wheels / f"kit-{version}-py3-none-any.whl").write_bytes(b"w")
+    script = load_script(tmp_path, monkeypatch, wheels=WHEELS)
+    assert [p.name for p in sorted(wheels.iterdir())][-2:] == ["kit-0.9.0-py3-none-any.whl",  # name order
+                                                              "kit-not-a-version-py3-none-any.whl"]
+    assert script.find(WHEELS, "kit-*.whl", []).name == "kit-0.10.0-py3-none-any.whl"
+
+
+def test_the_import_check_names_every_missing_module_in_one_line(tmp_path, monkeypatch, capsys):
+    script = load_script(tmp_path, monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        script.check_imports(("json", "kit_no_such_module", "kit.no_such_stage"), WHEELS)
+    assert str(stop.value) == ("kit kernel: this image lacks modules kit imports: kit_no_such_module "
+                               f"kit.no_such_stage; put the wheels of the missing packages in {WHEELS} "
+                               "(KAGGLE_IMAGE_LACKS in kit/bundle.py) and push it again")
+    script.check_imports(("json", "kit.cli"), WHEELS)
+    assert "the 2 modules it imports are there" in capsys.readouterr().out
 
 
 def test_missing_inputs_are_all_named_with_where_the_script_looked(tmp_path):
@@ -276,18 +299,23 @@ def test_push_fails_when_kaggle_leaves_inputs_out(tmp_path):
 @pytest.mark.parametrize("status, failure, rc, said", [
     ("COMPLETE", "", 0, f"{OWNER}/kit-{HCD}: complete\nits submission.csv: kaggle kernels output {OWNER}/kit-{HCD}"),
     ("ERROR", "kit kernel: pip could not install", 1,
-     f"kit kernel: error: kernel {OWNER}/kit-{HCD} failed: kit kernel: pip could not install; its log: "
-     f"https://www.kaggle.com/code/{OWNER}/kit-{HCD}/log"),
+     f"kit kernel: error: kernel {OWNER}/kit-{HCD} failed: kit kernel: pip could not install. The end of its log:\n"
+     "  | + pip install\n  | ERROR: No matching distribution found for simplejpeg\n"
+     f"the whole log: https://www.kaggle.com/code/{OWNER}/kit-{HCD}/log"),
 ])
 def test_status_of_a_pushed_kernel(tmp_path, status, failure, rc, said):
     out = build_kernel(HCD, OWNER, out=tmp_path / "kernel")
-    with FakeKaggle(kernel_status=status, kernel_failure=failure) as fake:
+    log = json.dumps([{"stream_name": "stdout", "time": 1.0, "data": "+ pip install\n"},
+                      {"stream_name": "stderr", "time": 2.0, "data": "ERROR: No matching distribution found for "
+                                                                     "simplejpeg\n"}])
+    with FakeKaggle(kernel_status=status, kernel_failure=failure, kernel_log=log) as fake:
         fake.datasets[WEIGHTS] = Dataset(WEIGHTS, "w", "other", True)
         assert kit(tmp_path, fake, "kernel", "push", str(out)).returncode == 0
         p = kit(tmp_path, fake, "kernel", "status", f"{OWNER}/kit-{HCD}")
     assert p.returncode == rc, p.stderr
     assert said in p.stdout + p.stderr
-    assert fake.requests[-1].body == {"userName": OWNER, "kernelSlug": f"kit-{HCD}"}
+    status_calls = [r for r in fake.requests if r.endpoint.endswith("GetKernelSessionStatus")]
+    assert status_calls[-1].body == {"userName": OWNER, "kernelSlug": f"kit-{HCD}"}
 
 
 def test_status_waits_while_the_kernel_runs(tmp_path):

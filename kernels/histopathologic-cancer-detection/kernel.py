@@ -4,7 +4,8 @@ Written by `kit kernel build` (kit/templates/kaggle_kernel.py); rebuild rather t
 this script
 1. finds its inputs: the competition data and the two datasets below, in the classic /kaggle/input/<slug>/ layout or
    the newer /kaggle/input/competitions/<slug>/ and /kaggle/input/datasets/<owner>/<slug>/ ones;
-2. installs kit from the wheels dataset (pip --no-index: kit's wheel plus wheels of what the image lacks);
+2. installs kit from the wheels dataset (pip --no-index --no-deps: kit's wheel, the highest version there, plus
+   the wheels of what the image lacks) and checks that every module kit imports at inference is there;
 3. runs `kit kernel run`: each fold's best.pt predicts the test images with TTA, the folds are averaged, and a
    submission validated against the competition's test ids is written to /kaggle/working/submission.csv.
 KIT_KAGGLE_INPUT and KIT_KAGGLE_WORKING move the input root and the working folder (to try it outside Kaggle).
@@ -17,21 +18,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-COMPETITION = "histopathologic-cancer-detection"
-WHEELS_DATASET = "your-kaggle-username/kit-histopathologic-cancer-detection-weights"
-WEIGHTS_DATASET = "your-kaggle-username/kit-histopathologic-cancer-detection-weights"
-TTA = "8"
-
 INPUT = Path(os.environ.get("KIT_KAGGLE_INPUT", "/kaggle/input"))
 WORKING = Path(os.environ.get("KIT_KAGGLE_WORKING", "/kaggle/working"))
 
 
-def mounts(source: str) -> list[Path]:
-    """Where Kaggle mounts an attached competition (a slug) or dataset (OWNER/SLUG), older layout first."""
+def mounts(source: str, kind: str = "datasets") -> list[Path]:
+    """Where Kaggle mounts an attached competition (a slug), dataset or kernel output (OWNER/SLUG), older first."""
     if "/" not in source:
         return [INPUT / source, INPUT / "competitions" / source]
     owner, slug = source.split("/", 1)
-    return [INPUT / slug, INPUT / "datasets" / owner / slug]
+    return [INPUT / slug, INPUT / kind / owner / slug]
 
 
 def find(source: str, pattern: str, looked: list[str]) -> Path | None:
@@ -39,9 +35,71 @@ def find(source: str, pattern: str, looked: list[str]) -> Path | None:
     for root in mounts(source):
         hits = sorted(root.rglob(pattern)) if root.is_dir() else []
         if hits:
-            return hits[-1]  # the last in name order when a dataset holds several
+            return newest(hits) if pattern.endswith(".whl") else hits[-1]
         looked.append(f"{root}/**/{pattern}")
     return None
+
+
+def locate(competition: str, wheels_dataset: str, looked: list[str]) -> tuple[Path | None, Path | None]:
+    """(the competition's data folder, kit's wheel), None for what is not attached."""
+    data = next((p for p in mounts(competition) if p.is_dir()), None)
+    if data is None:
+        looked += [str(p) for p in mounts(competition)]
+    return data, find(wheels_dataset, "kit-*.whl", looked)
+
+
+def newest(wheels: list[Path]) -> Path:
+    """The wheel of the highest version (kit-0.10.0 after kit-0.9.0, which name order gets wrong)."""
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # pip always carries it
+        from pip._vendor.packaging.version import InvalidVersion, Version
+
+    def key(wheel: Path) -> tuple:
+        try:
+            return (1, Version(wheel.name.split("-")[1]), wheel.name)
+        except (InvalidVersion, IndexError):
+            return (0, Version("0"), wheel.name)
+
+    return max(wheels, key=key)
+
+
+def install(wheel: Path, dataset: str) -> None:
+    """Install kit's wheel and the other wheels beside it, offline and without dependency resolution.
+
+    ``--no-deps``: the image's own torch, timm, pandas ... are used as they are, so a newer image whose versions no
+    longer match a pin in kit's metadata still runs; :func:`check_imports` then proves that what kit uses is there.
+    """
+    others = sorted({p.name.split("-")[0] for p in wheel.parent.glob("*.whl")} - {"kit"})
+    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(wheel.parent),
+           "--disable-pip-version-check", "--no-input", str(wheel), *others]
+    print("+ " + " ".join(pip), flush=True)
+    if subprocess.call(pip) != 0:
+        sys.exit(f"kit kernel: pip could not install {wheel.name} offline (its message is above): a wheel in "
+                 f"{dataset} does not fit this image's Python; rebuild the bundle for it (kit bundle --python X.Y)")
+
+
+CHECK = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+
+
+def check_imports(modules: tuple[str, ...], dataset: str) -> None:
+    """Check in a fresh interpreter (this one started before kit existed) that ``modules`` are there; stop naming
+    every missing one. Finding them is enough, and takes no time: importing torch twice would."""
+    p = subprocess.run([sys.executable, "-c", CHECK, *modules], capture_output=True, text=True)
+    missing = p.stdout.strip() if p.returncode == 0 else (p.stderr.strip().splitlines() or ["no output"])[-1]
+    if missing:
+        sys.exit(f"kit kernel: this image lacks modules kit imports: {missing}; put the wheels of the missing "
+                 f"packages in {dataset} (KAGGLE_IMAGE_LACKS in kit/bundle.py) and push it again")
+    print(f"kit kernel: kit installed; the {len(modules)} modules it imports are there", flush=True)
+
+
+COMPETITION = "histopathologic-cancer-detection"
+WHEELS_DATASET = "your-kaggle-username/kit-histopathologic-cancer-detection-weights"
+WEIGHTS_DATASET = "your-kaggle-username/kit-histopathologic-cancer-detection-weights"
+TTA = "8"
+
+IMPORTS = ("kit.cli", "kit.kernel", "kit.predict", "kit.ensemble", "kit.submission", "torch", "timm",
+           "albumentations", "sklearn", "pandas", "PIL", "yaml", "simplejpeg", "tifffile", "h5py")
 
 
 def find_checkpoints(looked: list[str]) -> Path | None:
@@ -56,10 +114,7 @@ def find_checkpoints(looked: list[str]) -> Path | None:
 
 def main() -> int:
     looked: list[str] = []
-    data = next((p for p in mounts(COMPETITION) if p.is_dir()), None)
-    if data is None:
-        looked += [str(p) for p in mounts(COMPETITION)]
-    wheel = find(WHEELS_DATASET, "kit-*.whl", looked)
+    data, wheel = locate(COMPETITION, WHEELS_DATASET, looked)
     checkpoints = find_checkpoints(looked)
     if data is None or wheel is None or checkpoints is None:
         missing = [what for what, got in (("the competition data", data), (f"kit's wheel ({WHEELS_DATASET})", wheel),
@@ -68,14 +123,8 @@ def main() -> int:
                  f"{WEIGHTS_DATASET} to this kernel. Looked in: " + "; ".join(looked))
     print(f"kit kernel: data {data}, wheels {wheel.parent}, checkpoints {checkpoints}", flush=True)
 
-    # The wheel's path rather than the name `kit`: pip installs this exact build even where a `kit` is installed.
-    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheel.parent),
-           "--disable-pip-version-check", "--no-input", str(wheel)]
-    print("+ " + " ".join(pip), flush=True)
-    if subprocess.call(pip) != 0:
-        sys.exit(f"kit kernel: pip could not install {wheel.name} offline (its message is above): a dependency "
-                 f"missing from this image needs its wheel in {WHEELS_DATASET}; see KAGGLE_IMAGE_LACKS in "
-                 "kit/bundle.py")
+    install(wheel, WHEELS_DATASET)
+    check_imports(IMPORTS, WHEELS_DATASET)
     # A fresh interpreter: this one started before kit existed on its path.
     run = [sys.executable, "-m", "kit.cli", "kernel", "run", "--competition", COMPETITION, "--data", str(data),
            "--weights", str(checkpoints), "--tta", TTA, "--working", str(WORKING)]

@@ -6,6 +6,7 @@ import argparse
 import os
 
 USAGE = ("kit bundle RUN_DIR --owner USER [--slug NAME] [--folds 0,1] [--out DIR] [--wheel-cache DIR]\n"
+         "       kit bundle wheels --owner USER [--slug NAME] [--out DIR] [--wheel-cache DIR]\n"
          "       kit bundle push DIR [-m MESSAGE] [--public]")
 
 
@@ -15,9 +16,10 @@ def add_parser(sub):
                        "dataset-metadata.json, kit's wheel built from this checkout, wheels of the dependencies "
                        "Kaggle's image lacks (KAGGLE_IMAGE_LACKS in kit/bundle.py: simplejpeg) for the CPython "
                        "versions of KAGGLE_PYTHONS, and checkpoints/ (config.yaml, folds.csv, scores.json, "
-                       "run.json, fold*/best.pt). push DIR: create the Kaggle dataset, or add a version when it "
+                       "run.json, fold*/best.pt). wheels: the wheels only (default slug kit-wheels), what a training "
+                       "kernel (kit kernel build --train) installs kit from. push DIR: create the Kaggle dataset, or add a version when it "
                        "exists, uploading the subfolder too (needs Kaggle credentials).")
-    p.add_argument("target", metavar="RUN_DIR", help="a run folder written by kit train, or the word push")
+    p.add_argument("target", metavar="RUN_DIR", help="a run folder written by kit train, or the word wheels or push")
     p.add_argument("folder", nargs="?", metavar="DIR", help="with push: the bundle folder to upload")
     p.add_argument("--owner", default=None, help="your Kaggle user name (the dataset is OWNER/SLUG)")
     p.add_argument("--slug", default=None, help="dataset slug (default kit-<competition>-weights, which kit kernel "
@@ -62,11 +64,27 @@ def run(args: argparse.Namespace) -> int:
                           "upload with kit bundle push DIR")
     if args.owner is None:
         raise ConfigError("--owner USER is required: your Kaggle user name")
+    if args.target == "wheels":
+        return _wheels(args)
     from kit.bundle import DEFAULT_LICENSE, KAGGLE_PYTHONS, make_bundle
     from kit.commands import parse_folds
 
     out = make_bundle(args.target, args.owner, args.slug, parse_folds(args.folds) if args.folds else None, args.out,
                       args.wheel_cache, args.kit_source, args.license or DEFAULT_LICENSE, tuple(args.python or KAGGLE_PYTHONS))
+    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f"upload it with: kit bundle push {out}")
+    return 0
+
+
+def _wheels(args: argparse.Namespace) -> int:
+    from kit.bundle import KAGGLE_PYTHONS, WHEELS_SLUG, make_wheels_bundle
+    from kit.errors import ConfigError
+
+    if args.folds is not None:
+        raise ConfigError("--folds belongs to a run's bundle, not to kit bundle wheels")
+    extra = {"license_name": args.license} if args.license else {}
+    out = make_wheels_bundle(args.owner, args.slug or WHEELS_SLUG, args.out, args.wheel_cache, args.kit_source,
+                             pythons=tuple(args.python or KAGGLE_PYTHONS), **extra)
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f"upload it with: kit bundle push {out}")
     return 0

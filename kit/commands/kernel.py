@@ -1,15 +1,19 @@
-"""kit kernel: build an offline Kaggle kernel for a competition, push it, read its status; `run` is what it runs."""
+"""kit kernel: build, push and check Kaggle kernels that predict (offline) or train (on Kaggle's GPUs, resuming
+across sessions); pull a training kernel's run folder; `train` = build + push + wait + pull; `run` is what an
+inference kernel runs."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub):
-    p = sub.add_parser("kernel", help="build, push and check an offline Kaggle kernel that predicts with a bundle",
+    p = sub.add_parser("kernel", help="Kaggle kernels: predict offline with a bundle, or train on Kaggle's GPUs",
                        description="An offline Kaggle kernel (internet off, GPU on) that installs kit from an attached "
-                       "wheels dataset, predicts the test images with the fold checkpoints of a bundle (kit bundle) "
-                       "and TTA, and writes a validated submission.csv.")
+                       "wheels dataset and either predicts the test images with the fold checkpoints of a bundle "
+                       "(kit bundle) and TTA, writing a validated submission.csv, or (build --train, train) trains "
+                       "a run on Kaggle's GPU with a time budget, continuing it session after session.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     b = actions.add_parser("build", help="write kernel-metadata.json and kernel.py for a competition",
@@ -23,7 +27,9 @@ def add_parser(sub):
     b.add_argument("--wheels-dataset", default=None, metavar="OWNER/SLUG",
                    help="the dataset with kit's wheel (default: the weights dataset; kit bundle puts both in one)")
     b.add_argument("--tta", default="8", help="TTA view set: 1, 2, 4 or 8 (default 8)")
-    b.add_argument("--out", default=None, help="output folder (default kernels/<competition>)")
+    b.add_argument("--out", default=None, help="output folder (default kernels/<competition>, with --train "
+                   "kernels/train-<competition>)")
+    _train_options(b.add_argument_group("training kernels (--train)"))
     b.set_defaults(func=_build)
 
     u = actions.add_parser("push", help="push a kernel folder to Kaggle (needs credentials); it runs at once")
@@ -32,11 +38,10 @@ def add_parser(sub):
 
     s = actions.add_parser("status", help="the status of a kernel's latest run (needs credentials)")
     s.add_argument("ref", metavar="OWNER/SLUG")
-    s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="poll until the run is over or SECONDS have passed (default 0: ask once)")
-    s.add_argument("--poll-every", type=float, default=30.0, metavar="SECONDS", help="seconds between polls "
-                   "(default 30)")
+    _wait_options(s, 0.0, 30.0)
     s.set_defaults(func=_status)
+
+    _add_training_actions(actions)
 
     r = actions.add_parser("run", help="what the kernel runs: predict with a checkpoints folder, write "
                            "submission.csv", description="Predict the test images with every fold of a bundle's "
@@ -52,12 +57,136 @@ def add_parser(sub):
     r.set_defaults(func=_run)
 
 
+def _add_training_actions(actions) -> None:
+    """pull and train: the training kernel's way back and its one-command loop."""
+    g = actions.add_parser("pull", help="wait for a training kernel, download its output as a local run folder",
+                           description="Wait for the kernel's latest version (status polling), download its output "
+                           "and make the run folder in it the local run folder OUT, which kit predict, ensemble, "
+                           "bundle and report accept. A failed kernel's log tail is shown, with a non-zero exit; "
+                           "an unfinished run (stopped by its time budget) exits 75.")
+    g.add_argument("ref", metavar="OWNER/SLUG")
+    g.add_argument("--out", required=True, metavar="RUN", help="the local run folder (a run folder there is "
+                   "replaced)")
+    _wait_options(g, 0.0, 30.0)
+    _data_option(g)
+    g.set_defaults(func=_pull)
+
+    t = actions.add_parser("train", help="train on Kaggle's GPU: build --train + push + wait + pull",
+                           description="Build a training kernel, push it, wait for it and pull its run folder into "
+                           "--out-run. With --sessions N, an unfinished run (stopped by its time budget) is "
+                           "continued by up to N pushes in all. Needs Kaggle credentials and the wheels dataset "
+                           "(kit bundle wheels --owner USER, then kit bundle push).")
+    t.add_argument("--competition", required=True)
+    t.add_argument("--owner", required=True, help="your Kaggle user name")
+    t.add_argument("--out", default=None, help="the kernel folder (default kernels/train-<competition>)")
+    t.add_argument("--out-run", required=True, metavar="RUN", help="the local run folder the result is pulled into")
+    t.add_argument("--sessions", type=int, default=1, help="pushes at most, each a Kaggle session (default 1)")
+    _train_options(t, with_flag=False)
+    _wait_options(t, 13 * 3600.0, 60.0)
+    _data_option(t)
+    t.set_defaults(func=_train)
+
+
+def _train_options(g, with_flag: bool = True) -> None:
+    if with_flag:
+        g.add_argument("--train", action="store_true", help="a training kernel instead of an inference one")
+    g.add_argument("--config", default=None, help="preset name or YAML file (e.g. a run's config.yaml); default: "
+                   "the competition's preset")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable); model.weights may name a file of an attached dataset")
+    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training cleanly when the next epoch would end after SECONDS from the script's start "
+                   "(default 39600, 11 h: a GPU session ends at 12 h)")
+    g.add_argument("--continue", dest="resume", action="store_true", help="continue the run in the output of the "
+                   "kernel's previous version (attached as its input)")
+    g.add_argument("--internet", action="store_true", help="internet on (default off; some competitions forbid it)")
+    g.add_argument("--accelerator", default=None, choices=("t4x2", "p100"), help="GPU: t4x2 (default, Kaggle's two "
+                   "T4s) or p100")
+    g.add_argument("--attach", action="append", default=[], metavar="OWNER/SLUG",
+                   help="another dataset to attach, e.g. pretrained weights (repeatable)")
+    if not with_flag:
+        g.add_argument("--wheels-dataset", default=None, metavar="OWNER/SLUG",
+                       help="the dataset with kit's wheel (default OWNER/kit-wheels, kit bundle wheels' name)")
+
+
+def _wait_options(p, wait: float, poll_every: float) -> None:
+    p.add_argument("--wait", type=float, default=wait, metavar="SECONDS",
+                   help=f"poll until the kernel is over or SECONDS have passed (default {wait:g}: ask once)"
+                   if not wait else f"poll until the kernel is over or SECONDS have passed (default {wait:g})")
+    p.add_argument("--poll-every", type=float, default=poll_every, metavar="SECONDS",
+                   help=f"seconds between polls (default {poll_every:g})")
+
+
+def _data_option(p) -> None:
+    p.add_argument("--data", default=None, help="your local copy of the competition data, recorded in the run "
+                   "(default: keep Kaggle's path)")
+
+
+TRAIN_ONLY = {"config": "--config", "overrides": "--set", "time_budget": "--time-budget", "resume": "--continue",
+              "internet": "--internet", "accelerator": "--accelerator", "attach": "--attach"}
+
+
+def _build_train(args: argparse.Namespace, out: str | None) -> Path:
+    from kit.kernel_train import DEFAULT_TIME_BUDGET, build_train_kernel
+
+    return build_train_kernel(args.competition, args.owner, args.wheels_dataset, args.config, args.overrides,
+                              DEFAULT_TIME_BUDGET if args.time_budget is None else args.time_budget, args.internet, args.accelerator or "t4x2",
+                              args.resume, args.attach, out)
+
+
 def _build(args: argparse.Namespace) -> int:
+    from kit.errors import ConfigError
     from kit.kernel import build_kernel
 
-    out = build_kernel(args.competition, args.owner, args.wheels_dataset, args.weights_dataset, args.tta, args.out)
+    if args.train:
+        if args.weights_dataset or args.tta != "8":
+            raise ConfigError("--weights-dataset and --tta belong to inference kernels, not to --train")
+        out = _build_train(args, args.out)
+    else:
+        given = [flag for name, flag in TRAIN_ONLY.items() if getattr(args, name) not in (None, False, [])]
+        if given:
+            verb = "belongs" if len(given) == 1 else "belong"
+            raise ConfigError(f"{', '.join(given)} {verb} to training kernels: add --train")
+        out = build_kernel(args.competition, args.owner, args.wheels_dataset, args.weights_dataset, args.tta, args.out)
     print(f"wrote {out}/kernel-metadata.json and {out}/kernel.py; push it with: kit kernel push {out}")
     return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from kit.budget import EXIT_BUDGET
+    from kit.kernel_train import pull_kernel
+
+    result = pull_kernel(args.ref, args.out, args.data, args.wait, args.poll_every, say=_say)
+    print(result.summary())
+    return 0 if result.finished else EXIT_BUDGET
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kit.budget import EXIT_BUDGET
+    from kit.errors import ConfigError
+    from kit.kernel import push_kernel
+    from kit.kernel_train import pull_kernel, script_build
+
+    if args.sessions < 1:
+        raise ConfigError(f"--sessions must be at least 1, got {args.sessions}")
+    result = None
+    for session in range(args.sessions):
+        args.resume = args.resume or session > 0
+        folder = _build_train(args, args.out)
+        pushed = push_kernel(folder)
+        print(pushed.summary().split(":")[0] + f" (session {session + 1} of at most {args.sessions})", flush=True)
+        result = pull_kernel(pushed.ref, args.out_run, args.data, args.wait, args.poll_every, script_build(folder),
+                             say=_say)
+        print(result.summary(), flush=True)
+        if result.finished:
+            return 0
+    return EXIT_BUDGET
+
+
+def _say(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -68,19 +197,11 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import time
+    from kit.kernel_train import failed, wait_for_kernel
 
-    from kit.errors import KaggleError
-    from kit.kernel import kernel_status
-
-    status, failure = kernel_status(args.ref)
-    deadline = time.monotonic() + args.wait  # from the first answer: importing the client takes a while
-    while status in ("queued", "running", "new_script") and time.monotonic() < deadline:
-        time.sleep(min(args.poll_every, max(0.0, deadline - time.monotonic())))
-        status, failure = kernel_status(args.ref)
+    status, failure = wait_for_kernel(args.ref, args.wait, args.poll_every)
     if status == "error":
-        raise KaggleError(f"kernel {args.ref} failed: {failure or 'no message'}; its log: "
-                          f"https://www.kaggle.com/code/{args.ref}/log")
+        raise failed(args.ref, failure)
     print(f"{args.ref}: {status}" + (f" ({failure})" if failure else ""))
     if status == "complete":
         print(f"its submission.csv: kaggle kernels output {args.ref} -p OUT_DIR")

@@ -23,17 +23,23 @@ def add_parser(sub):
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
                    "predictions and scores are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop cleanly at an epoch boundary when the next epoch would end after SECONDS (from the "
+                   "start of this command); every finished epoch is kept, exit code 75, continue with --resume")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import sys
+    import time
     from pathlib import Path
 
+    from kit.budget import EXIT_BUDGET, TimeBudgetReached
     from kit.config import load_config
     from kit.errors import ConfigError
     from kit.train import resume_config, train_folds
 
+    started = time.monotonic()  # the budget counts from here: loading the data is part of the session
     progress = not args.no_progress and sys.stderr.isatty()
     if args.resume:
         if args.overrides or args.config or args.overwrite:
@@ -54,8 +60,13 @@ def run(args) -> int:
         from kit.data.labels import read_csv
 
         exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
-    result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude,
-                         fresh=not args.resume, overwrite=args.overwrite)
+    budget = _budget(args.time_budget, cfg, folds, started)
+    try:
+        result = train_folds(cfg, data_dir, out, folds, args.folds_file, on_epoch=budget, progress=progress,
+                             exclude=exclude, fresh=not args.resume, overwrite=args.overwrite)
+    except TimeBudgetReached as e:
+        print(f"kit train: {e}; continue with: kit train --resume {out} [--time-budget SECONDS]", flush=True)
+        return EXIT_BUDGET
     from kit.report import write_report
 
     written = write_report(out)
@@ -67,3 +78,12 @@ def run(args) -> int:
     if written:
         print(f"report: {len(written)} plots in {out / 'report'}")
     return 0
+
+
+def _budget(seconds, cfg, folds, started):
+    """The --time-budget callback, its clock started with the command (None without the option)."""
+    if seconds is None:
+        return None
+    from kit.budget import TimeBudget
+
+    return TimeBudget(seconds, cfg.train.epochs, folds if folds is not None else range(cfg.n_folds), start=started)

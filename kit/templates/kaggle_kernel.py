@@ -4,7 +4,8 @@ Written by `kit kernel build` (kit/templates/kaggle_kernel.py); rebuild rather t
 this script
 1. finds its inputs: the competition data and the two datasets below, in the classic /kaggle/input/<slug>/ layout or
    the newer /kaggle/input/competitions/<slug>/ and /kaggle/input/datasets/<owner>/<slug>/ ones;
-2. installs kit from the wheels dataset (pip --no-index: kit's wheel plus wheels of what the image lacks);
+2. installs kit from the wheels dataset (pip --no-index --no-deps: kit's wheel, the highest version there, plus
+   the wheels of what the image lacks) and checks that every module kit imports at inference is there;
 3. runs `kit kernel run`: each fold's best.pt predicts the test images with TTA, the folds are averaged, and a
    submission validated against the competition's test ids is written to /kaggle/working/submission.csv.
 KIT_KAGGLE_INPUT and KIT_KAGGLE_WORKING move the input root and the working folder (to try it outside Kaggle).
@@ -12,36 +13,19 @@ KIT_KAGGLE_INPUT and KIT_KAGGLE_WORKING move the input root and the working fold
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from kaggle_install import WORKING, check_imports, install, locate, mounts  # __INSTALL__: replaced by its code
 
 COMPETITION = "__COMPETITION__"
 WHEELS_DATASET = "__WHEELS_DATASET__"
 WEIGHTS_DATASET = "__WEIGHTS_DATASET__"
 TTA = "__TTA__"
 
-INPUT = Path(os.environ.get("KIT_KAGGLE_INPUT", "/kaggle/input"))
-WORKING = Path(os.environ.get("KIT_KAGGLE_WORKING", "/kaggle/working"))
-
-
-def mounts(source: str) -> list[Path]:
-    """Where Kaggle mounts an attached competition (a slug) or dataset (OWNER/SLUG), older layout first."""
-    if "/" not in source:
-        return [INPUT / source, INPUT / "competitions" / source]
-    owner, slug = source.split("/", 1)
-    return [INPUT / slug, INPUT / "datasets" / owner / slug]
-
-
-def find(source: str, pattern: str, looked: list[str]) -> Path | None:
-    """The first file matching ``pattern`` at any depth under the mounts of ``source``; record where it looked."""
-    for root in mounts(source):
-        hits = sorted(root.rglob(pattern)) if root.is_dir() else []
-        if hits:
-            return hits[-1]  # the last in name order when a dataset holds several
-        looked.append(f"{root}/**/{pattern}")
-    return None
+IMPORTS = ("kit.cli", "kit.kernel", "kit.predict", "kit.ensemble", "kit.submission", "torch", "timm",
+           "albumentations", "sklearn", "pandas", "PIL", "yaml", "simplejpeg", "tifffile", "h5py")
 
 
 def find_checkpoints(looked: list[str]) -> Path | None:
@@ -56,10 +40,7 @@ def find_checkpoints(looked: list[str]) -> Path | None:
 
 def main() -> int:
     looked: list[str] = []
-    data = next((p for p in mounts(COMPETITION) if p.is_dir()), None)
-    if data is None:
-        looked += [str(p) for p in mounts(COMPETITION)]
-    wheel = find(WHEELS_DATASET, "kit-*.whl", looked)
+    data, wheel = locate(COMPETITION, WHEELS_DATASET, looked)
     checkpoints = find_checkpoints(looked)
     if data is None or wheel is None or checkpoints is None:
         missing = [what for what, got in (("the competition data", data), (f"kit's wheel ({WHEELS_DATASET})", wheel),
@@ -68,14 +49,8 @@ def main() -> int:
                  f"{WEIGHTS_DATASET} to this kernel. Looked in: " + "; ".join(looked))
     print(f"kit kernel: data {data}, wheels {wheel.parent}, checkpoints {checkpoints}", flush=True)
 
-    # The wheel's path rather than the name `kit`: pip installs this exact build even where a `kit` is installed.
-    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheel.parent),
-           "--disable-pip-version-check", "--no-input", str(wheel)]
-    print("+ " + " ".join(pip), flush=True)
-    if subprocess.call(pip) != 0:
-        sys.exit(f"kit kernel: pip could not install {wheel.name} offline (its message is above): a dependency "
-                 f"missing from this image needs its wheel in {WHEELS_DATASET}; see KAGGLE_IMAGE_LACKS in "
-                 "kit/bundle.py")
+    install(wheel, WHEELS_DATASET)
+    check_imports(IMPORTS, WHEELS_DATASET)
     # A fresh interpreter: this one started before kit existed on its path.
     run = [sys.executable, "-m", "kit.cli", "kernel", "run", "--competition", COMPETITION, "--data", str(data),
            "--weights", str(checkpoints), "--tta", TTA, "--working", str(WORKING)]
