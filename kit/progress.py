@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 __all__ = ["DEFAULT_EVERY_S", "Eta", "Progress", "fmt_duration", "progress_every"]
 
@@ -104,7 +104,10 @@ class Progress:
         self.every = progress_every() if every is None else every
         self.stream = sys.stderr if stream is None else stream
         self.last = time.monotonic()
+        self.updates = 0
         self.postfix = ""
+        self.postfix_fn: Callable[[], str] | None = None
+        """Extra text computed only when shown (every 10th bar update, or a plain line): e.g. a loss read from the GPU."""
         self.bar = None
         if enabled and _is_terminal(self.stream):
             from tqdm import tqdm
@@ -126,8 +129,9 @@ class Progress:
         e, units = self.eta, self.unit + "s"
         text = (f"{self.what}: {e.done:.0f}/{e.total:.0f} {units} ({100 * e.fraction:.0f}%), {e.rate:.1f} {units}/s, "
                 f"ETA {e.eta()}")
-        if self.postfix:
-            text += f", {self.postfix}"
+        extra = self.postfix_fn() if self.postfix_fn is not None else self.postfix
+        if extra:
+            text += f", {extra}"
         if self.overall is not None:
             text += f"; overall {self.overall.describe()}"
         return text
@@ -145,7 +149,10 @@ class Progress:
             self.overall.update(n * self.overall_weight)
         if self.bar is not None:
             self.bar.update(n)
-            if self.overall is not None and not self.postfix:
+            self.updates += 1
+            if self.postfix_fn is not None and self.updates % 10 == 1:
+                self.set_postfix(self.postfix_fn())
+            elif self.overall is not None and not self.postfix:
                 self.bar.set_postfix_str(f"overall ETA {self.overall.eta()}", refresh=False)
         elif self.enabled and time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()

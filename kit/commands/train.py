@@ -22,19 +22,19 @@ def add_parser(sub):
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
                    "predictions and scores are deleted)")
-    p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, when stderr is not a terminal, "
+                   "no progress line every KIT_PROGRESS_EVERY seconds, default 30)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import sys
     from pathlib import Path
 
     from kit.config import load_config
     from kit.errors import ConfigError
-    from kit.train import resume_config, train_folds
+    from kit.train import resume_config
 
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress  # a bar in a terminal, a line every KIT_PROGRESS_EVERY s in a log
     if args.resume:
         if args.overrides or args.config or args.overwrite:
             raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite are not "
@@ -54,10 +54,18 @@ def run(args) -> int:
         from kit.data.labels import read_csv
 
         exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
+    from kit.rundir import RunDir
+
+    with RunDir(out).logging():  # train.log: everything printed from here on, once the run has started
+        return _train(cfg, data_dir, out, folds, exclude, progress, args)
+
+
+def _train(cfg, data_dir, out, folds, exclude, progress, args) -> int:
+    from kit.report import write_report
+    from kit.train import train_folds
+
     result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude,
                          fresh=not args.resume, overwrite=args.overwrite)
-    from kit.report import write_report
-
     written = write_report(out)
     print(f"\n{'fold':>6}  {result.metric}")
     for k, score in result.fold_scores.items():
