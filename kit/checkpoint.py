@@ -12,6 +12,7 @@ import dataclasses
 import pickle
 import random
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,10 @@ import torch
 from torch import nn
 
 from kit.errors import KitError
-from kit.io import atomic_path
+from kit.io import atomic_path, sha256_file
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "ModelDescription", "TrainingState", "load_checkpoint",
-           "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointWriteError", "ModelDescription", "TrainingState",
+           "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 FORMAT = "kit-checkpoint"
 VERSION = 2
@@ -90,12 +91,58 @@ class Checkpoint:
         return model.eval()
 
 
+class CheckpointWriteError(KitError):
+    """A checkpoint could not be written (disk full, read-only folder, ...); the previous one is intact."""
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` atomically: a reader (or a resume after a kill) sees the old file or the new one."""
-    payload = {"format": FORMAT, "version": VERSION, **dataclasses.asdict(ckpt)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """Write ``ckpt`` atomically: a reader (or a resume after a kill) sees the old file or the new one.
+
+    A failed write (a full disk, a read-only folder) raises one line naming the file and the cause.
+    """
+    payload = {"format": FORMAT, "version": VERSION, **dataclasses.asdict(_portable(ckpt))}
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as e:
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {_write_failure(Path(path), e, ckpt)}; "
+                                   "the previous checkpoint there is intact") from None
     return Path(path)
+
+
+def _portable(ckpt: Checkpoint) -> Checkpoint:
+    """The checkpoint with its config's ``model.weights`` reduced to the file's name, its SHA-256 in ``extra``: a
+    checkpoint travels (Kaggle datasets) and must not carry the user's paths."""
+    weights = (ckpt.config.get("model") or {}).get("weights")
+    if not weights:
+        return ckpt
+    config = {**ckpt.config, "model": {**ckpt.config["model"], "weights": Path(weights).name}}
+    digest = sha256_file(weights) if Path(weights).is_file() else None
+    return dataclasses.replace(ckpt, config=config, extra={**ckpt.extra, "weights_sha256": digest})
+
+
+def _write_failure(path: Path, err: Exception, ckpt: Checkpoint) -> str:
+    """Why a write failed, in words: torch's zip writer reports a full disk as "unexpected pos A vs B"."""
+    free = _free_bytes(path.parent)
+    need = sum(t.numel() * t.element_size() for t in ckpt.model_state.values() if isinstance(t, torch.Tensor))
+    where = f"{_mb(free)} free in {path.parent}" if free is not None else f"{path.parent}"
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror.lower()} ({where})"
+    if free is not None and free < 2 * need:
+        return f"no space left on device ({where}, the weights alone need {_mb(need)})"
+    return (f"the write stopped short ({str(err).splitlines()[0][:120]}): the disk is full or a file size limit "
+            f"was hit ({where})")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB"
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

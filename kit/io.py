@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TextIO
 
 import pandas as pd
 
@@ -60,3 +63,79 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike, **kwargs) -> Pat
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kwargs)
     return Path(path)
+
+
+class Tee(io.TextIOBase):
+    """A text stream that writes to ``terminal`` and to whatever file ``sink()`` returns at that moment (or not)."""
+
+    def __init__(self, terminal: TextIO, sink: Callable[[], TextIO | None]):
+        super().__init__()
+        self.terminal, self.sink = terminal, sink
+
+    def write(self, text: str) -> int:
+        n = self.terminal.write(text)
+        log = self.sink()
+        if log is not None:
+            log.write(text)
+            log.flush()  # a run killed at any moment keeps what it printed
+        return len(text) if n is None else n
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.terminal, "encoding", "utf-8")
+
+
+@contextmanager
+def tee_output(sink: Callable[[], TextIO | None]) -> Iterator[None]:
+    """Copy everything printed to stdout and stderr into ``sink()`` for the block (progress bars excepted: they
+    write to ``Tee.terminal``)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Tee(saved[0], sink), Tee(saved[1], sink)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+# ------------------------------------------------------------------------------------------------ portability
+def portable_path(path: str | os.PathLike, base: str | os.PathLike) -> str:
+    """``path`` as kit stores it in a run folder ``base``: relative to ``base`` (the folder can move together with
+    what it points to), or only the file name where the relative path would climb into the user's home from
+    outside it (a run in /tmp pointing into /home/alice): nothing of the home directory is stored.
+    """
+    target, base = Path(path).resolve(), Path(base).resolve()
+    home = Path.home().resolve()
+    if target.is_relative_to(home) and not base.is_relative_to(home):
+        return target.name
+    return os.path.relpath(target, base)
+
+
+def resolve_stored_path(stored: str | os.PathLike, base: str | os.PathLike) -> Path:
+    """The inverse of :func:`portable_path`: a relative path is taken from ``base`` (absolute ones, written by
+    earlier kit versions, stay as they are)."""
+    stored = Path(stored)
+    return stored if stored.is_absolute() else Path(os.path.normpath(Path(base).resolve() / stored))
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The file's SHA-256 (cached while its size and mtime stay the same: checkpoints record it every epoch)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)

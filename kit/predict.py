@@ -30,7 +30,9 @@ from kit.data.meta import MetaEncoder
 from kit.data.pack import Pack, split_pack
 from kit.data.readers import ImageStore, check_images_exist, open_store
 from kit.errors import ConfigError, KitError
+from kit.io import portable_path
 from kit.oof import prediction_frame, score_oof
+from kit.progress import Eta, Progress
 from kit.rundir import RunDir
 from kit.runtime import Runtime, default_workers, make_loader, resolve_device
 from kit.transforms import build_eval_transform
@@ -76,7 +78,7 @@ class ImageSource:
 
 @torch.inference_mode()
 def predict_dataset(model: nn.Module, dataset: ImageDataset, rt: Runtime, tta: TTA, batch_size: int,
-                    workers: int = 0) -> np.ndarray:
+                    workers: int = 0, progress: Progress | None = None) -> np.ndarray:
     """TTA probabilities for every item of ``dataset``, in order: N (binary) or N x C (multiclass)."""
     model.eval()
     out = []
@@ -84,6 +86,8 @@ def predict_dataset(model: nn.Module, dataset: ImageDataset, rt: Runtime, tta: T
         x, meta = rt.inputs(batch)  # uint8 -> normalised float on the device; flips commute with normalisation
         with rt.autocast():
             out.append(tta(model, x, meta).float().cpu())
+        if progress is not None:
+            progress.update(len(x) * len(tta.views))
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -164,6 +168,17 @@ class _RunPredictor:
         if with_oof:
             self.train = ImageSource(self.spec, data_dir, "train", open_store(self.spec, data_dir, "train"))
         self._train_rows: pd.DataFrame | None = None
+        self.overall: Eta | None = None
+        self.label = ""
+
+    def start(self, folds: list[int], views: int) -> None:
+        """The overall ETA of predicting ``folds`` (test and OOF images) with ``views`` TTA views each."""
+        oof = sum(len(self.run.fold_oof(k)) for k in folds) if self.train is not None else 0
+        self.overall = Eta((len(folds) * len(self.test_table) + oof) * views)
+
+    def bar(self, what: str, n: int, tta: TTA) -> Progress:
+        return Progress(n * len(tta.views), f"{self.label} {what}, TTA x{len(tta.views)}", unit="view",
+                        overall=self.overall)
 
     def train_rows(self) -> pd.DataFrame:
         """The training table as the run saw it (the ids of its folds.csv, in table order), for the OOF metadata."""
@@ -183,14 +198,16 @@ class _RunPredictor:
             rows = self.train_rows()
             meta = _encoded_meta(ckpt, rows)[pd.Index(rows["id"]).get_indexer(ids)]
         dataset = self.train.dataset(ids, ckpt.input_size, _cached(ckpt), meta)
-        probs = predict_dataset(model, dataset, rt, tta, bs, workers)
+        with self.bar(f"{len(ids)} out-of-fold images", len(ids), tta) as bar:
+            probs = predict_dataset(model, dataset, rt, tta, bs, workers, bar)
         return prediction_frame(self.spec, ids, probs, fold=k, target=oof["target"].to_numpy())
 
     def test_probs(self, model: nn.Module, ckpt: Checkpoint, rt: Runtime, tta: TTA, bs: int,
                    workers: int) -> np.ndarray:
         meta = _encoded_meta(ckpt, self.test_table) if rt.use_meta else None
         dataset = self.test.dataset(self.test_table["id"], ckpt.input_size, _cached(ckpt), meta)
-        return predict_dataset(model, dataset, rt, tta, bs, workers)
+        with self.bar(f"{len(dataset)} test images", len(dataset), tta) as bar:
+            return predict_dataset(model, dataset, rt, tta, bs, workers, bar)
 
 
 def _cached(ckpt: Checkpoint) -> bool:
@@ -221,8 +238,12 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
         spec = images.spec
         fold_tta = TTA(views=str(tta), merge=merge, task=spec.task)
         test_files, oof_frames = {}, []
-        for k in chosen:
-            start = time.perf_counter()
+        images.start(chosen, len(fold_tta.views))
+        also = " and each fold's out-of-fold images" if with_oof else ""
+        print(f"kit predict {run.path}: {dev}; folds {','.join(map(str, chosen))}; {len(images.test_table)} test "
+              f"images{also}; TTA x{len(fold_tta.views)} ({merge})", flush=True)
+        for i, k in enumerate(chosen):
+            start, images.label = time.perf_counter(), f"fold {k} ({i + 1}/{len(chosen)})"
             model, ckpt, rt = load_fold_model(run.best_path(k), dev)
             if ckpt.competition != spec.name:
                 raise KitError(f"{run.best_path(k)} is a {ckpt.competition} model; the run is {spec.name}")
@@ -239,7 +260,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
                   f"({merge}) in {time.perf_counter() - start:.1f}s", flush=True)
         oof_path, scores = _write_oof_scores(run, spec, chosen, oof_frames, fold_tta) if with_oof else (None, None)
         run.write_json(run.predict_info_path, {
-            "folds": chosen, "data": str(folder.resolve()), "tta": {"views": list(fold_tta.views), "merge": merge},
+            "folds": chosen, "data": portable_path(folder, run.path), "tta": {"views": list(fold_tta.views), "merge": merge},
             "oof": oof_path.name if oof_path else None})
     return PredictResult(run.path, chosen, test_files, oof_path, scores, fold_tta)
 

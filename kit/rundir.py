@@ -16,12 +16,17 @@
         test_fold{k}.csv     each fold's test predictions (with TTA)                    kit predict
         oof_tta.csv, scores_tta.json, predict.json                                      kit predict
         report/*.png                                                                    kit report
+        train.log            everything kit train printed into this folder (appended)   kit train
         .kit-lock            held by the process writing the folder
 
 Readers need no lock. Writers work inside ``with run.writing():``, an exclusive ``flock`` on ``.kit-lock``; a second
 writer stops at once with one line naming the holder's pid and command. The lock is re-entrant within a process
 (``kit train`` writes the report inside its own lock) and dies with its process, so a killed writer never leaves a
 stale lock behind.
+
+Paths are stored portably: ``run.json``'s data folder and ``config.yaml``'s ``model.weights`` relative to the run
+folder (:func:`kit.io.portable_path`; the weights file's name and SHA-256 also go into the config's provenance), so
+nothing of the user's home directory travels with a run that is uploaded.
 """
 
 from __future__ import annotations
@@ -33,15 +38,24 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
 
 from kit.competitions import Competition, get_competition
-from kit.config import Config, load_saved_config, save_config
+from kit.config import Config, load_saved_config, provenance
 from kit.errors import KitError
-from kit.io import remove_orphans, write_csv_atomic, write_text_atomic
+from kit.io import (
+    portable_path,
+    remove_orphans,
+    resolve_stored_path,
+    sha256_file,
+    tee_output,
+    write_csv_atomic,
+    write_text_atomic,
+)
 
 __all__ = ["RunDir", "RunLockedError"]
 
@@ -59,7 +73,7 @@ class RunDir:
     CONFIG, INFO, FOLDS, AUGMENTATION = "config.yaml", "run.json", "folds.csv", "augmentation.yaml"
     OOF, SCORES = "oof.csv", "scores.json"
     OOF_TTA, SCORES_TTA, PREDICT_INFO = "oof_tta.csv", "scores_tta.json", "predict.json"
-    REPORT = "report"
+    REPORT, LOG = "report", "train.log"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -127,6 +141,10 @@ class RunDir:
         return self.path / self.PREDICT_INFO
 
     @property
+    def log_path(self) -> Path:
+        return self.path / self.LOG
+
+    @property
     def report_dir(self) -> Path:
         return self.path / self.REPORT
 
@@ -157,7 +175,13 @@ class RunDir:
 
     # ----------------------------------------------------------------------------------------------- readers
     def config(self) -> Config:
-        return load_saved_config(self.config_path)
+        """config.yaml, with a relative ``model.weights`` taken from the run folder where that file exists."""
+        cfg = load_saved_config(self.config_path)
+        if cfg.model.weights and not Path(cfg.model.weights).is_absolute():
+            found = resolve_stored_path(cfg.model.weights, self.path)
+            if found.is_file():
+                cfg = replace(cfg, model=replace(cfg.model, weights=str(found)))
+        return cfg
 
     def competition(self) -> Competition:
         if self._spec is None:
@@ -167,7 +191,7 @@ class RunDir:
     def info(self) -> dict[str, Any]:
         """run.json: ``data`` (the data folder, a Path) and ``folds`` (of the last kit train call)."""
         info = _read_json(self.info_path)
-        return {**info, "data": Path(info["data"]) if info.get("data") else None,
+        return {**info, "data": resolve_stored_path(info["data"], self.path) if info.get("data") else None,
                 "folds": [int(k) for k in info.get("folds", [])]}
 
     def fold_numbers(self) -> list[int]:
@@ -273,11 +297,22 @@ class RunDir:
             raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
 
     def write_config(self, cfg: Config) -> Path:
+        """config.yaml: the config with ``model.weights`` relative to the folder, and the provenance (git SHA,
+        versions, the weights file's name and SHA-256)."""
+        import yaml
+
         self._check_writer()
-        return save_config(cfg, self.config_path)
+        kit_info = provenance()
+        if cfg.model.weights:
+            weights = Path(cfg.model.weights)
+            kit_info["weights"] = {"name": weights.name, "sha256": sha256_file(weights)}
+            cfg = replace(cfg, model=replace(cfg.model, weights=portable_path(weights, self.path)))
+        data = {**cfg.to_dict(), "kit": kit_info}
+        return write_text_atomic(self.config_path, yaml.safe_dump(data, sort_keys=False))
 
     def write_info(self, data_dir: Path, folds: list[int]) -> Path:
-        return self.write_json(self.info_path, {"data": str(Path(data_dir).resolve()), "folds": list(folds)})
+        """run.json: the data folder (relative to this folder) and the folds of the last kit train call."""
+        return self.write_json(self.info_path, {"data": portable_path(data_dir, self.path), "folds": list(folds)})
 
     def write_json(self, path: Path, data: Any) -> Path:
         """Write one of this run's JSON files (``path`` from one of the path properties)."""
@@ -288,6 +323,32 @@ class RunDir:
         """Write one of this run's CSV files (``path`` from one of the path properties)."""
         self._check_writer()
         return write_csv_atomic(df, path)
+
+
+    @contextmanager
+    def logging(self) -> Iterator[None]:
+        """Append everything printed in the block to train.log, from the moment this process holds the folder's
+        lock and its config.yaml exists (a failed start leaves no log behind; a second writer refused at the lock
+        writes nothing into the first one's log) to the end of the block."""
+        state: dict[str, Any] = {"file": None}
+
+        def sink():
+            if state["file"] is None and self.path.resolve() in _HELD and self.config_path.is_file():
+                state["file"] = open(self.log_path, "a", encoding="utf-8")
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                state["file"].write(f"# {stamp} kit {' '.join(sys.argv[1:])} (pid {os.getpid()})\n")
+            return state["file"]
+
+        try:
+            with tee_output(sink):
+                yield
+        except BaseException as e:  # the one-line error cli.py prints after the tee is gone belongs in the log too
+            if state["file"] is not None:
+                state["file"].write(f"# stopped: {type(e).__name__}: {e}\n")
+            raise
+        finally:
+            if state["file"] is not None:
+                state["file"].close()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from kit.checkpoint import Checkpoint
 from kit.errors import ConfigError
+from kit.progress import Progress
 from kit.transforms import normalize
 
 __all__ = ["Runtime", "default_workers", "make_loader", "predict_loader", "resolve_amp", "resolve_channels_last",
@@ -131,11 +132,13 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
 
 
 @torch.inference_mode()
-def predict_loader(model: nn.Module, loader: DataLoader, rt: Runtime) -> np.ndarray:
+def predict_loader(model: nn.Module, loader: DataLoader, rt: Runtime, progress: Progress | None = None) -> np.ndarray:
     """Probabilities for every item of ``loader`` (N for binary, N x C for multiclass), in loader order."""
     model.eval()
     out = []
     for batch in loader:
         x, meta = rt.inputs(batch)
         out.append(rt.probabilities(rt.forward(model, x, meta)).cpu())
+        if progress is not None:
+            progress.update(len(x))
     return torch.cat(out).numpy().astype(np.float64)

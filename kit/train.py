@@ -49,8 +49,9 @@ from kit.losses import build_loss
 from kit.metrics import get_metric
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
 from kit.oof import log_loss, prediction_frame, score_oof
+from kit.progress import Eta, Progress
 from kit.rundir import RunDir
-from kit.runtime import Runtime, default_workers, make_loader, predict_loader, resolve_device
+from kit.runtime import Runtime, default_workers, make_loader, predict_loader, resolve_amp, resolve_device
 from kit.transforms import build_eval_transform, build_train_transform
 
 __all__ = ["EpochCallback", "FoldResult", "RunData", "RunResult", "TrainingError", "prepare_data", "resume_config",
@@ -93,15 +94,16 @@ def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     rt: Runtime, scheduler=None, ema=None, grad_clip: float = 0.0, epoch: int = 0,
-                    progress: bool = False) -> EpochStats:
+                    progress: Progress | None = None) -> EpochStats:
     model.train()
     for m in frozen_modules(model):  # frozen backbone: BatchNorm keeps the statistics it was loaded with
         m.eval()
     loss_sum = torch.zeros((), device=rt.device)  # summed on-device: .item() each step would sync a GPU
     n_seen, steps_per_epoch = 0, len(loader)
     start = time.perf_counter()
-    bar = _progress(loader, epoch, progress)
-    for step, batch in enumerate(bar):
+    if progress is not None:  # the loss is read (a GPU sync) only when a bar refresh or a line shows it
+        progress.postfix_fn = lambda: f"loss {loss_sum.item() / max(n_seen, 1):.4f}"
+    for step, batch in enumerate(loader):
         x, meta = rt.inputs(batch)
         y = batch["target"].to(rt.device, non_blocking=True)
         loss = loss_fn(rt.forward(model, x, meta), y.float() if rt.binary else y)
@@ -113,29 +115,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             scheduler.step_update(global_step)  # per-step warmup / cosine
         loss_sum += loss.detach() * len(y)
         n_seen += len(y)
-        if progress and step % 10 == 0:  # the only per-step sync, and only with a progress bar
-            bar.set_postfix(loss=f"{loss_sum.item() / n_seen:.4f}",
-                            img_s=f"{n_seen / (time.perf_counter() - start):.0f}")
+        if progress is not None:
+            progress.update(1)
     elapsed = time.perf_counter() - start
     return EpochStats(loss=loss_sum.item() / max(n_seen, 1), images_per_s=n_seen / max(elapsed, 1e-9))
 
 
 def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndarray,
-             metric: Callable[[np.ndarray, np.ndarray], float]) -> tuple[float, np.ndarray]:
-    probs = predict_loader(model, loader, rt)
+             metric: Callable[[np.ndarray, np.ndarray], float],
+             progress: Progress | None = None) -> tuple[float, np.ndarray]:
+    probs = predict_loader(model, loader, rt, progress)
     bad = int((~np.isfinite(probs)).sum())
     if bad:  # diverged weights can give a finite epoch loss but NaN outputs; the metric would fail obscurely
         raise TrainingError(f"{bad} of {probs.size} validation predictions are not finite: the weights diverged; "
                             f"lower train.lr or set train.grad_clip")
     return metric(targets, probs), probs
-
-
-def _progress(loader, epoch: int, enabled: bool):
-    if not enabled:
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,6 +297,9 @@ class FoldProgress:
 class FoldTrainer:
     """Everything one fold trains with, built from the config and the run's data; ``run`` trains it."""
 
+    overall: Eta | None = None  # the run's epochs left, for the overall ETA of the progress lines
+    show_progress: bool = False
+
     def __init__(self, cfg: Config, data: RunData, k: int, run: RunDir):
         self.cfg, self.data, self.k, self.run = cfg, data, k, run
         t, spec = cfg.train, data.spec
@@ -411,8 +408,10 @@ class FoldTrainer:
         self.train_tf.set_seed(seed)
         loader = make_loader(self.epoch_dataset(epoch), t.batch_size, self.workers, self.rt.device, True, seed,
                              self.sample_weights)
-        stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.rt, self.scheduler,
-                                self.ema, t.grad_clip, epoch, show_progress)
+        with Progress(len(loader), f"fold {self.k} epoch {epoch + 1}/{t.epochs}", unit="step",
+                      enabled=show_progress, overall=self.overall, overall_weight=1 / max(len(loader), 1)) as bar:
+            stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.rt, self.scheduler,
+                                    self.ema, t.grad_clip, epoch, bar)
         if not math.isfinite(stats.loss):
             raise TrainingError(f"fold {self.k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
                                 f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
@@ -422,7 +421,9 @@ class FoldTrainer:
         """Validate, log, and checkpoint epoch ``epoch`` (0-based); its validation metric."""
         spec, val_targets = self.data.spec, self.targets[self.val_idx]
         eval_model = self.ema.module if self.ema is not None else self.model
-        val_metric, val_probs = validate(eval_model, self.val_loader, self.rt, val_targets, self.metric)
+        with Progress(len(self.val_idx), f"fold {self.k} epoch {epoch + 1} validation", unit="img",
+                      enabled=self.show_progress) as bar:
+            val_metric, val_probs = validate(eval_model, self.val_loader, self.rt, val_targets, self.metric, bar)
         val_loss = log_loss(val_targets, val_probs)
         if self.scheduler is not None:
             self.scheduler.step(epoch + 1, val_metric)
@@ -430,8 +431,8 @@ class FoldTrainer:
         self.progress.history.append({"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
                                       spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s})
         print(f"fold {self.k} epoch {epoch + 1}/{self.cfg.train.epochs}: loss {stats.loss:.4f}  val_loss "
-              f"{val_loss:.4f}  {spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s",
-              flush=True)
+              f"{val_loss:.4f}  {spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s"
+              + (f"  (run ETA {self.overall.eta()})" if self.overall is not None else ""), flush=True)
         if self.progress.update(epoch + 1, val_metric, val_loss):
             save_checkpoint(self.run.best_path(self.k), self._checkpoint(epoch + 1, val_metric, eval_model))
             ids = self.data.table["id"].to_numpy()[self.val_idx]
@@ -442,9 +443,13 @@ class FoldTrainer:
                         self._checkpoint(epoch + 1, val_metric, self.model, self._training_state()))
         return val_metric
 
-    def fit(self, on_epoch: EpochCallback | None = None, show_progress: bool = False) -> FoldResult:
+    def fit(self, on_epoch: EpochCallback | None = None, show_progress: bool = False,
+            overall: Eta | None = None) -> FoldResult:
         t = self.cfg.train
-        for epoch in range(self.resume(), t.epochs):
+        self.show_progress, self.overall, start = show_progress, overall, self.resume()
+        if overall is not None:
+            overall.total -= start  # epochs a killed run already trained
+        for epoch in range(start, t.epochs):
             if t.early_stopping and self.progress.stale >= t.early_stopping:
                 break  # resumed after the epoch that stopped it early (a stop before result.json was written)
             val_metric = self.end_epoch(epoch, self.train_epoch(epoch, show_progress))
@@ -453,6 +458,8 @@ class FoldTrainer:
             if t.early_stopping and self.progress.stale >= t.early_stopping:
                 print(f"fold {self.k}: early stop after epoch {epoch + 1} ({t.early_stopping} epochs without "
                       "improvement)")
+                if overall is not None:
+                    overall.total -= t.epochs - epoch - 1
                 break
         p = self.progress
         result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history))
@@ -461,10 +468,10 @@ class FoldTrainer:
 
 
 def train_fold(cfg: Config, data: RunData, k: int, run: RunDir, on_epoch: EpochCallback | None = None,
-               progress: bool = False) -> FoldResult:
+               progress: bool = False, overall: Eta | None = None) -> FoldResult:
     """Train (or resume) fold ``k`` of ``run``; the caller holds the run's write lock."""
     run.fold_dir(k).mkdir(parents=True, exist_ok=True)
-    return FoldTrainer(cfg, data, k, run).fit(on_epoch, progress)
+    return FoldTrainer(cfg, data, k, run).fit(on_epoch, progress, overall)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -538,12 +545,26 @@ def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: l
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
         _write_start(run, cfg, data, data_dir, folds)
+        print(start_line(cfg, data, folds, run), flush=True)
+        overall = Eta(sum(not run.result_path(k).is_file() for k in folds) * cfg.train.epochs)
         for k in folds:
             if run.result_path(k).is_file():
                 print(f"fold {k}: already finished, skipped")
                 continue
-            train_fold(cfg, data, k, run, on_epoch, progress)
+            train_fold(cfg, data, k, run, on_epoch, progress, overall)
         return _finish(run, data.spec, folds)
+
+
+def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str:
+    """What a run is about to do, in one line: device, precision, images, folds, model, weights."""
+    device = resolve_device(cfg.train.device)
+    amp, _ = resolve_amp(cfg.train.amp, device)
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp]
+    images = "from the pack" if data.dataset.images is not None else "decoded from the files each epoch"
+    weights = f"weights {Path(cfg.model.weights).name}" if cfg.model.weights else "from scratch"
+    return (f"kit train {run.path}: {device}, {precision}; {len(data.table)} images ({images}, "
+            f"{data.input_size} px); folds {','.join(map(str, folds))} of {cfg.n_folds}; {cfg.train.epochs} epochs; "
+            f"{cfg.model.name}, {weights}")
 
 
 def resume_config(run_dir: Path) -> tuple[Config, Path, list[int]]:

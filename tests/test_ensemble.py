@@ -25,13 +25,14 @@ from kit.ensemble import (
 )
 from kit.errors import ConfigError, DataError, KitError
 from kit.metrics import auc
+from kit.rundir import RunDir
 from kit.submission import read_submission, validate_file
 
 HCD = "histopathologic-cancer-detection"
 
 
 def _data_dir(result) -> str:
-    return json.loads((result.run_dir / "run.json").read_text())["data"]
+    return RunDir(result.run_dir).info()["data"]  # run.json holds it relative to the run folder
 
 
 # ---------------------------------------------------------------------------------------------- on real runs

@@ -426,9 +426,11 @@ def test_kit_pack_command_builds_then_reuses(hcd_master, tmp_path, capsys):
 
 
 def test_progress_line_when_stderr_is_not_a_terminal(capsys):
-    bar = packmod._Progress(total=220025, done=0, enabled=True, every=0.0)
-    bar.start -= 10
+    from kit.progress import Progress, fmt_duration
+
+    bar = Progress(220025, "packed", unit="img", every=0.0)
+    bar.eta.start -= 10
     bar.update(12000)
     err = capsys.readouterr().err
-    assert err.startswith("packed 12000/220025 (5%), ") and " img/s, ETA " in err
-    assert packmod._fmt_duration(245) == "4m05s" and packmod._fmt_duration(3720) == "1h02m"
+    assert err.startswith("packed: 12000/220025 imgs (5%), ") and " imgs/s, ETA " in err
+    assert fmt_duration(245) == "4m05s" and fmt_duration(3720) == "1h02m"

@@ -16,6 +16,7 @@ from kit.data.labels import load_test_table
 from kit.errors import DataError, KitError
 from kit.metrics import get_metric
 from kit.predict import predict_run
+from kit.rundir import RunDir
 from kit.submission import read_submission, validate_file
 
 HCD = "histopathologic-cancer-detection"
@@ -31,7 +32,7 @@ def _spec(result):
 
 
 def _data_dir(result):
-    return json.loads((result.run_dir / "run.json").read_text())["data"]
+    return RunDir(result.run_dir).info()["data"]  # run.json holds it relative to the run folder
 
 
 @pytest.mark.parametrize("name", ["hcd_a", "multi"])

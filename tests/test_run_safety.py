@@ -113,7 +113,11 @@ def _plant(path: Path, marker: Path) -> None:
 
 @pytest.fixture
 def run_copy(predicted_runs, tmp_path) -> Path:
-    return Path(shutil.copytree(predicted_runs["hcd_a"].run_dir, tmp_path / "run"))
+    copy = RunDir(shutil.copytree(predicted_runs["hcd_a"].run_dir, tmp_path / "run"))
+    info = RunDir(predicted_runs["hcd_a"].run_dir).info()
+    with copy.writing():  # run.json's data folder is relative to the run folder, which moved
+        copy.write_info(info["data"], info["folds"])
+    return copy.path
 
 
 @pytest.mark.parametrize("name", ["best.pt", "last.pt"])
@@ -132,7 +136,7 @@ def test_predict_kernel_and_resume_refuse_a_planted_checkpoint(tmp_path, run_cop
     assert main(["predict", str(run_copy), "--tta", "1", "--out-dir", str(tmp_path / "subs"), "--no-report"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "best.pt: refused" in err
-    data = yaml.safe_load((run_copy / "run.json").read_text())["data"]
+    data = str(RunDir(run_copy).info()["data"])
     assert main(["kernel", "run", "--competition", HCD, "--data", data, "--weights", str(run_copy),
                  "--working", str(tmp_path / "working"), "--tta", "1"]) == 1
     assert "best.pt: refused" in capsys.readouterr().err

@@ -22,7 +22,8 @@ def add_parser(sub):
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
                    "predictions and scores are deleted)")
-    p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, when stderr is not a terminal, "
+                   "no progress line every KIT_PROGRESS_EVERY seconds, default 30)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly at an epoch boundary when the next epoch would end after SECONDS (from the "
                    "start of this command); every finished epoch is kept, exit code 75, continue with --resume")
@@ -30,17 +31,15 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import sys
     import time
     from pathlib import Path
 
-    from kit.budget import EXIT_BUDGET, TimeBudgetReached
     from kit.config import load_config
     from kit.errors import ConfigError
-    from kit.train import resume_config, train_folds
+    from kit.train import resume_config
 
     started = time.monotonic()  # the budget counts from here: loading the data is part of the session
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress  # a bar in a terminal, a line every KIT_PROGRESS_EVERY s in a log
     if args.resume:
         if args.overrides or args.config or args.overwrite:
             raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite are not "
@@ -60,6 +59,17 @@ def run(args) -> int:
         from kit.data.labels import read_csv
 
         exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
+    from kit.rundir import RunDir
+
+    with RunDir(out).logging():  # train.log: everything printed from here on, once the run has started
+        return _train(cfg, data_dir, out, folds, exclude, progress, args, started)
+
+
+def _train(cfg, data_dir, out, folds, exclude, progress, args, started) -> int:
+    from kit.budget import EXIT_BUDGET, TimeBudgetReached
+    from kit.report import write_report
+    from kit.train import train_folds
+
     budget = _budget(args.time_budget, cfg, folds, started)
     try:
         result = train_folds(cfg, data_dir, out, folds, args.folds_file, on_epoch=budget, progress=progress,
@@ -67,8 +77,6 @@ def run(args) -> int:
     except TimeBudgetReached as e:
         print(f"kit train: {e}; continue with: kit train --resume {out} [--time-budget SECONDS]", flush=True)
         return EXIT_BUDGET
-    from kit.report import write_report
-
     written = write_report(out)
     print(f"\n{'fold':>6}  {result.metric}")
     for k, score in result.fold_scores.items():

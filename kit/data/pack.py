@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from kit.competitions import Competition, get_competition
 from kit.data.readers import FolderStore, Hdf5Store, ImageStore, check_images_exist, fit_square, open_store
 from kit.errors import ConfigError, DataError
 from kit.io import write_csv_atomic, write_text_atomic
+from kit.progress import Progress
 
 FORMAT = 1
 IMAGES, IDS, MANIFEST, DONE, LOCK = "images.u8", "ids.csv", "manifest.json", "done.u8", ".lock"
@@ -50,7 +50,6 @@ CHUNK_BYTES = 64 << 20  # caps a chunk of 512 px rows at ~85 rows: a few chunk b
 IN_FLIGHT = 3  # chunks decoding at once: the pool always has queued work while the main thread writes one
 VERIFY_ROWS = 8
 KAGGLE_WORKING = "/kaggle/working"  # KIT_KAGGLE_WORKING moves it, as it does for the kernels (tried off Kaggle)
-LOG_EVERY_S = 30.0
 
 
 class PackError(DataError):
@@ -375,45 +374,6 @@ def human_bytes(nbytes: float) -> str:
     return f"{nbytes:.1f} TB"
 
 
-def _fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-class _Progress:
-    """A tqdm bar in a terminal; one plain line every ``every`` seconds where stderr is a log (Kaggle, CI)."""
-
-    def __init__(self, total: int, done: int, enabled: bool, every: float = LOG_EVERY_S):
-        self.total, self.done, self.enabled, self.every = total, done, enabled, every
-        self.start = self.last = time.monotonic()
-        self.new = 0
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, unit="img", desc="packing", file=sys.stderr)
-
-    def line(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.new / elapsed
-        eta = _fmt_duration((self.total - self.done) / rate) if rate > 0 else "?"
-        return (f"packed {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%), "
-                f"{rate:.0f} img/s, ETA {eta}")
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.new += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            print(self.line(), file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _chunk_rows(size: int) -> int:
     return max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // (size * size * 3)))
 
@@ -495,7 +455,7 @@ def _submit_chunk(pool: ThreadPoolExecutor, job: _Job, c: int) -> tuple[int, np.
     return c, buf, [pool.submit(decode, j, i) for j, i in enumerate(rows)]
 
 
-def _decode_chunks(job: _Job, done: np.ndarray, workers: int, progress: _Progress) -> int:
+def _decode_chunks(job: _Job, done: np.ndarray, workers: int, progress: Progress) -> int:
     """Decode the chunks not yet done in parallel threads (libjpeg-turbo and tifffile release the GIL), write each
     chunk's rows, then mark it done. Returns the number of images decoded."""
     row_bytes = job.size * job.size * 3
@@ -623,7 +583,7 @@ def _build(spec: Competition, data_dir: Path, split: str, size: int, ids: list[s
     manifest = _manifest(spec, split, job, source, data_dir.resolve())
     done, status = _start(job, manifest, source, log)
     done_rows = sum(len(job.rows(c)) for c in np.flatnonzero(done).tolist())
-    bar = _Progress(len(ids), done_rows, progress)
+    bar = Progress(len(ids), "packed", unit="img", done=done_rows, enabled=progress)
     start = time.monotonic()
     try:
         decoded = _decode_chunks(job, done, workers, bar)
