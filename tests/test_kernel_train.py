@@ -267,10 +267,14 @@ def test_pull_refuses_the_output_of_an_older_version(sessions, tmp_path):
         fake.kernels[KERNEL] = Kernel(KERNEL)
         fake.datasets[WHEELS] = Dataset(WHEELS, "kit-wheels", "apache-2.0", True)
         p = kit(tmp_path, fake, "kernel", "train", "--competition", "hcd", "--owner", OWNER, "--continue", "--out",
-                str(tmp_path / "kernel"), "--out-run", str(tmp_path / "run"), "--poll-every", "0.05",
+                str(tmp_path / "kernel"), "--out-run", str(tmp_path / "run"), "--wait", "0.5", "--poll-every", "0.05",
                 *[x for o in TINY for x in ("--set", o)])
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"the output of kernel {KERNEL} is of another version than the one just pushed" in p.stderr
+    assert f"{KERNEL}: complete, with the output of an older version; waiting for the new one" in p.stderr
+    downloads = [r.path for r in fake.requests if r.method == "GET"]
+    state = list(fake.kernel_output).index("kit-kernel.json")
+    assert downloads and set(downloads) == {f"/output/{state}"}  # only kit-kernel.json, until it is the new one
     assert fake.kernels[KERNEL].versions[-1]["kernelDataSources"] == [KERNEL]
     assert not (tmp_path / "run").exists()
 
