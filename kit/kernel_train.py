@@ -171,12 +171,13 @@ class PullResult:
                 f"kit kernel train --continue ... (or kit kernel build --train --continue, then push)")
 
 
-def _download(api, ref: str, source: str, into: Path) -> None:
+def _download(api, ref: str, source: str, into: Path, pattern: str | None = None) -> None:
+    """The kernel's output files (those whose path matches ``pattern``) and its log, into ``into``."""
     from kit.kaggle import api_errors
 
     hints = {404: f"Kaggle has no kernel {ref} visible to this account{{said}}"}
     with api_errors(f"kernel {ref}", source, hints):
-        api.kernels_output(ref, str(into), force=True, quiet=True)
+        api.kernels_output(ref, str(into), file_pattern=pattern, force=True, quiet=True)
 
 
 def _run_in(staged: Path, ref: str) -> tuple[RunDir, dict]:
@@ -209,32 +210,58 @@ def _place(run: RunDir, out: Path) -> None:
         os.replace(run.path, out)
 
 
+def _output_build(api, ref: str, source: str, into: Path) -> str | None:
+    """The build token of the output's kit-kernel.json, downloading that file alone."""
+    _download(api, ref, source, into, f"^{STATE.replace('.', '[.]')}$")
+    try:
+        state = json.loads((into / STATE).read_text()) if (into / STATE).is_file() else {}
+    except json.JSONDecodeError:
+        state = {}
+    return state.get("build") if isinstance(state, dict) else None
+
+
+def _wait_for_output(api, source: str, ref: str, wait: float, poll_every: float, build: str | None,
+                     staged: Path, say: Callable[[str], None] | None) -> None:
+    """Wait until the kernel is complete and, with ``build``, its output is the one of that build of the script
+    (right after a push Kaggle may still report the previous version, complete)."""
+    deadline = time.monotonic() + wait
+    while True:
+        status, failure = wait_for_kernel(ref, max(0.0, deadline - time.monotonic()), poll_every, say)
+        if status == "error":
+            raise failed(ref, failure)
+        if status != "complete":
+            raise KaggleError(f"kernel {ref} is {status}" + (" after waiting" if wait else "") +
+                              f": pull it once it is complete (kit kernel pull {ref} --out RUN --wait SECONDS)")
+        found = build and _output_build(api, ref, source, staged / ".state")
+        if not build or found == build:
+            return
+        if time.monotonic() >= deadline:
+            raise KaggleError(f"the output of kernel {ref} is of another version than the one just pushed (build "
+                              f"{found}, not {build}): pull it again once the new version is complete")
+        if say is not None:
+            say(f"{ref}: complete, with the output of an older version; waiting for the new one")
+        time.sleep(min(poll_every, max(0.0, deadline - time.monotonic())))
+
+
 def pull_kernel(ref: str, out: str | os.PathLike, data: str | os.PathLike | None = None, wait: float = 0.0,
                 poll_every: float = 30.0, build: str | None = None,
                 say: Callable[[str], None] | None = None) -> PullResult:
     """Wait for kernel ``ref``, download its output and make its run folder the local run folder ``out``.
 
     ``data`` points the run at a local copy of the competition data (run.json keeps Kaggle's path otherwise);
-    ``build`` refuses an output written by another build of the script than the one just pushed.
+    ``build`` waits for (and then insists on) the output of that build of the script, the one just pushed.
     """
     from kit.kaggle import authenticated_client
 
     out = Path(out)
-    status, failure = wait_for_kernel(ref, wait, poll_every, say)
-    if status == "error":
-        raise failed(ref, failure)
-    if status != "complete":
-        raise KaggleError(f"kernel {ref} is {status}" + (" after waiting" if wait else "") +
-                          f": pull it once it is complete (kit kernel pull {ref} --out {out} --wait SECONDS)")
     api, source = authenticated_client()
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.pull.", dir=out.parent))
     try:
+        _wait_for_output(api, source, ref, wait, poll_every, build, staged, say)
+        shutil.rmtree(staged / ".state", ignore_errors=True)
         _download(api, ref, source, staged)
         run, state = _run_in(staged, ref)
-        if build is not None and state.get("build") != build:
-            raise KaggleError(f"the output of kernel {ref} is of another version than the one just pushed (build "
-                              f"{state.get('build')}, not {build}): pull it again once the new version is complete")
         if data is not None:
             with run.writing():
                 run.write_info(Path(data).resolve(), run.info()["folds"])

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -267,10 +268,14 @@ def test_pull_refuses_the_output_of_an_older_version(sessions, tmp_path):
         fake.kernels[KERNEL] = Kernel(KERNEL)
         fake.datasets[WHEELS] = Dataset(WHEELS, "kit-wheels", "apache-2.0", True)
         p = kit(tmp_path, fake, "kernel", "train", "--competition", "hcd", "--owner", OWNER, "--continue", "--out",
-                str(tmp_path / "kernel"), "--out-run", str(tmp_path / "run"), "--poll-every", "0.05",
+                str(tmp_path / "kernel"), "--out-run", str(tmp_path / "run"), "--wait", "0.5", "--poll-every", "0.05",
                 *[x for o in TINY for x in ("--set", o)])
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"the output of kernel {KERNEL} is of another version than the one just pushed" in p.stderr
+    assert f"{KERNEL}: complete, with the output of an older version; waiting for the new one" in p.stderr
+    downloads = [r.path for r in fake.requests if r.method == "GET"]
+    state = list(fake.kernel_output).index("kit-kernel.json")
+    assert downloads and set(downloads) == {f"/output/{state}"}  # only kit-kernel.json, until it is the new one
     assert fake.kernels[KERNEL].versions[-1]["kernelDataSources"] == [KERNEL]
     assert not (tmp_path / "run").exists()
 
@@ -347,3 +352,28 @@ def test_kit_train_refuses_a_time_budget_that_is_not_positive(demo_data, tmp_pat
     assert rc == 1
     assert capsys.readouterr().err == "kit train: error: --time-budget must be a positive number of seconds, got -1.0\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_the_script_passes_sigterm_on_to_kit_train(tmp_path):
+    """Kaggle's SIGTERM at the time limit reaches the script; kit train, its child, must get it to stop cleanly."""
+    out = build_train_kernel(HCD, OWNER, overrides=TINY, out=tmp_path / "k")
+    child = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+             "print('ready', flush=True); time.sleep(60)")
+    driver = ("import importlib.util, sys; "
+              f"spec = importlib.util.spec_from_file_location('k', {str(out / 'kernel.py')!r}); "
+              "k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k); "
+              f"sys.exit(k.run_child([sys.executable, '-c', {child!r}]))")
+    p = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True,
+                         env={"PATH": "/usr/bin:/bin", "KIT_KAGGLE_WORKING": str(tmp_path)})
+    lines = [p.stdout.readline(), p.stdout.readline()]  # the command, then the child's "ready"
+    assert lines[1] == "ready\n", lines
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 143  # the child's exit: it got the signal and stopped its own way
+
+
+def test_status_of_a_finished_training_kernel_points_at_pull(tmp_path):
+    with FakeKaggle() as fake:
+        fake.kernels[KERNEL] = Kernel(KERNEL)
+        p = kit(tmp_path, fake, "kernel", "status", KERNEL)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"{KERNEL}: complete\nits run folder: kit kernel pull {KERNEL} --out RUN\n"

@@ -129,9 +129,9 @@ TRAIN_ONLY = {"config": "--config", "overrides": "--set", "time_budget": "--time
 def _build_train(args: argparse.Namespace, out: str | None) -> Path:
     from kit.kernel_train import DEFAULT_TIME_BUDGET, build_train_kernel
 
+    budget = DEFAULT_TIME_BUDGET if args.time_budget is None else args.time_budget
     return build_train_kernel(args.competition, args.owner, args.wheels_dataset, args.config, args.overrides,
-                              DEFAULT_TIME_BUDGET if args.time_budget is None else args.time_budget, args.internet, args.accelerator or "t4x2",
-                              args.resume, args.attach, out)
+                              budget, args.internet, args.accelerator or "t4x2", args.resume, args.attach, out)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -204,7 +204,10 @@ def _status(args: argparse.Namespace) -> int:
         raise failed(args.ref, failure)
     print(f"{args.ref}: {status}" + (f" ({failure})" if failure else ""))
     if status == "complete":
-        print(f"its submission.csv: kaggle kernels output {args.ref} -p OUT_DIR")
+        if args.ref.split("/")[-1].startswith("kit-train-"):
+            print(f"its run folder: kit kernel pull {args.ref} --out RUN")
+        else:
+            print(f"its submission.csv: kaggle kernels output {args.ref} -p OUT_DIR")
     return 0
 
 

@@ -46,7 +46,10 @@ def find_previous(looked: list[str]) -> Path | None:
     """The run folder in the previous version's output: the folder named in its kit-kernel.json."""
     for root in mounts(KERNEL, "notebooks"):
         for state in sorted(root.rglob(STATE)) if root.is_dir() else []:
-            run = state.parent / json.loads(state.read_text()).get("run", RUN)
+            try:
+                run = state.parent / str(json.loads(state.read_text()).get("run", RUN))
+            except (ValueError, AttributeError):  # not kit's file: keep looking
+                continue
             if (run / "config.yaml").is_file():
                 return run
         looked.append(f"{root}/**/{STATE} beside a run folder")
