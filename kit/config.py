@@ -141,6 +141,8 @@ class TrainConfig:
                               "CUDA", ge=-1)
     cache_images: bool = _f(True, "decode every image once into a packed uint8 array shared by all folds (fast; "
                                   "needs RAM)")
+    keep_last: bool = _f(True, "keep fold{k}/last.pt (optimizer state, ~3x best.pt) once the fold has finished; "
+                               "false deletes it then (kit tune's default)")
     seed: int = _f(42, "seed of weights, augmentation and sampling (fold k uses seed + k)", ge=0)
     device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", check=_check_device,
                      valid="auto, cpu, cuda, cuda:N")

@@ -1,0 +1,58 @@
+"""kit tune in daily use: a default search space per competition, spaces apart from presets, a line per trial with
+the study's ETA, Optuna's experimental warnings once, and last.pt dropped when a trial's fold finishes."""
+
+from __future__ import annotations
+
+import pytest
+
+from kit import tune
+from kit.cli import main
+from kit.competitions import list_competitions
+from kit.config import PRESET_DIR, load_config
+from kit.errors import ConfigError
+
+HCD = "histopathologic-cancer-detection"
+TINY = ["model.img_size=32", "n_folds=2", "train.epochs=1", "train.batch_size=16", "train.warmup_epochs=0",
+        "train.device=cpu"]
+
+
+@pytest.mark.parametrize("competition", [c.name for c in list_competitions()])
+def test_every_competition_has_a_default_space_that_fits_its_config(competition):
+    path = tune.resolve_space(None, competition)
+    assert path == tune.SPACE_DIR / f"{competition}.yaml"
+    space = tune.load_space(path)
+    tune.check_space(space, load_config(competition), str(path))
+    if "train.loss" in space:  # a loss of the wrong task (ce for a binary competition) would fail every trial
+        for loss in space["train.loss"].choices:
+            load_config(competition, overrides=[f"train.loss={loss}"])
+
+
+def test_spaces_and_presets_do_not_share_a_namespace(capsys):
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert not [p for p in presets if p.startswith("space")]
+    assert main(["config", "show", "--competition", HCD, "--config", "space-hcd"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config file not found: space-hcd" in err and "unknown config key" not in err
+    assert tune.resolve_space(HCD, HCD) == tune.SPACE_DIR / f"{HCD}.yaml"  # a shipped space by its name
+    with pytest.raises(ConfigError, match="is a config preset .* not a search space"):
+        tune.resolve_space(str(PRESET_DIR / f"{HCD}.yaml"), HCD)
+    with pytest.raises(ConfigError, match=r"search space file not found: nope \(shipped spaces: "):
+        tune.resolve_space("nope", HCD)
+
+
+def test_a_study_with_the_default_space_reports_each_trial_and_drops_last_pt(demo_data, tmp_path, capsys):
+    data, out = demo_data(HCD, n=40), tmp_path / "tune"
+    args = ["tune", "--competition", HCD, "--data", str(data), "--trials", "1", "--study", "s", "--out", str(out),
+            "--sampler", "random", "--seed", "0", "--pruner", "none", "--keep-checkpoints"]
+    for pair in TINY:
+        args += ["--set", pair]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert f"kit tune: search space {tune.SPACE_DIR / f'{HCD}.yaml'}" in captured.out
+    assert "kit tune: trial 0 complete " in captured.out and "1/1 trials (100%), best " in captured.out
+    notes = [s for s in captured.err.splitlines() if "experimental" in s]
+    assert len(notes) == 1 and notes[0].startswith("note: kit tune uses Optuna features marked experimental"), notes
+    assert "heartbeat_interval" in notes[0] and "ExperimentalWarning" not in captured.err
+    for k in (0, 1):  # --keep-checkpoints keeps best.pt; train.keep_last=false (tune's default) drops last.pt
+        assert (out / "s" / "trial-0" / f"fold{k}" / "best.pt").is_file()
+        assert not (out / "s" / "trial-0" / f"fold{k}" / "last.pt").exists()
