@@ -56,3 +56,25 @@ def test_a_study_with_the_default_space_reports_each_trial_and_drops_last_pt(dem
     for k in (0, 1):  # --keep-checkpoints keeps best.pt; train.keep_last=false (tune's default) drops last.pt
         assert (out / "s" / "trial-0" / f"fold{k}" / "best.pt").is_file()
         assert not (out / "s" / "trial-0" / f"fold{k}" / "last.pt").exists()
+
+
+def test_tune_plots_name_the_metric_and_explain_the_step_axis(tmp_path):
+    import json
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    study = optuna.create_study(direction="maximize")
+    base = load_config("isic-2024-challenge")
+    study.set_user_attr("kit", json.loads(json.dumps({"config": base.to_dict(), "stride": 4})))
+    for i in range(3):
+        study.add_trial(create_trial(params={"train.lr": 0.001 * (i + 1)}, value=0.1 + 0.01 * i,
+                                     distributions={"train.lr": FloatDistribution(1e-4, 1e-2)},
+                                     intermediate_values={0: 0.05, 4: 0.1 + 0.01 * i}))
+    axes = tune.results.labelled_plots(study)
+    assert "pauc80" in axes["history"].get_ylabel() and "pauc80" in axes["history"].get_title()
+    assert axes["intermediate"].get_xlabel().startswith("step = fold position x 4 + epoch")
+    assert "pauc80" in axes["intermediate"].get_ylabel()
+    paths = tune.save_plots(study, tmp_path)
+    assert (tmp_path / "intermediate.png").read_bytes()[:4] == b"\x89PNG" and paths["history"].is_file()
