@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("submit", help="validate a submission CSV, then upload it to Kaggle",
@@ -9,7 +11,7 @@ def add_parser(sub):
                        "and test ids: header and column order, missing / extra / duplicate ids, NaN, infinite "
                        "and out-of-range values, multiclass rows summing to 1. Every problem is listed at once.")
     p.add_argument("file", metavar="FILE", help="the submission CSV")
-    p.add_argument("--competition", required=True)
+    add_competition(p, required=True)
     p.add_argument("--data", default=None, help="competition data folder (the test ids come from its sample "
                    "submission or test list); required unless --ids-from is given")
     p.add_argument("--ids-from", metavar="SAMPLE.csv", default=None,

@@ -1,6 +1,6 @@
 """kit tune: an Optuna search over config keys (fold-aware pruning, resumable, many workers), or --best NAME."""
 
-from kit.commands import parse_folds
+from kit.commands import add_competition, parse_folds, with_folds_file
 
 EPILOG = """\
 search space (YAML, config key -> distribution):
@@ -34,7 +34,7 @@ def add_parser(sub):
     p.add_argument("--best", metavar="NAME", default=None,
                    help="do not search: print the best trials of study NAME, write <out>/NAME/best.yaml (a preset "
                    "for kit train --config) and its plots")
-    p.add_argument("--competition", help="competition name (see `kit competitions`)")
+    add_competition(p)
     p.add_argument("--data", help="competition data folder")
     p.add_argument("--config", default=None, help="base preset (name or YAML file); default: the competition's")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -45,7 +45,8 @@ def add_parser(sub):
                    help="total trials of the STUDY (not of this run): stop once it holds this many finished ones")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite:///<out>/<study>.db)")
     p.add_argument("--folds", default=None, help="folds each trial trains, e.g. 0,1 (default: all)")
-    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds` (default: made from n_folds)")
+    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: made from "
+                   "n_folds)")
     p.add_argument("--pruner", default="median", help="median | percentile | halving | hyperband | none "
                    "(default median)")
     p.add_argument("--pruner-startup", type=int, default=5, metavar="N",
@@ -87,7 +88,8 @@ def search(args) -> int:
     if args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     # a finished trial's last.pt is never resumed: dropped unless --set train.keep_last=true (which comes later)
-    base = load_config(args.competition, args.config, ["train.keep_last=false", *args.overrides])
+    base = with_folds_file(load_config(args.competition, args.config, ["train.keep_last=false", *args.overrides]),
+                           args.folds_file)
     space_path = tune.resolve_space(args.space, base.competition)
     print(f"kit tune: search space {space_path}")
     space = tune.load_space(space_path)
