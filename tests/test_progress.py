@@ -60,3 +60,18 @@ def test_progress_every_and_durations(monkeypatch):
     assert progress_every() == 30.0
     assert [fmt_duration(s) for s in (12, 245, 3720)] == ["12s", "4m05s", "1h02m"]
     assert Eta(10).eta() == "?"
+
+
+def test_loading_images_into_memory_reports_progress(demo_data, monkeypatch, capsys):
+    from kit.competitions import get_competition
+    from kit.data.dataset import load_image_cache
+    from kit.data.readers import open_store
+
+    monkeypatch.setenv("KIT_PROGRESS_EVERY", "0")
+    data = demo_data("histopathologic-cancer-detection", n=12)
+    store = open_store(get_competition("hcd"), data, "train")
+    ids = sorted(p.stem for p in (data / "train").glob("*.tif"))
+    images = load_image_cache(store, ids, 32, workers=1)
+    assert images.shape == (12, 32, 32, 3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("loading images: 12/12 imgs (100%), ")

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kit.data.readers import ImageStore, fit_square
+from kit.progress import Progress
 
 
 def _fit(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -43,8 +44,10 @@ def load_image_cache(store: ImageStore, ids: list[str], size: int | None = None,
                             f"{store.ref(ids[0])} is {first.shape[1]}x{first.shape[0]}; set model.img_size")
         out[i] = img
 
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(load, range(1, len(ids))))
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool, \
+            Progress(len(ids), "loading images", unit="img", done=1) as bar:
+        for _ in pool.map(load, range(1, len(ids))):
+            bar.update(1)
     return out
 
 
