@@ -142,9 +142,11 @@ class TrainConfig:
                                 "(0 = off)", ge=0)
     num_workers: int = _f(-1, "DataLoader workers; -1 = 0 on CPU (images are cached in memory), min(8, cores) on "
                               "CUDA", ge=-1)
-    cache_images: bool = _f(True, "read images from the split's pack: decoded once into a memory-mapped uint8 file "
-                                  "on disk (kit pack; built on first use), shared by every fold, run, trial and "
-                                  "prediction at that size; false = decode the image files every epoch")
+    cache_images: bool = _f(True, "read images from the split's pack: decoded once into a uint8 file on disk (kit "
+                                  "pack; built on first use), shared by every fold, run, trial and prediction at "
+                                  "that size; false = decode the image files every epoch")
+    keep_last: bool = _f(True, "keep fold{k}/last.pt (optimizer state, ~3x best.pt) once the fold has finished; "
+                               "false deletes it then (kit tune's default)")
     seed: int = _f(42, "seed of weights, augmentation and sampling (fold k uses seed + k)", ge=0)
     device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", check=_check_device,
                      valid="auto, cpu, cuda, cuda:N")

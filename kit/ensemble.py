@@ -23,7 +23,7 @@ from scipy.stats import rankdata
 from kit.competitions import Competition
 from kit.data.labels import load_test_table
 from kit.errors import ConfigError, DataError, KitError
-from kit.io import write_text_atomic
+from kit.io import resolve_stored_path, write_text_atomic
 from kit.metrics import get_metric
 from kit.oof import prediction_values
 from kit.registry import Registry
@@ -79,6 +79,11 @@ def _weighted(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (stack * w).sum(axis=0) / w.sum()
 
 
+def _percentile_ranks(preds: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each column's ranks / n, in (0, 1]: a valid probability column; ties share their mean rank."""
+    return [rankdata(p) / len(p) for p in preds]
+
+
 BLENDS: Registry[Blend] = Registry("blend")
 
 
@@ -114,8 +119,7 @@ class RankBlend(Blend):
     def combine(self, preds: Sequence[np.ndarray], weights: np.ndarray, task: str) -> np.ndarray:
         if task != "binary":
             return super().combine(preds, weights, task)
-        # rank / n lies in (0, 1], a valid probability column for the submission; ties share their mean rank
-        return _weighted(np.stack([rankdata(p) / len(p) for p in preds]), weights)
+        return _weighted(np.stack(_percentile_ranks(preds)), weights)
 
 
 @register_blend
@@ -131,13 +135,29 @@ class GMeanBlend(Blend):
 
 @register_blend
 class FitBlend(Blend):
-    """Weights from greedy forward ensemble selection with replacement (Caruana et al. 2004) on the OOF."""
+    """Weights from greedy forward ensemble selection with replacement (Caruana et al. 2004) on the OOF.
+
+    Where the metric is rank-based (AUC, pAUC), weights are fitted on, and applied to, each member's percentile
+    ranks: on raw probabilities a member whose scores are squeezed into a narrow range (an AUC 0.5 member around
+    0.01) moves the blend's order little whatever its weight, so selection can pile weight on it for in-sample
+    noise; on ranks a weight means the same share of the order for every member.
+    """
 
     name = "fit"
     fitted = True
 
     def weights(self, preds: Sequence[np.ndarray], target: np.ndarray, metric: Metric) -> np.ndarray:
+        if getattr(metric, "rank_based", False) and np.ndim(preds[0]) == 1:
+            preds = _percentile_ranks(preds)
         return caruana_weights(preds, target, metric)
+
+    def combine(self, preds: Sequence[np.ndarray], weights: np.ndarray, task: str) -> np.ndarray:
+        # every binary metric kit knows is rank-based; the weights were fitted on ranks, so they apply to ranks
+        return _weighted(np.stack(_percentile_ranks(preds)), weights) if task == "binary" \
+            else super().combine(preds, weights, task)
+
+    def note(self, task: str) -> str:
+        return "fitted on percentile ranks (the metric is rank-based)" if task == "binary" else ""
 
 
 def caruana_weights(preds: Sequence[np.ndarray], target: np.ndarray, metric: Metric,
@@ -221,10 +241,10 @@ def load_member(run_dir: str | Path, fold_blend: str = "mean") -> Member:
         raise KitError(f"{oof_path} is missing: run `kit predict {run.path}` again")
     oof = pd.read_csv(oof_path, dtype={spec.id_col: str})
     test_ids, test = blend_folds(run.path, fold_blend)
-    data = info.get("data")
+    data = resolve_stored_path(info["data"], run.path) if info.get("data") else None  # relative to the run
     return Member(run.path.name, run.path, spec, oof[spec.id_col].to_numpy(), oof["fold"].to_numpy(dtype=int),
                   oof["target"].to_numpy(dtype=int), prediction_values(spec, oof, oof_path), oof_path.name, test_ids,
-                  test, [int(k) for k in info["folds"]], Path(data) if data else None)
+                  test, [int(k) for k in info["folds"]], data)
 
 
 def check_same_folds(run_dirs: Sequence[Path]) -> None:
@@ -322,15 +342,16 @@ def score_blends(members: list[Member], methods: Sequence[str] | None = None) ->
             nested = nested_predictions(blend, preds, target, fold, metric, spec.task)
             rows.append(_score(f"blend {method}", nested, target, fold, metric, nested=True,
                                in_sample=metric(target, blend.combine(preds, w, spec.task)), weights=named,
-                               note="nested CV: weights fitted on the other folds"))
+                               note="; ".join(filter(None, ["nested CV: weights fitted on the other folds",
+                                                            blend.note(spec.task)]))))
         else:
             rows.append(_score(f"blend {method}", blend.combine(preds, w, spec.task), target, fold, metric,
                                weights=named, note=blend.note(spec.task) or "no fitted weights"))
     return rows, weights
 
 
-def format_scores(metric: str, rows: list[BlendScore]) -> str:
-    """The side-by-side table printed by ``kit ensemble``."""
+def format_scores(metric: str, rows: list[BlendScore], chosen: str | None = None) -> str:
+    """The side-by-side table printed by ``kit ensemble``; the ``chosen`` blend (the one submitted) is marked."""
     width = max(len(r.name) for r in rows) + 2
     lines = [f"{'':<{width}}{metric + ' CV':>12}{'mean of folds':>15}  weights / notes"]
     for r in rows:
@@ -339,7 +360,8 @@ def format_scores(metric: str, rows: list[BlendScore]) -> str:
             extra = " ".join(f"{k}={v:.2f}" for k, v in r.weights.items()) + f"; {r.note}"
         if r.in_sample is not None:
             extra += f"; in-sample {r.in_sample:.4f} (optimistic, not a CV)"
-        lines.append(f"{r.name:<{width}}{r.cv:>12.4f}{r.mean_of_folds:>15.4f}  {extra}")
+        mark = "  <- chosen" if chosen is not None and r.name == f"blend {chosen}" else ""
+        lines.append(f"{r.name:<{width}}{r.cv:>12.4f}{r.mean_of_folds:>15.4f}  {extra}{mark}")
     return "\n".join(lines)
 
 
@@ -386,7 +408,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", data_dir
         print(f"note: {blend.note(spec.task)}")
     rows, weights = score_blends(members)
     if verbose:
-        print(format_scores(spec.metric, rows))
+        print(format_scores(spec.metric, rows, method))
     w = weights[method]
     test = blend.combine([m.test for m in members], w, spec.task)
     named = {m.name: float(x) for m, x in zip(members, w, strict=True)}

@@ -28,7 +28,8 @@ __all__ = ["LOG_COLUMNS", "SubmissionResult", "api_errors", "append_log", "authe
            "credentials_source", "upload_submission"]
 
 DEFAULT_LOG = Path("submissions") / "log.csv"
-LOG_COLUMNS = ("time", "competition", "file", "sha256", "message", "ref", "status", "public_score")
+LOG_COLUMNS = ("time", "competition", "file", "sha256", "message", "ref", "status", "public_score", "run", "cv")
+_OLD_LOG_COLUMNS = LOG_COLUMNS[:-2]  # before the run and its CV were logged: upgraded when appended to
 HOW_TO_AUTHENTICATE = ("create an API token at https://www.kaggle.com/settings/api, then either set KAGGLE_API_TOKEN "
                        "to it, or set KAGGLE_USERNAME and KAGGLE_KEY, or save the downloaded kaggle.json as {config} "
                        "(chmod 600); `kaggle auth login` also works")
@@ -46,6 +47,8 @@ class SubmissionResult:
     status: str
     public_score: float | None = None
     error: str | None = None
+    run: str = ""
+    cv: float | None = None
 
     def summary(self) -> str:
         """One line for the terminal."""
@@ -59,7 +62,8 @@ class SubmissionResult:
 
 
 def upload_submission(competition: str, path: str | os.PathLike, message: str, timeout: float = 600.0,
-                      poll_every: float = 10.0, log_path: str | os.PathLike = DEFAULT_LOG) -> SubmissionResult:
+                      poll_every: float = 10.0, log_path: str | os.PathLike = DEFAULT_LOG, run: str = "",
+                      cv: float | None = None) -> SubmissionResult:
     """Upload ``path`` to ``competition``, wait up to ``timeout`` s for its score, append it to ``log_path``."""
     slug = get_competition(competition).name  # resolves aliases; a Kaggle competition is registered under its slug
     path = Path(path)
@@ -74,7 +78,8 @@ def upload_submission(competition: str, path: str | os.PathLike, message: str, t
         reply = getattr(response, "message", "") or "no reply"
         raise KaggleError(f"upload of {path} to {slug} failed: the kaggle client answered '{reply}' and created no "
                           "submission (nothing counted against the daily limit); check the connection and retry")
-    made = SubmissionResult(competition=slug, file=path, sha256=digest, message=message, ref=ref, status="pending")
+    made = SubmissionResult(competition=slug, file=path, sha256=digest, message=message, ref=ref, status="pending",
+                            run=run, cv=cv)
     try:
         submission = _wait_for_score(api, slug, ref, source, timeout, poll_every)
     except KaggleError as e:
@@ -257,6 +262,11 @@ def append_log(result: SubmissionResult, log_path: str | os.PathLike = DEFAULT_L
     old = log_path.read_text() if log_path.is_file() else ""
     if old:
         header = next(csv.reader(io.StringIO(old)), [])
+        if tuple(header) == _OLD_LOG_COLUMNS:  # every old row gains empty run and cv cells
+            rows = list(csv.reader(io.StringIO(old)))
+            upgraded = io.StringIO()
+            csv.writer(upgraded, lineterminator="\n").writerows([LOG_COLUMNS] + [r + ["", ""] for r in rows[1:]])
+            old, header = upgraded.getvalue(), list(LOG_COLUMNS)
         if tuple(header) != LOG_COLUMNS:
             raise DataError(f"{log_path} has columns {header}, expected {list(LOG_COLUMNS)}; move it aside")
         if not old.endswith("\n"):
@@ -267,5 +277,6 @@ def append_log(result: SubmissionResult, log_path: str | os.PathLike = DEFAULT_L
         writer.writerow(LOG_COLUMNS)
     writer.writerow([datetime.now(timezone.utc).isoformat(timespec="seconds"), result.competition, str(result.file),
                      result.sha256, result.message, result.ref, result.status,
-                     "" if result.public_score is None else repr(result.public_score)])
+                     "" if result.public_score is None else repr(result.public_score), result.run,
+                     "" if result.cv is None else repr(result.cv)])
     return write_text_atomic(log_path, old + out.getvalue())

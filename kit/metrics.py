@@ -56,19 +56,21 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 @dataclass(frozen=True)
 class Metric:
     """A registered metric: ``metric(y_true, y_pred) -> float`` (higher is better), the task its inputs are laid out
-    for, and its best possible value (1.0 for AUC; 0.2 for the partial AUC above 80% TPR)."""
+    for, its best possible value (1.0 for AUC; 0.2 for the partial AUC above 80% TPR), and whether only the order
+    of the scores counts (then blends are fitted on ranks, where a weight means the same for every member)."""
 
     fn: Callable[[np.ndarray, np.ndarray], float]
     task: str
     best: float = 1.0
+    rank_based: bool = False
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return self.fn(y_true, y_pred)
 
 
 METRICS: Registry[Metric] = Registry("metric")
-METRICS.add("auc", Metric(auc, "binary"))
-METRICS.add("pauc80", Metric(pauc_above_tpr, "binary", best=0.2))
+METRICS.add("auc", Metric(auc, "binary", rank_based=True))
+METRICS.add("pauc80", Metric(pauc_above_tpr, "binary", best=0.2, rank_based=True))
 METRICS.add("balanced_accuracy", Metric(balanced_accuracy, "multiclass"))
 
 

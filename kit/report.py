@@ -18,9 +18,10 @@ from matplotlib.ticker import MaxNLocator
 
 from kit.competitions import Competition
 from kit.io import atomic_path
+from kit.metrics import get_metric
 from kit.rundir import RunDir
 
-__all__ = ["confusion_matrix", "write_report"]
+__all__ = ["confusion_matrix", "roc_figure", "training_curves_figure", "write_report"]
 
 DPI = 110
 
@@ -33,28 +34,50 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------ binary
-def plot_roc(spec: Competition, oof: pd.DataFrame, path: Path, oof_tta: pd.DataFrame | None = None) -> Path:
-    """ROC curve of each fold (thin) and of the pooled OOF (thick), with their AUC in the legend."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+PAUC_MIN_TPR = {"pauc80": 0.80}
+"""Competition metrics that score only a part of the ROC curve: the TPR above which they count (ISIC 2024)."""
+
+
+def _roc_label(spec: Competition, name: str, df: pd.DataFrame) -> str:
+    """'fold 0: AUC 0.9123', plus the competition's own score where it is not the AUC (pAUC80 0.1534)."""
+    from sklearn.metrics import roc_auc_score
+
+    label = f"{name}: AUC {roc_auc_score(df['target'], df['pred']):.4f}"
+    if spec.metric != "auc":
+        label += f", {spec.metric} {get_metric(spec.metric)(df['target'].to_numpy(), df['pred'].to_numpy()):.4f}"
+    return label
+
+
+def roc_figure(spec: Competition, oof: pd.DataFrame, oof_tta: pd.DataFrame | None = None) -> Figure:
+    """ROC curve of each fold (thin) and of the pooled OOF (thick), with their AUC (and the competition's partial
+    AUC, whose region is shaded, where that is the metric) in the legend."""
+    from sklearn.metrics import roc_curve
 
     fig = Figure(figsize=(6, 5.5))
     ax = fig.add_subplot()
+    if spec.metric in PAUC_MIN_TPR:
+        low = PAUC_MIN_TPR[spec.metric]
+        ax.axhspan(low, 1.01, color="tab:orange", alpha=0.12, label=f"{spec.metric} region: TPR >= {low:.2f}")
     for k, g in oof.groupby("fold"):
         if g["target"].nunique() < 2:
             continue  # a fold with one class has no ROC curve
         fpr, tpr, _ = roc_curve(g["target"], g["pred"])
-        ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"fold {k}: AUC {roc_auc_score(g['target'], g['pred']):.4f}")
-    curves = [("overall", oof, "-")] + ([("overall, TTA", oof_tta, "--")] if oof_tta is not None else [])
+        ax.plot(fpr, tpr, lw=1, alpha=0.6, label=_roc_label(spec, f"fold {k}", g))
+    curves = [("overall, no TTA", oof, "-")] + ([("overall, TTA", oof_tta, "--")] if oof_tta is not None else [])
     for name, df, style in curves:
         fpr, tpr, _ = roc_curve(df["target"], df["pred"])
         ax.plot(fpr, tpr, style, lw=2.5, color="black" if style == "-" else "tab:red",
-                label=f"{name}: AUC {roc_auc_score(df['target'], df['pred']):.4f}")
+                label=_roc_label(spec, name, df))
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
            title=f"{spec.name}: out-of-fold ROC (n={len(oof)})")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
+
+
+def plot_roc(spec: Competition, oof: pd.DataFrame, path: Path, oof_tta: pd.DataFrame | None = None) -> Path:
+    return _save(roc_figure(spec, oof, oof_tta), path)
 
 
 # -------------------------------------------------------------------------------------------------- multiclass
@@ -75,7 +98,7 @@ def _class_stats(spec: Competition, oof: pd.DataFrame) -> tuple[np.ndarray, np.n
     return cm, norm, np.diag(norm)
 
 
-def plot_confusion(spec: Competition, oof: pd.DataFrame, path: Path) -> Path:
+def plot_confusion(spec: Competition, oof: pd.DataFrame, path: Path, tta: str = "no TTA") -> Path:
     """Confusion matrix normalised per true class (each row sums to 1), counts in brackets."""
     cm, norm, _ = _class_stats(spec, oof)
     n = len(spec.classes)
@@ -91,11 +114,11 @@ def plot_confusion(spec: Competition, oof: pd.DataFrame, path: Path) -> Path:
                     color="white" if norm[i, j] > 0.6 else "black")
     ax.set_xticks(range(n), spec.classes, rotation=45, ha="right")
     ax.set_yticks(range(n), [f"{c} (n={cm[i].sum()})" for i, c in enumerate(spec.classes)])
-    ax.set(xlabel="predicted class", ylabel="true class", title=f"{spec.name}: out-of-fold confusion (normalised)")
+    ax.set(xlabel="predicted class", ylabel="true class", title=f"{spec.name}: out-of-fold confusion, {tta} (normalised)")
     return _save(fig, path)
 
 
-def plot_recall(spec: Competition, oof: pd.DataFrame, path: Path) -> Path:
+def plot_recall(spec: Competition, oof: pd.DataFrame, path: Path, tta: str = "no TTA") -> Path:
     """Recall of each class, with the balanced accuracy (their mean over present classes) as a line."""
     cm, _, recall = _class_stats(spec, oof)
     fig = Figure(figsize=(1.5 + 0.6 * len(spec.classes), 4))
@@ -107,37 +130,61 @@ def plot_recall(spec: Competition, oof: pd.DataFrame, path: Path) -> Path:
     balanced = float(np.nanmean(recall))
     ax.axhline(balanced, color="tab:red", ls="--", label=f"balanced accuracy {balanced:.4f}")
     ax.set_xticks(x, spec.classes, rotation=45, ha="right")
-    ax.set(ylim=(0, 1.1), ylabel="recall", title=f"{spec.name}: per-class recall (out-of-fold)")
+    ax.set(ylim=(0, 1.1), ylabel="recall", title=f"{spec.name}: per-class recall (out-of-fold, {tta})")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------- training
-def plot_training_curves(spec: Competition, run: RunDir, path: Path) -> Path | None:
-    """Training loss and validation metric against epoch, one line per fold; None when no fold has a history."""
+def training_curves_figure(spec: Competition, run: RunDir) -> Figure | None:
+    """Training and validation loss, validation metric and learning rate against epoch, one colour per fold; None
+    when no fold has a history."""
     histories = {k: run.history(k) for k in run.fold_numbers() if run.history_path(k).is_file()}
     if not histories:
         return None
-    fig = Figure(figsize=(11, 4))
-    loss_ax, metric_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4))
+    loss_ax, metric_ax, lr_ax = fig.subplots(1, 3)
     for k, h in sorted(histories.items()):
-        loss_ax.plot(h["epoch"], h["train_loss"], marker="o", ms=3, label=f"fold {k}")
+        line, = loss_ax.plot(h["epoch"], h["train_loss"], marker="o", ms=3, label=f"fold {k} train")
+        if "val_loss" in h:
+            loss_ax.plot(h["epoch"], h["val_loss"], "--", marker="s", ms=3, color=line.get_color(),
+                         label=f"fold {k} validation")
+        if "lr" in h:  # the lr at the end of each epoch, after the scheduler's step
+            lr_ax.plot(h["epoch"], h["lr"], marker="o", ms=3, label=f"fold {k}")
         if spec.metric in h:
             metric_ax.plot(h["epoch"], h[spec.metric], marker="o", ms=3, label=f"fold {k}")
             best = h[spec.metric].idxmax()
             metric_ax.scatter(h["epoch"][best], h[spec.metric][best], s=60, facecolors="none", edgecolors="black")
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss: training (solid), validation (dashed)")
     metric_ax.set(xlabel="epoch", ylabel=spec.metric, title=f"validation {spec.metric} (circle: best epoch)")
-    for ax in (loss_ax, metric_ax):
+    lr_ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)", yscale="log")
+    for ax in (loss_ax, metric_ax, lr_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle(f"{run.name}: training curves")
-    return _save(fig, path)
+    return fig
+
+
+def plot_training_curves(spec: Competition, run: RunDir, path: Path) -> Path | None:
+    fig = training_curves_figure(spec, run)
+    return None if fig is None else _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------- entry
+def _multiclass(spec: Competition, run: RunDir, oof: pd.DataFrame, out: Path) -> list[Path]:
+    """Confusion and recall without TTA, and with it once kit predict has written oof_tta.csv (each title says)."""
+    written = [plot_confusion(spec, oof, out / "confusion.png"), plot_recall(spec, oof, out / "recall.png")]
+    oof_tta, info = run.oof_tta(), run.scores_tta()
+    if oof_tta is not None:
+        tta = f"TTA x{len(info['tta']['views'])}" if info else "TTA"
+        written += [plot_confusion(spec, oof_tta, out / "confusion_tta.png", tta),
+                    plot_recall(spec, oof_tta, out / "recall_tta.png", tta)]
+    return written
+
+
+
 def write_report(run_dir: str | Path) -> list[Path]:
     """Draw every plot that the run's files allow into ``RUN_DIR/report/``; return the paths written."""
     run = RunDir.open(run_dir)
@@ -149,8 +196,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if spec.is_binary:
             written.append(plot_roc(spec, oof, out / "roc.png", run.oof_tta()))
         else:
-            written.append(plot_confusion(spec, oof, out / "confusion.png"))
-            written.append(plot_recall(spec, oof, out / "recall.png"))
+            written += _multiclass(spec, run, oof, out)
         curves = plot_training_curves(spec, run, out / "training_curves.png")
         if curves is not None:
             written.append(curves)

@@ -258,6 +258,13 @@ class RunDir:
     def scores_tta(self) -> dict[str, Any] | None:
         return _read_json(self.scores_tta_path) if self.scores_tta_path.is_file() else None
 
+    def cv(self) -> tuple[float | None, float | None]:
+        """(CV without TTA, CV with TTA), None where the run has not been scored or predicted yet."""
+        scores, tta = self.scores(), self.scores_tta()
+        plain = scores.get("cv") if scores else None
+        with_tta = tta["cv"].get("tta") if tta and isinstance(tta.get("cv"), dict) else None
+        return plain, with_tta
+
     # ----------------------------------------------------------------------------------------------- writers
     @contextmanager
     def writing(self) -> Iterator[RunDir]:

@@ -464,6 +464,8 @@ class FoldTrainer:
         p = self.progress
         result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history))
         self.run.write_json(self.run.result_path(self.k), asdict(result))  # last: marks the fold finished
+        if not t.keep_last:  # finished: nothing will resume from it
+            self.run.last_path(self.k).unlink(missing_ok=True)
         return result
 
 

@@ -18,13 +18,14 @@ from kit.ensemble import (
     Member,
     caruana_weights,
     ensemble_runs,
+    format_scores,
     get_blend,
     list_blends,
     load_member,
     score_blends,
 )
 from kit.errors import ConfigError, DataError, KitError
-from kit.metrics import auc
+from kit.metrics import auc, get_metric
 from kit.rundir import RunDir
 from kit.submission import read_submission, validate_file
 
@@ -145,6 +146,27 @@ def test_caruana_mixes_complementary_members_and_beats_each():
     w = caruana_weights([a, b], target, auc)
     assert w.sum() == pytest.approx(1.0) and (w > 0.2).all()
     assert auc(target, w[0] * a + w[1] * b) > max(auc(target, a), auc(target, b))
+
+
+def test_fit_on_a_rank_based_metric_gives_a_useless_squeezed_member_no_big_weight():
+    # "useless" has AUC ~0.5 and scores squeezed into [0.01, 0.03]: on raw probabilities it barely moves the blend's
+    # order, so selection piled 0.84 of the weight on it for in-sample noise. On ranks it gets what it is worth.
+    rng = np.random.default_rng(0)
+    for _ in range(10):  # the 10th draw is the one that misled the raw fit (trial 9 of the scan)
+        target = (rng.random(300) < 0.3).astype(int)
+        good = 1 / (1 + np.exp(-(2 * (target - 0.5) * 1.5 + rng.normal(0, 1.5, 300))))
+        useless = 0.01 + rng.uniform(0.0005, 0.05) * rng.random(300)
+    assert abs(auc(target, useless) - 0.5) < 0.02 and auc(target, good) > 0.9
+    assert caruana_weights([good, useless], target, auc)[1] > 0.8  # what fit did before
+    fit = get_blend("fit")
+    w = fit.weights([good, useless], target, get_metric("auc"))
+    assert w[1] < 0.1, w
+    assert auc(target, fit.combine([good, useless], w, "binary")) > 0.9
+    rows, _ = score_blends([_member("good", good, target, np.arange(300) % 2),
+                            _member("useless", useless, target, np.arange(300) % 2)], ["fit"])
+    assert "percentile ranks" in rows[-1].note
+    table = format_scores("auc", rows, "fit")
+    assert table.splitlines()[-1].endswith("<- chosen") and "<- chosen" not in table.splitlines()[1]
 
 
 def test_fitted_weights_are_scored_by_nested_cv_not_in_sample():

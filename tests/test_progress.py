@@ -60,3 +60,15 @@ def test_progress_every_and_durations(monkeypatch):
     assert progress_every() == 30.0
     assert [fmt_duration(s) for s in (12, 245, 3720)] == ["12s", "4m05s", "1h02m"]
     assert Eta(10).eta() == "?"
+
+
+def test_packing_reports_progress(demo_data, monkeypatch, capsys, tmp_path):
+    from kit.data.pack import build_pack
+
+    monkeypatch.setenv("KIT_PROGRESS_EVERY", "0")
+    data = demo_data("histopathologic-cancer-detection", n=12)
+    ids = sorted(p.stem for p in (data / "train").glob("*.tif"))
+    pack = build_pack("hcd", data, "train", 32, ids, cache_dir=tmp_path, workers=1)
+    assert pack.images.shape == (12, 32, 32, 3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("packed: 12/12 imgs (100%), ")

@@ -29,7 +29,7 @@ def _assert_png(path, min_side=200):
 
 @pytest.mark.parametrize("name, expected", [
     ("hcd_a", ["roc.png", "training_curves.png"]),
-    ("multi", ["confusion.png", "recall.png", "training_curves.png"]),
+    ("multi", ["confusion.png", "confusion_tta.png", "recall.png", "recall_tta.png", "training_curves.png"]),
 ])
 def test_report_writes_valid_pngs(predicted_runs, tmp_path, name, expected):
     run = shutil.copytree(predicted_runs[name].run_dir, tmp_path / name)
@@ -68,7 +68,8 @@ def test_cli_report_lists_the_files(predicted_runs, tmp_path, capsys):
     run = shutil.copytree(predicted_runs["multi"].run_dir, tmp_path / "multi")
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out.split()
-    assert out == [str(run / "report" / n) for n in ("confusion.png", "recall.png", "training_curves.png")]
+    assert out == [str(run / "report" / n) for n in ("confusion.png", "recall.png", "confusion_tta.png",
+                                                     "recall_tta.png", "training_curves.png")]
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -76,3 +77,58 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
         write_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 1
     assert "not a kit run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- what the plots say
+def _texts(fig) -> str:
+    parts = [fig._suptitle.get_text() if fig._suptitle else ""]
+    for ax in fig.axes:
+        parts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        if ax.get_legend():
+            parts += [t.get_text() for t in ax.get_legend().get_texts()]
+    return "\n".join(parts)
+
+
+def test_training_curves_show_validation_loss_and_learning_rate(predicted_runs):
+    from kit.report import training_curves_figure
+    from kit.rundir import RunDir
+
+    run = RunDir(predicted_runs["hcd_a"].run_dir)
+    fig = training_curves_figure(run.competition(), run)
+    text = _texts(fig)
+    assert "fold 0 validation" in text and "learning rate" in text and "validation (dashed)" in text
+    lr_ax = fig.axes[2]
+    np.testing.assert_allclose(lr_ax.lines[0].get_ydata(), run.history(0)["lr"])
+
+
+def test_isic_2024_roc_shows_the_pauc_region_and_value():
+    import pandas as pd
+
+    from kit.competitions import get_competition
+    from kit.metrics import pauc_above_tpr
+    from kit.report import roc_figure
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 2, 200)
+    oof = pd.DataFrame({"id": range(200), "fold": np.arange(200) % 2, "target": target,
+                        "pred": target + rng.normal(0, 0.8, 200)})
+    fig = roc_figure(get_competition("isic-2024-challenge"), oof)
+    text = _texts(fig)
+    assert "pauc80 region: TPR >= 0.80" in text
+    assert "overall, no TTA: AUC " in text and f"pauc80 {pauc_above_tpr(target, oof['pred'].to_numpy()):.4f}" in text
+    assert any(abs(p.get_y() - 0.8) < 1e-9 for p in fig.axes[0].patches)  # the shaded band starts at 0.8
+
+
+def test_multiclass_plots_say_whether_they_show_tta(predicted_runs, tmp_path, monkeypatch):
+    from kit import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and path)
+    run = shutil.copytree(predicted_runs["multi"].run_dir, tmp_path / "multi")
+    write_report(run)
+    assert sorted(drawn) == ["confusion.png", "confusion_tta.png", "recall.png", "recall_tta.png",
+                             "training_curves.png"]
+    views = len(predicted_runs["multi"].tta.views)
+    for name in ("confusion", "recall"):
+        assert "no TTA" in drawn[f"{name}.png"].axes[0].get_title()
+        assert f"TTA x{views}" in drawn[f"{name}_tta.png"].axes[0].get_title()

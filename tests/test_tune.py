@@ -68,7 +68,7 @@ def test_space_parses_every_type_and_both_layouts():
     assert flat["model.name"] == CategoricalDistribution(["resnet10t", "resnet18"])
     nested = tune.parse_space({"train": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
     assert nested == {"train.lr": FloatDistribution(1e-4, 1e-2, log=True)}
-    shipped = sorted(Path(tune.__file__).parents[1].glob("configs/space-*.yaml"))  # kit/tune/__init__.py -> kit/
+    shipped = sorted(tune.SPACE_DIR.glob("*.yaml"))
     assert shipped
     for path in shipped:
         assert tune.load_space(path), path

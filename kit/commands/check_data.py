@@ -1,12 +1,14 @@
 """kit check-data: check a competition folder before training (labels, files, and optionally every image)."""
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("check-data", help="check labels and images; optionally quarantine bad images",
                        description="Load the labels (ids, targets, groups), check that every id has an image, "
                        "and with --decode decode every image. Exits non-zero on the first problem, unless "
                        "--skip-bad-images, which writes the bad ones to a CSV that `kit train --exclude` reads.")
-    p.add_argument("--competition", required=True)
+    add_competition(p, required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--decode", action="store_true", help="decode every image (one full pass over the data)")
     p.add_argument("--skip-bad-images", metavar="CSV", default=None,

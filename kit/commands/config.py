@@ -1,5 +1,7 @@
 """kit config: the resolved config (defaults <- preset <- --set) as YAML, and every valid key."""
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("config", help="show the resolved config, or list every config key",
@@ -10,8 +12,7 @@ def add_parser(sub):
     show = actions.add_parser("show", help="print the resolved config as YAML",
                               description="Print the resolved config as YAML (what config.yaml of a run would hold, "
                               "without the provenance).")
-    show.add_argument("--competition", default=None, help="competition name (see `kit competitions`); its preset "
-                      "is the default --config")
+    add_competition(show, help="its preset is the default --config")
     show.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, e.g. --set train.epochs=3 (repeatable)")

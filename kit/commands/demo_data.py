@@ -1,11 +1,13 @@
 """kit demo-data: write a synthetic dataset in a competition's real layout."""
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("demo-data", help="write a synthetic dataset in a competition's file layout",
                        description="Write a synthetic, learnable dataset in the competition's own file layout "
                        "(labels CSV, image folder or HDF5, test list), deterministic from --seed.")
-    p.add_argument("--competition", required=True)
+    add_competition(p, required=True)
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--n", type=int, default=400, help="training images (default 400)")
     p.add_argument("--n-test", type=int, default=None, help="test images (default n/4)")

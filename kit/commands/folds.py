@@ -1,11 +1,13 @@
 """kit folds: write leak-safe, stratified (and grouped) folds to a CSV."""
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("folds", help="write stratified (group-aware) folds to a CSV",
                        description="Assign each training id a fold: StratifiedGroupKFold when the competition "
                        "has groups (patient, lesion) or --groups is given, StratifiedKFold otherwise.")
-    p.add_argument("--competition", required=True)
+    add_competition(p, required=True)
     p.add_argument("--data", required=True, help="competition data folder")
     p.add_argument("--out", required=True, help="CSV to write (id column, fold)")
     p.add_argument("--n-folds", type=int, default=5)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("kernel", help="Kaggle kernels: predict offline with a bundle, or train on Kaggle's GPUs",
@@ -19,7 +21,7 @@ def add_parser(sub):
     b = actions.add_parser("build", help="write kernel-metadata.json and kernel.py for a competition",
                            description="Write a pushable kernel folder: kernel-metadata.json (private, GPU, internet "
                            "off, the competition and the datasets attached) and kernel.py.")
-    b.add_argument("--competition", required=True)
+    add_competition(b, required=True)
     b.add_argument("--owner", required=True, help="your Kaggle user name (the kernel is OWNER/kit-<competition>)")
     b.add_argument("--weights-dataset", default=None, metavar="OWNER/SLUG",
                    help="the bundle with the checkpoints (default OWNER/kit-<competition>-weights, kit bundle's "
@@ -47,10 +49,10 @@ def add_parser(sub):
                            "submission.csv", description="Predict the test images with every fold of a bundle's "
                            "checkpoints folder and TTA, average the folds, write WORKING/submission.csv and "
                            "validate it against the competition's test ids.")
-    r.add_argument("--competition", required=True)
+    add_competition(r, required=True)
     r.add_argument("--data", required=True, help="the competition data folder")
     r.add_argument("--weights", required=True, help="a bundle's checkpoints folder (run.json, fold*/best.pt)")
-    r.add_argument("--working", default="/kaggle/working", help="where submission.csv goes (default "
+    r.add_argument("--out", "--working", dest="working", default="/kaggle/working", help="where submission.csv goes (default "
                    "/kaggle/working)")
     r.add_argument("--tta", default="8", help="TTA view set: 1, 2, 4 or 8 (default 8)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("stack", help="GBDT stacking of metadata features and image runs' OOF scores (ISIC)",
@@ -12,7 +14,7 @@ def add_parser(sub):
                        "folds.csv; write STACK as a run folder (stack.json, oof.csv, test_fold{k}.csv, "
                        "scores.json, predict.json, feature importances) that kit ensemble takes like a run, and a "
                        "validated submission. Binary competitions with metadata only.")
-    p.add_argument("--competition", required=True)
+    add_competition(p, required=True)
     p.add_argument("--data", default=None, help="competition data folder (default: the first run's)")
     p.add_argument("--runs", nargs="*", default=[], metavar="RUN", help="predicted run folders (same folds.csv); "
                    "none: metadata only, on patient-grouped folds of the stack's own")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kit.commands import add_competition
+
 
 def add_parser(sub):
     p = sub.add_parser("submit", help="validate a submission CSV, then upload it to Kaggle",
@@ -9,11 +11,14 @@ def add_parser(sub):
                        "and test ids: header and column order, missing / extra / duplicate ids, NaN, infinite "
                        "and out-of-range values, multiclass rows summing to 1. Every problem is listed at once.")
     p.add_argument("file", metavar="FILE", help="the submission CSV")
-    p.add_argument("--competition", required=True)
+    add_competition(p, required=True)
     p.add_argument("--data", default=None, help="competition data folder (the test ids come from its sample "
                    "submission or test list); required unless --ids-from is given")
     p.add_argument("--ids-from", metavar="SAMPLE.csv", default=None,
                    help="take the expected test ids from this CSV's id column instead of --data")
+    p.add_argument("--run", default=None, metavar="RUN_DIR", help="the run the submission came from, logged with "
+                   "its CV (default: the run named in the file name, <competition>-<run>-<time>.csv, under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", help="where to look for that run (default runs)")
     p.add_argument("--dry-run", action="store_true", help="validate only; upload nothing")
     p.add_argument("-m", "--message", default=None, help="submission description shown on Kaggle")
     p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
@@ -39,12 +44,34 @@ def expected_ids(spec, data_dir: str | None, ids_from: str | None) -> list[str] 
     return df[id_col].tolist()
 
 
-def upload(spec, path: str, message: str | None, wait: float = 600.0, poll_every: float = 10.0) -> int:
+def origin(spec, path: str, run_dir: str | None, runs_dir: str = "runs") -> tuple[str, float | None]:
+    """(run name, its CV: with TTA where predicted with TTA) of a submission, for the log; ("", None) if unknown."""
+    import re
+    from pathlib import Path
+
+    from kit.rundir import RunDir
+
+    if run_dir is not None:
+        run = RunDir.open(run_dir)
+    else:
+        m = re.fullmatch(rf"{re.escape(spec.name)}-(.+)-\d{{8}}-\d{{6}}\.csv", Path(path).name)
+        if m is None:
+            return "", None
+        run = RunDir(Path(runs_dir) / m.group(1))
+        if not run.is_run():
+            return m.group(1), None
+    cv, cv_tta = run.cv()
+    return run.name, cv_tta if cv_tta is not None else cv
+
+
+def upload(spec, path: str, message: str | None, wait: float = 600.0, poll_every: float = 10.0,
+           run: str = "", cv: float | None = None) -> int:
     """Send a validated submission to Kaggle, wait for its public score, log it in submissions/log.csv."""
     from kit.errors import KaggleError
     from kit.kaggle import upload_submission
 
-    result = upload_submission(spec.name, path, message or "kit submission", timeout=wait, poll_every=poll_every)
+    result = upload_submission(spec.name, path, message or "kit submission", timeout=wait, poll_every=poll_every,
+                               run=run, cv=cv)
     if result.status == "error":
         raise KaggleError(result.summary())
     print(result.summary())
@@ -59,6 +86,7 @@ def run(args) -> int:
     # the upload must only ever see a file that passed validation: validate first, always
     rows = validate_file(spec, args.file, args.data, expected_ids(spec, args.data, args.ids_from))
     print(f"valid: {rows} rows in {args.file} ({spec.name})")
+    name, cv = origin(spec, args.file, args.run, args.runs_dir)
     if args.dry_run:
         return 0
-    return upload(spec, args.file, args.message, args.wait, args.poll_every)
+    return upload(spec, args.file, args.message, args.wait, args.poll_every, name, cv)

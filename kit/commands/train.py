@@ -1,6 +1,6 @@
 """kit train: k-fold training into a run folder (or --resume an interrupted one)."""
 
-from kit.commands import parse_folds
+from kit.commands import add_competition, parse_folds, with_folds_file
 
 
 def add_parser(sub):
@@ -8,13 +8,14 @@ def add_parser(sub):
                        description="Train each fold on the others and validate on it. Writes runs/<name>/: "
                        "config.yaml, folds.csv, fold{k}/best.pt, last.pt, history.csv, oof.csv, scores.json. "
                        "Interrupt at any time and continue with --resume.")
-    p.add_argument("--competition", help="competition name (see `kit competitions`)")
+    add_competition(p)
     p.add_argument("--data", help="competition data folder")
     p.add_argument("--out", help="run folder to create, e.g. runs/hcd-resnet18")
     p.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file; "
                    "default: the competition's preset")
     p.add_argument("--folds", default=None, help="comma-separated folds to train, e.g. 0,1 (default: all)")
-    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds` (default: made on the fly)")
+    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: folds "
+                   "made on the fly)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--exclude", default=None, metavar="CSV",
@@ -51,7 +52,7 @@ def run(args) -> int:
         missing = [f"--{n}" for n in ("competition", "data", "out") if not getattr(args, n)]
         if missing:
             raise ConfigError(f"missing {', '.join(missing)} (or use --resume RUN_DIR)")
-        cfg = load_config(args.competition, args.config, args.overrides)
+        cfg = with_folds_file(load_config(args.competition, args.config, args.overrides), args.folds_file)
         out, data_dir = Path(args.out), Path(args.data)
         folds = parse_folds(args.folds) if args.folds else None
     exclude = None

@@ -1,6 +1,6 @@
 """kit tune: an Optuna search over config keys (fold-aware pruning, resumable, many workers), or --best NAME."""
 
-from kit.commands import parse_folds
+from kit.commands import add_competition, parse_folds, with_folds_file
 
 EPILOG = """\
 search space (YAML, config key -> distribution):
@@ -14,8 +14,8 @@ invalid combination). Trials of a killed worker do not count: they are marked FA
 and re-run with the same values, resuming their folds from last.pt.
 
 examples:
-  kit tune --competition histopathologic-cancer-detection --data data/hcd --space kit/configs/space-hcd.yaml \\
-      --study hcd-lr --trials 30 --folds 0,1
+  kit tune --competition histopathologic-cancer-detection --data data/hcd --study hcd-lr --trials 30 --folds 0,1
+      # the competition's default space, kit/configs/spaces/histopathologic-cancer-detection.yaml
   kit tune --best hcd-lr                 # table, best.yaml, history.png, importances.png
   kit tune ... --storage postgresql+psycopg://user:pass@host/optuna     # on every worker
 """
@@ -34,17 +34,19 @@ def add_parser(sub):
     p.add_argument("--best", metavar="NAME", default=None,
                    help="do not search: print the best trials of study NAME, write <out>/NAME/best.yaml (a preset "
                    "for kit train --config) and its plots")
-    p.add_argument("--competition", help="competition name (see `kit competitions`)")
+    add_competition(p)
     p.add_argument("--data", help="competition data folder")
     p.add_argument("--config", default=None, help="base preset (name or YAML file); default: the competition's")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config key, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--space", help="search space YAML (see kit/configs/space-*.yaml)")
+    p.add_argument("--space", default=None, help="search space: a YAML file or a shipped space's name (kit/configs/"
+                   "spaces/); default: the competition's own")
     p.add_argument("--trials", type=int, default=None,
                    help="total trials of the STUDY (not of this run): stop once it holds this many finished ones")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite:///<out>/<study>.db)")
     p.add_argument("--folds", default=None, help="folds each trial trains, e.g. 0,1 (default: all)")
-    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds` (default: made from n_folds)")
+    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: made from "
+                   "n_folds)")
     p.add_argument("--pruner", default="median", help="median | percentile | halving | hyperband | none "
                    "(default median)")
     p.add_argument("--pruner-startup", type=int, default=5, metavar="N",
@@ -67,9 +69,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    if args.best:
-        return show_best(args)
-    return search(args)
+    from kit.tune import experimental_warnings_once
+
+    with experimental_warnings_once():
+        return show_best(args) if args.best else search(args)
 
 
 def search(args) -> int:
@@ -79,14 +82,18 @@ def search(args) -> int:
     from kit.config import load_config
     from kit.errors import ConfigError
 
-    missing = [f"--{n}" for n in ("study", "competition", "data", "space", "trials") if getattr(args, n) is None]
+    missing = [f"--{n}" for n in ("study", "competition", "data", "trials") if getattr(args, n) is None]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)} (or use --best NAME to see a study's results)")
     if args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
-    base = load_config(args.competition, args.config, args.overrides)
-    space = tune.load_space(args.space)
-    tune.check_space(space, base, args.space)
+    # a finished trial's last.pt is never resumed: dropped unless --set train.keep_last=true (which comes later)
+    base = with_folds_file(load_config(args.competition, args.config, ["train.keep_last=false", *args.overrides]),
+                           args.folds_file)
+    space_path = tune.resolve_space(args.space, base.competition)
+    print(f"kit tune: search space {space_path}")
+    space = tune.load_space(space_path)
+    tune.check_space(space, base, str(space_path))
     folds = parse_folds(args.folds) if args.folds else list(range(base.n_folds))
     bad = [k for k in folds if not 0 <= k < base.n_folds]
     if bad or not folds:

@@ -7,6 +7,7 @@ Every check names the file, line and column at fault. Line numbers count the hea
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,11 @@ def _join_metadata(spec: Competition, data_dir: Path, df: pd.DataFrame, id_col: 
     if spec.group_col and unmatched.all() and len(df):
         raise DataError(f"{path}: none of the {len(df)} ids of {spec.labels_file} appear in column "
                         f"'{spec.metadata_key}'")
+    missing = ~df[id_col].isin(meta[id_col])
+    if missing.any():  # each becomes its own group in the folds and gets no metadata: say so, with how many
+        first = ", ".join(df[id_col][missing].astype(str).head(3))
+        print(f"warning: {path}: {int(missing.sum())} of {len(df)} ids of {spec.labels_file} have no row (first: "
+              f"{first}); they get no metadata and each is its own group in the folds", file=sys.stderr)
     return merged
 
 

@@ -23,8 +23,25 @@ from kit.tune.pruning import (
 )
 from kit.tune.results import best_config, save_plots, trials_table, write_best
 from kit.tune.sampling import SAMPLERS, TrialSeededSampler, make_sampler
-from kit.tune.space import NOT_SEARCHABLE, check_space, epoch_stride, load_space, parse_space, suggest, trial_config
-from kit.tune.storage import default_storage_url, deferred_interrupt, open_storage, redact_url
+from kit.tune.space import (
+    NOT_SEARCHABLE,
+    SPACE_DIR,
+    check_space,
+    epoch_stride,
+    list_spaces,
+    load_space,
+    parse_space,
+    resolve_space,
+    suggest,
+    trial_config,
+)
+from kit.tune.storage import (
+    default_storage_url,
+    deferred_interrupt,
+    experimental_warnings_once,
+    open_storage,
+    redact_url,
+)
 from kit.tune.study import (
     FAIL_REASON,
     TRIAL_FAILURES,
@@ -38,10 +55,10 @@ from kit.tune.study import (
 )
 
 __all__ = [
-    "FAIL_REASON", "NOT_SEARCHABLE", "PRUNERS", "SAMPLERS", "TRIAL_FAILURES", "FoldPruningCallback", "PrunerOptions",
-    "TrialSeededSampler", "TuneSetup", "best_config", "check_space", "counted", "deferred_interrupt",
-    "default_storage_url", "epoch_stride", "fold_best", "intermediate_value", "load_space", "make_pruner",
-    "make_sampler", "objective", "open_storage", "open_study", "parse_space", "pruning_step", "redact_url",
-    "run_study", "save_plots", "study_base_config", "suggest", "trial_config", "trials_table", "worker_id",
-    "write_best",
+    "FAIL_REASON", "NOT_SEARCHABLE", "PRUNERS", "SAMPLERS", "SPACE_DIR", "TRIAL_FAILURES", "FoldPruningCallback",
+    "PrunerOptions", "TrialSeededSampler", "TuneSetup", "best_config", "check_space", "counted", "deferred_interrupt",
+    "default_storage_url", "epoch_stride", "experimental_warnings_once", "fold_best", "intermediate_value",
+    "list_spaces", "load_space", "make_pruner", "make_sampler", "objective", "open_storage", "open_study",
+    "parse_space", "pruning_step", "redact_url", "resolve_space", "run_study", "save_plots", "study_base_config",
+    "suggest", "trial_config", "trials_table", "worker_id", "write_best",
 ]

@@ -15,7 +15,7 @@ from kit.io import atomic_path, write_text_atomic
 from kit.tune.space import trial_config
 from kit.tune.study import FAIL_REASON, study_base_config
 
-__all__ = ["best_config", "save_plots", "trials_table", "write_best"]
+__all__ = ["best_config", "labelled_plots", "save_plots", "trials_table", "write_best"]
 
 
 def best_config(study: optuna.Study) -> Config:
@@ -66,16 +66,34 @@ def _save_figure(ax: Any, path: Path) -> Path:
     return path
 
 
-def save_plots(study: optuna.Study, out_dir: Path) -> dict[str, Path | str]:
-    """history.png, intermediate.png and importances.png; a plot that cannot be drawn gets a reason instead."""
+def labelled_plots(study: optuna.Study) -> dict[str, Any]:
+    """Optuna's history and intermediate-value plots (matplotlib Axes), labelled with the metric and what a step is."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a training machine
     from optuna.visualization import matplotlib as vis
 
-    plots: dict[str, Path | str] = {}
-    plots["history"] = _save_figure(vis.plot_optimization_history(study), out_dir / "history.png")
-    plots["intermediate"] = _save_figure(vis.plot_intermediate_values(study), out_dir / "intermediate.png")
+    from kit.competitions import get_competition
+
+    metric = get_competition(study_base_config(study).competition).metric
+    stride = study.user_attrs.get("kit", {}).get("stride", "E")
+    history = vis.plot_optimization_history(study)
+    history.set_ylabel(f"{metric}: pooled out-of-fold CV of the trial")
+    history.set_title(f"optimisation history ({metric}, higher is better)")
+    steps = vis.plot_intermediate_values(study)
+    steps.set_xlabel(f"step = fold position x {stride} + epoch (the trained folds one after another, "
+                     f"{stride} epochs apart)")
+    steps.set_ylabel(f"running CV estimate: mean best {metric}\nof the folds so far")
+    steps.set_title(f"intermediate values the pruner saw ({metric})")
+    return {"history": history, "intermediate": steps}
+
+
+def save_plots(study: optuna.Study, out_dir: Path) -> dict[str, Path | str]:
+    """history.png, intermediate.png and importances.png; a plot that cannot be drawn gets a reason instead."""
+    from optuna.visualization import matplotlib as vis
+
+    plots: dict[str, Path | str] = {name: _save_figure(ax, out_dir / f"{name}.png")
+                                    for name, ax in labelled_plots(study).items()}
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if n_complete < 2:
         plots["importances"] = f"needs 2 completed trials, the study has {n_complete}"

@@ -20,10 +20,15 @@ import optuna
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from kit.config import SECTIONS, Config, from_dict, valid_keys
+from kit.config import PRESET_DIR, SECTIONS, Config, from_dict, valid_keys
 from kit.errors import ConfigError
 
-__all__ = ["NOT_SEARCHABLE", "check_space", "epoch_stride", "load_space", "parse_space", "suggest", "trial_config"]
+__all__ = ["NOT_SEARCHABLE", "SPACE_DIR", "check_space", "epoch_stride", "list_spaces", "load_space", "parse_space",
+           "resolve_space", "suggest", "trial_config"]
+
+SPACE_DIR = PRESET_DIR / "spaces"
+"""Shipped search spaces, one per competition (``spaces/<competition>.yaml``): a folder of their own, so that a
+space is never offered where a preset is expected (``kit train --config``) nor a preset as a space."""
 
 NOT_SEARCHABLE = ("competition", "n_folds", "fold_seed")
 """CV scores are comparable between trials only on the same folds of the same data."""
@@ -118,8 +123,33 @@ def parse_space(data: dict[str, Any], source: str = "search space") -> dict[str,
     return space
 
 
+def list_spaces() -> list[str]:
+    """The names of the shipped search spaces (their competitions)."""
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
+def resolve_space(name_or_path: str | Path | None, competition: str) -> Path:
+    """``--space``: a YAML file, the name of a shipped space, or (None) the competition's default space."""
+    if name_or_path is None:
+        path = SPACE_DIR / f"{competition}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"no default search space for {competition}: pass --space FILE (shipped spaces: "
+                              f"{', '.join(list_spaces())})")
+        return path
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.resolve().parent == PRESET_DIR.resolve():
+            raise ConfigError(f"{path} is a config preset (kit train --config), not a search space; shipped "
+                              f"spaces: {', '.join(list_spaces())}")
+        return path
+    shipped = SPACE_DIR / f"{str(name_or_path).removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"search space file not found: {path} (shipped spaces: {', '.join(list_spaces())})")
+
+
 def load_space(path: str | Path) -> dict[str, BaseDistribution]:
-    """Read a search-space YAML file (see kit/configs/space-*.yaml)."""
+    """Read a search-space YAML file (see kit/configs/spaces/)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"search space file not found: {path}")

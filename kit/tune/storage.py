@@ -11,18 +11,49 @@ the session broken, and the trial could not even be marked failed.
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from kit.errors import ConfigError
 
-__all__ = ["deferred_interrupt", "default_storage_url", "open_storage", "redact_url"]
+__all__ = ["deferred_interrupt", "default_storage_url", "experimental_warnings_once", "open_storage", "redact_url"]
+
+
+@contextmanager
+def experimental_warnings_once() -> Iterator[None]:
+    """Optuna's ExperimentalWarnings of the block (heartbeats, the retry callback, matplotlib plots: each warns at
+    every use) gathered into one line at its end; every other warning passes as usual."""
+    features: list[str] = []
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ExperimentalWarning):
+            found = re.match(r"(.*?) is (?:an )?experimental", str(message))
+            name = (found.group(1) if found else str(message)).replace("Argument ", "").strip("`")
+            if name not in features:
+                features.append(name)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ExperimentalWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            if features:
+                print(f"note: kit tune uses Optuna features marked experimental (their interface may change): "
+                      f"{', '.join(features)}", file=sys.stderr)
 
 
 @contextmanager

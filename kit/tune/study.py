@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kit.config import Config, from_dict
 from kit.errors import ConfigError, KitError
+from kit.progress import Eta
 from kit.rundir import RunDir
 from kit.train import TrainingError, train_folds
 from kit.tune.pruning import FoldPruningCallback
@@ -183,6 +184,19 @@ def _requeue(study: optuna.Study, number: int, retry: Callable[[optuna.Study, Fr
         retry(study, trial)
 
 
+def _trial_line(study: optuna.Study, number: int, progress: Eta, n_trials: int) -> str:
+    """After a trial: its end, the study's count of counted trials and the ETA at this worker's pace."""
+    trials = study.get_trials(deepcopy=False)
+    trial = next(t for t in trials if t.number == number)
+    progress.update(1)
+    progress.done = sum(counted(t) for t in trials)  # other workers' trials count too
+    value = f" {trial.value:.4f}" if trial.value is not None else ""
+    best = max((t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None), default=None)
+    best_text = f", best {best:.4f}" if best is not None else ""
+    return (f"kit tune: trial {number} {trial.state.name.lower()}{value}; {progress.done:.0f}/{n_trials} trials "
+            f"({100 * progress.fraction:.0f}%){best_text}, ETA {progress.eta()}")
+
+
 def run_study(study: optuna.Study, setup: TuneSetup, n_trials: int, poll_s: float = 10.0,
               retry: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> list[int]:
     """Run trials until the study holds ``n_trials`` counted ones; the numbers of the trials this worker ran.
@@ -198,6 +212,7 @@ def run_study(study: optuna.Study, setup: TuneSetup, n_trials: int, poll_s: floa
         return objective(trial, setup)
 
     announced = False
+    progress = Eta(n_trials, done=sum(counted(t) for t in study.get_trials(deepcopy=False)))
     while True:
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.RUNNING for t in trials):  # some may belong to dead workers: fail and requeue
@@ -220,4 +235,6 @@ def run_study(study: optuna.Study, setup: TuneSetup, n_trials: int, poll_s: floa
                 _requeue(study, current[0], retry)
             raise
         ran.extend(current)
+        for number in current:
+            print(_trial_line(study, number, progress, n_trials), flush=True)
         current.clear()
