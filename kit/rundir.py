@@ -59,6 +59,7 @@ class RunDir:
     CONFIG, INFO, FOLDS, AUGMENTATION = "config.yaml", "run.json", "folds.csv", "augmentation.yaml"
     OOF, SCORES = "oof.csv", "scores.json"
     OOF_TTA, SCORES_TTA, PREDICT_INFO = "oof_tta.csv", "scores_tta.json", "predict.json"
+    DECISION = "decision.json"
     REPORT = "report"
 
     def __init__(self, path: str | os.PathLike):
@@ -125,6 +126,11 @@ class RunDir:
     @property
     def predict_info_path(self) -> Path:
         return self.path / self.PREDICT_INFO
+
+    @property
+    def decision_path(self) -> Path:
+        """decision.json: the balanced-accuracy decision weights kit predict fitted (kit.decision)."""
+        return self.path / self.DECISION
 
     @property
     def report_dir(self) -> Path:
@@ -272,9 +278,10 @@ class RunDir:
         if self.path.resolve() not in _HELD:
             raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
 
-    def write_config(self, cfg: Config) -> Path:
+    def write_config(self, cfg: Config, extra: dict[str, Any] | None = None) -> Path:
+        """config.yaml; ``extra`` goes into its provenance section (the resolved initial weights)."""
         self._check_writer()
-        return save_config(cfg, self.config_path)
+        return save_config(cfg, self.config_path, extra)
 
     def write_info(self, data_dir: Path, folds: list[int]) -> Path:
         return self.write_json(self.info_path, {"data": str(Path(data_dir).resolve()), "folds": list(folds)})

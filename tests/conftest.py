@@ -45,8 +45,8 @@ def demo_data(demo_root):
 # Tiny trained-and-predicted runs shared by tests/test_predict.py, test_ensemble.py and test_report.py: training is
 # the slow part, so it happens once per session. Two binary runs on one folds.csv (for ensembling) and one multiclass
 # run with a metadata branch.
-TINY = ["model.name=test_resnet", "model.img_size=32", "n_folds=2", "train.batch_size=16", "train.warmup_epochs=0",
-        "train.device=cpu"]
+TINY = ["model.name=test_resnet", "model.pretrained=false", "model.img_size=32", "n_folds=2", "train.batch_size=16",
+        "train.warmup_epochs=0", "train.device=cpu"]
 PREDICTED_RUNS = {
     # name: (competition, demo data (n, size), config overrides, predict kwargs)
     "hcd_a": ("histopathologic-cancer-detection", (60, None), ["train.epochs=2"], {"tta": "8"}),
