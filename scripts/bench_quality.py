@@ -13,13 +13,16 @@ pooled over all OOF rows):
     (d) (c) with the balanced-accuracy decision weights (kit.decision, nested over the folds);
     (e) (d) with 8-view TTA (kit predict --tta 8; OOF and test images alike).
 
-Defaults, chosen so that the whole benchmark takes about 30-45 minutes on the 2-core machine when it is alone:
-2 folds (each arm trains on half the 5,984 images), 96 px (the shipped 128 px images area-resized), 5 epochs.
+Defaults, sized for the 2-core machine shared with other jobs (measured there: about 3 GFLOPS left to one
+process, 20x below the 68 GFLOPS the anchor's 125 s/epoch implies when alone): 2 folds, 2,000 training images
+(whole lesions drawn at random), 48 px (the shipped 128 px images area-resized), 5 epochs, one torch thread. That is
+about 10 minutes alone and about an hour on the shared machine. Closer to the anchor's own setting (all 5,984
+images, 128 px, 8 epochs, 2 threads) it takes about 2 hours alone: pass --limit 0 --size 128 --epochs 8 --threads 2.
 The best arm's test predictions (1,512 official test images) are written as a submission by kit predict.
 
     PYTHONPATH=. .venv/bin/python scripts/bench_quality.py [--data ../shared/data/isic-2018-task3]
-        [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors] [--folds 2] [--size 96]
-        [--epochs 5] [--out /tmp/bench_quality] [--skip-anchor]
+        [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors] [--folds 2]
+        [--size 48] [--epochs 5] [--limit 2000] [--threads 1] [--out /tmp/bench_quality] [--skip-anchor]
 """
 
 from __future__ import annotations
@@ -102,8 +105,18 @@ def kit_arm(args, name: str, folds_file: Path, overrides: list[str]) -> tuple[Pa
                                             f"train.epochs={args.epochs}", "train.device=cpu", *overrides])
     run = args.out / name
     start = time.perf_counter()
-    train_folds(cfg, args.data, run, folds_file=folds_file, overwrite=True)
+    train_folds(cfg, args.data, run, folds_file=folds_file, overwrite=True, exclude=args.excluded)
     return run, time.perf_counter() - start
+
+
+def subset(table: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
+    """Whole lesions drawn at random until ``limit`` images (all of them without a limit)."""
+    if not limit or limit >= len(table):
+        return table
+    groups = table["group"].drop_duplicates().sample(frac=1.0, random_state=seed)
+    sizes = table.groupby("group").size().reindex(groups)
+    keep = set(sizes.index[sizes.cumsum() <= limit])
+    return table[table["group"].isin(keep)].reset_index(drop=True)
 
 
 def oof_of(run: Path, name: str = "oof.csv") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,12 +186,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / COMPETITION)
     ap.add_argument("--weights", type=Path, default=ROOT / "weights" / "tf_efficientnet_lite0.imagenet.safetensors")
     ap.add_argument("--folds", type=int, default=2)
-    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_quality")
+    ap.add_argument("--limit", type=int, default=2000, help="train on this many images (whole lesions; 0 = all)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a machine shared with others)")
     ap.add_argument("--skip-anchor", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     # an offline Hugging Face cache holding the shared file as timm's Hub weights: timm's own pretrained route
     os.environ["HF_HUB_OFFLINE"] = "1"
     cache = args.out / "hf-cache"
@@ -188,13 +203,15 @@ def main() -> None:
     hf_constants.HF_HUB_CACHE, hf_constants.HF_HUB_OFFLINE = str(cache), True
     populate_hf_cache(args.weights, "tf_efficientnet_lite0", cache)
     spec = get_competition(COMPETITION)
-    table = load_train_table(spec, args.data)
+    full = load_train_table(spec, args.data)
+    table = subset(full, args.limit)
+    args.excluded = sorted(set(full["id"]) - set(table["id"])) or None
     fold = make_folds(table["target"].to_numpy(), table["group"].to_numpy(), args.folds, 42, list(spec.classes))
     args.out.mkdir(parents=True, exist_ok=True)
     folds_file = write_folds(args.out / "folds.csv", table["id"], fold, spec.id_col)
     images = load_image_cache(open_store(spec, args.data, "train"), list(table["id"]), args.size)
-    print(f"{len(table)} images at {args.size} px, {args.folds} lesion-grouped folds, {args.epochs} epochs, "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+    print(f"{len(table)} of {len(full)} images at {args.size} px, {args.folds} lesion-grouped folds, {args.epochs} "
+          f"epochs, torch threads {torch.get_num_threads()}", flush=True)
     rows = run_arms(args, folds_file, images, table, fold)
     text = table_text(rows)
     print(text)
