@@ -8,16 +8,27 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_WEIGHTS = SHARED_DATA.parent / "weights" / "tf_efficientnet_lite0.imagenet.safetensors"
+
+
+def _shared(path: Path, what: str) -> Path:
+    """``path`` under ../shared; absent: skip locally, fail in CI (where it must be present)."""
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing in CI")
+        pytest.skip(f"{what} not found at {path}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data; absent: skip locally, fail in CI (where it must be present)."""
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SHARED_DATA} is missing in CI")
-        pytest.skip(f"real competition data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return _shared(SHARED_DATA, "real competition data")
+
+
+@pytest.fixture(scope="session")
+def shared_weights() -> Path:
+    """The real ImageNet weights of tf_efficientnet_lite0 (../shared/weights/README.md)."""
+    return _shared(SHARED_WEIGHTS, "shared weights")
 
 
 @pytest.fixture(scope="session")

@@ -19,21 +19,10 @@ from kit.errors import ConfigError
 from kit.models import build_model, frozen_modules
 from kit.weights import file_sha256, populate_hf_cache, pretrained_name, resolve_weights
 
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / \
-    "tf_efficientnet_lite0.imagenet.safetensors"
 LITE0 = "tf_efficientnet_lite0"
 ISIC = "isic-2018-task3"
 TINY = ["model.img_size=32", "n_folds=2", "train.batch_size=16", "train.epochs=1", "train.device=cpu",
         "aug.preset=none"]
-
-
-@pytest.fixture(scope="module")
-def shared_weights() -> Path:
-    if not WEIGHTS.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{WEIGHTS} is missing in CI")
-        pytest.skip(f"shared weights not found at {WEIGHTS}")
-    return WEIGHTS
 
 
 @pytest.fixture
