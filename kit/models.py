@@ -178,7 +178,7 @@ def create_backbone(name: str, num_classes: int, weights: str | None = None, img
     if source.kind == "scratch":
         return timm.create_model(name, pretrained=False, **kwargs)
     if source.kind == "hf-hub":  # timm's own route: pretrained_cfg -> hf_hub_id -> the (cached) Hub file
-        return timm.create_model(source.model, pretrained=True, **kwargs)
+        return _new_head(timm.create_model(source.model, pretrained=True, **kwargs), num_classes)
     path = source.path
     if name in KIT_MODELS:
         model = timm.create_model(name, pretrained=False, **kwargs)
@@ -189,7 +189,20 @@ def create_backbone(name: str, num_classes: int, weights: str | None = None, img
         return model
     _check_weights_fit(name, path, timm.create_model(name, pretrained=False, **kwargs))
     # timm drops the pretrained classifier itself when num_classes differs from the file's
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    return _new_head(model, num_classes)
+
+
+def _new_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Zero the classifier that timm created for pretrained features (not the file's own head, kept when its
+    classes match). timm's EfficientNet initialises a linear head with range 1/sqrt(num_classes): about 0.38 for 7
+    classes, which on ImageNet features of norm ~50 gives logits of +-10 and a first epoch spent undoing them
+    (a loss of 12 in the head-only epoch on ISIC 2018). All-zero logits start at the uniform prediction."""
+    head = model.get_classifier()
+    if num_classes and num_classes != model.pretrained_cfg.get("num_classes") and isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return model
 
 
 def _check_weights_fit(name: str, path: Path, model: nn.Module) -> None:

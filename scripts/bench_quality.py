@@ -23,6 +23,7 @@ The best arm's test predictions (1,512 official test images) are written as a su
     PYTHONPATH=. .venv/bin/python scripts/bench_quality.py [--data ../shared/data/isic-2018-task3]
         [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors] [--folds 2]
         [--size 48] [--epochs 5] [--limit 2000] [--threads 1] [--out /tmp/bench_quality] [--skip-anchor]
+        [--ablation]    # instead: kit 0.1's ISIC preset taken apart, one change at a time (compare with arm (a))
 """
 
 from __future__ import annotations
@@ -125,23 +126,49 @@ def oof_of(run: Path, name: str = "oof.csv") -> tuple[np.ndarray, np.ndarray, np
     return df[list(spec.classes)].to_numpy(), df["target"].to_numpy(dtype=int), df["fold"].to_numpy(dtype=int)
 
 
-def run_arms(args, folds_file: Path, images: np.ndarray, table: pd.DataFrame, fold: np.ndarray) -> list[dict]:
-    rows: list[dict] = []
+SCRATCH_R18 = ["model.name=resnet18", "model.pretrained=false", "model.freeze_epochs=0"]
+OLD_PRESET = ["aug.preset=isic", "aug.strength=0.7", "train.label_smoothing=0.05", "train.warmup_epochs=1",
+              "model.drop_rate=0.0"]
+"""What the isic-2018-task3 preset of kit 0.1 set differently from isic-2018-task3-cpu (for resnet18 from scratch)."""
+ABLATIONS = {
+    "(a-old)": ("resnet18 scratch, the previous preset (isic aug 0.7, label smoothing 0.05, warm-up 1)", OLD_PRESET),
+    "(a-old-flips)": ("the previous preset with flips + mild colour instead of the isic list",
+                      [*OLD_PRESET, "aug.preset=histo", "aug.strength=1.0"]),
+    "(a-old-flips-nols)": ("the previous preset with flips, no label smoothing",
+                           [*OLD_PRESET, "aug.preset=histo", "aug.strength=1.0", "train.label_smoothing=0.0"]),
+}
+"""--ablation: why kit 0.1's preset lost to the anchor, one change at a time (compare with arm (a))."""
 
+
+def _adder(rows: list[dict]):
     def add(arm: str, what: str, probs, target, f, seconds: float, note: str = "") -> None:
         mean, pooled = scores(target, probs, f)
         rows.append({"arm": arm, "what": what, "mean_of_folds": mean, "pooled": pooled, "wall_s": seconds,
                      "note": note})
         print(f"== {arm} {what}: mean of folds {mean:.4f} pooled {pooled:.4f} ({seconds:.0f} s) {note}", flush=True)
 
+    return add
+
+
+def run_ablation(args, folds_file: Path) -> list[dict]:
+    rows: list[dict] = []
+    add = _adder(rows)
+    for arm, (what, overrides) in ABLATIONS.items():
+        run, seconds = kit_arm(args, arm.strip("()"), folds_file, [*SCRATCH_R18, *overrides])
+        add(arm, what, *oof_of(run), seconds)
+    return rows
+
+
+def run_arms(args, folds_file: Path, images: np.ndarray, table: pd.DataFrame, fold: np.ndarray) -> list[dict]:
+    rows: list[dict] = []
+    add = _adder(rows)
     if not args.skip_anchor:
         y, start, probs = table["target"].to_numpy(), time.perf_counter(), np.zeros((len(table), 7))
         for k in range(args.folds):
             probs[fold == k] = anchor_fold(images, y, np.flatnonzero(fold != k), np.flatnonzero(fold == k),
                                            args.epochs, 42 + k)
         add("(0)", "anchor script recipe, resnet18 scratch", probs, y, fold, time.perf_counter() - start)
-    run_a, t_a = kit_arm(args, "a_resnet18_scratch", folds_file, ["model.name=resnet18", "model.pretrained=false",
-                                                                  "model.freeze_epochs=0"])
+    run_a, t_a = kit_arm(args, "a_resnet18_scratch", folds_file, SCRATCH_R18)
     add("(a)", "kit preset, resnet18 scratch", *oof_of(run_a), t_a)
     run_b, t_b = kit_arm(args, "b_lite0_scratch", folds_file, ["model.pretrained=false", "model.freeze_epochs=0"])
     add("(b)", "kit preset, tf_efficientnet_lite0 scratch", *oof_of(run_b), t_b)
@@ -192,6 +219,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000, help="train on this many images (whole lesions; 0 = all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a machine shared with others)")
     ap.add_argument("--skip-anchor", action="store_true")
+    ap.add_argument("--ablation", action="store_true", help="only the arms that take kit 0.1's preset apart")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     # an offline Hugging Face cache holding the shared file as timm's Hub weights: timm's own pretrained route
@@ -212,11 +240,12 @@ def main() -> None:
     images = load_image_cache(open_store(spec, args.data, "train"), list(table["id"]), args.size)
     print(f"{len(table)} of {len(full)} images at {args.size} px, {args.folds} lesion-grouped folds, {args.epochs} "
           f"epochs, torch threads {torch.get_num_threads()}", flush=True)
-    rows = run_arms(args, folds_file, images, table, fold)
+    rows = run_ablation(args, folds_file) if args.ablation else run_arms(args, folds_file, images, table, fold)
     text = table_text(rows)
     print(text)
-    (args.out / "bench_quality.md").write_text(text + "\n")
-    (args.out / "bench_quality.json").write_text(json.dumps(rows, indent=2))
+    name = "bench_quality_ablation" if args.ablation else "bench_quality"
+    (args.out / f"{name}.md").write_text(text + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -218,3 +218,12 @@ def test_img_size_below_the_floor_is_one_line(name, size, demo_data, tmp_path, c
     assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"model.img_size={size} is too small for {name}: kit trains at 8 pixels a side or more" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_new_head_on_pretrained_features_starts_at_zero_and_a_matching_one_is_kept(shared_weights):
+    from safetensors.torch import load_file
+
+    new = build_model(LITE0, 7, weights=str(shared_weights))
+    assert not new.classifier.weight.any() and not new.classifier.bias.any()  # uniform first predictions
+    kept = build_model(LITE0, 1000, weights=str(shared_weights))
+    torch.testing.assert_close(kept.classifier.weight, load_file(str(shared_weights))["classifier.weight"])
