@@ -4,6 +4,7 @@ table, and wired into kit predict."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -59,13 +60,14 @@ def test_applied_weights_keep_a_probability_table():
     assert (out >= 0).all() and (out <= 1).all()
 
 
-def test_kit_predict_fits_reports_and_applies_them(predicted_runs, capsys):
-    """The multiclass (ISIC 2018) run of the session: decision.json beside the predictions, and the submission is
-    the fold blend with the weights applied when auto found a nested gain."""
+def test_kit_predict_fits_reports_and_applies_them(predicted_runs, tmp_path, capsys):
+    """A copy of the session's multiclass (ISIC 2018) run: decision.json beside the predictions, and the submission
+    is the fold blend with the weights applied (``on``) or not (``off``)."""
     from kit.commands.predict import predict_and_submit
     from kit.ensemble import blend_folds
 
-    run = predicted_runs["multi"].run_dir
+    run = tmp_path / "multi"
+    shutil.copytree(predicted_runs["multi"].run_dir, run)  # the session's runs are shared with other tests
     _, submission = predict_and_submit(run, tta="1", out_dir=run / "subs", report=False, decision="on")
     out = capsys.readouterr().out
     assert "decision weights: balanced_accuracy CV" in out and "nested" in out
