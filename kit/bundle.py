@@ -110,7 +110,8 @@ def _copy_checkpoints(run: RunDir, folds: list[int], dest: Path) -> None:
         raise KitError(f"{run.path} lacks {', '.join(missing)}: finish training the run (kit train) before bundling")
     copy = RunDir(dest)
     with copy.writing():
-        for path in needed:
+        fitted = [run.decision_path] if run.decision_path.is_file() else []  # kit predict's decision weights
+        for path in [*needed, *fitted]:
             shutil.copy2(path, dest / path.name)
         # the kernel predicts every fold it finds (fold*/result.json); run.json lists the same ones
         copy.write_json(copy.info_path, {**json.loads(run.info_path.read_text()), "folds": folds})

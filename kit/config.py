@@ -88,8 +88,12 @@ def _check_device(key: str, value: str) -> None:
 class ModelConfig:
     name: str = _f("resnet18", "the backbone: a timm model (timm.list_models()) or one of kit's own models",
                    check=_check_model, valid="any timm model name, or classic_cnn, classic_cnn_bn")
-    weights: str | None = _f(None, "local weights file (.pth/.safetensors/.bin) for the backbone; null trains from "
-                                   "scratch (no hub downloads)")
+    weights: str | None = _f(None, "local weights file (.pth/.safetensors/.bin) for the backbone (a Kaggle dataset); "
+                                   "null: see model.pretrained")
+    pretrained: bool | str = _f(False, "timm's pretrained weights through the Hugging Face cache (HF_HUB_OFFLINE=1 "
+                                       "works from a populated cache): true (timm's default tag), a tag such as "
+                                       "in1k, or false (from scratch unless model.weights)",
+                                valid="true, false, or a timm pretrained tag of model.name")
     img_size: int | None = _f(None, "input side in pixels; null takes the backbone's timm data config", ge=1)
     drop_rate: float = _f(0.0, "dropout before the classifier (timm's drop_rate)", ge=0.0, lt=1.0)
     use_metadata: bool = _f(False, "fuse sex / age / site / images-per-patient features with the image features "
@@ -198,8 +202,9 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    expected = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation.split(" ")[0])
-    if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+    types = {"int": int, "float": float, "bool": bool, "str": str}
+    allowed = [types[a] for a in annotation.split(" | ") if a in types]  # "bool | str": either
+    if allowed and not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed):
         raise ConfigError(f"config key '{key}' must be {annotation}, got {value!r}")
     return value
 
@@ -258,6 +263,9 @@ def _check_together(cfg: Config) -> None:
     if m.freeze_epochs > t.epochs:  # equal is pure feature extraction: the backbone stays frozen throughout
         raise ConfigError(f"config key model.freeze_epochs={m.freeze_epochs} is not valid; it must be at most "
                           f"train.epochs ({t.epochs}); lower it (0 = no frozen epochs)")
+    if m.weights and m.pretrained is not False:
+        raise ConfigError(f"config key model.pretrained={m.pretrained} is not valid with model.weights={m.weights}: "
+                          "both give initial weights; set model.pretrained=false to start from the file")
     if t.min_lr > t.lr:
         raise ConfigError(f"config key train.min_lr={t.min_lr} is not valid; it must be at most train.lr ({t.lr})")
     spec = get_competition(cfg.competition)
@@ -393,11 +401,13 @@ def check_buildable(cfg: Config) -> None:
     them; ``from_dict`` does not, since it also reads saved configs (whose weights may live elsewhere)."""
     from kit.models import check_input_size
     from kit.transforms import check_preset
+    from kit.weights import pretrained_name
 
     if cfg.model.weights and not Path(cfg.model.weights).is_file():
         raise ConfigError(f"config key model.weights={cfg.model.weights}: file not found")
     if cfg.model.img_size is not None:
         check_input_size(cfg.model.name, cfg.model.img_size)
+    pretrained_name(cfg.model.name, cfg.model.pretrained)  # a bad tag fails before anything is fetched
     check_preset(cfg.aug.preset, cfg.aug.strength)
 
 
@@ -419,17 +429,18 @@ def provenance() -> dict[str, Any]:
     return {"git_sha": sha, "versions": versions}
 
 
-def config_to_yaml(cfg: Config, with_provenance: bool = True) -> str:
+def config_to_yaml(cfg: Config, with_provenance: bool = True, extra: dict[str, Any] | None = None) -> str:
+    """The config as YAML; with provenance, a ``kit`` section (git SHA, versions, and ``extra``: the weights)."""
     data = cfg.to_dict()
     if with_provenance:
-        data["kit"] = provenance()
+        data["kit"] = {**provenance(), **(extra or {})}
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
+def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     from kit.io import write_text_atomic
 
-    return write_text_atomic(path, config_to_yaml(cfg))
+    return write_text_atomic(path, config_to_yaml(cfg, extra=extra))
 
 
 def load_saved_config(path: str | Path) -> Config:

@@ -140,6 +140,7 @@ def _stage(checkpoints: Path, run_dir: Path) -> Path:
 def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str | os.PathLike,
                working: str | os.PathLike = DEFAULT_WORKING, tta: str = "8", device: str = "auto") -> Path:
     """Predict the test images with every fold in ``weights_dir`` and TTA; write ``working``/submission.csv."""
+    from kit.decision import apply_saved_weights
     from kit.ensemble import blend_folds
     from kit.predict import predict_run
     from kit.submission import validate_file, write_submission
@@ -155,6 +156,7 @@ def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str |
     run_dir = _stage(weights_dir, working / STAGED_RUN)
     result = predict_run(run_dir, data_dir, tta=tta, device=device, with_oof=False)
     test_ids, test = blend_folds(run_dir, "mean")
+    test = apply_saved_weights(run_dir, test)  # balanced accuracy: the decision weights kit predict fitted, if any
     expected = [str(i) for i in test_ids]
     submission = write_submission(spec, expected, test, STAGED_RUN, run_dir / "submissions", expected_ids=expected)
     final = working / "submission.csv"

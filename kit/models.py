@@ -1,7 +1,8 @@
 """Models by name: any timm backbone, kit's classic CNNs (registered with timm), an optional metadata branch, and
 the freeze / unfreeze steps of feature extraction then fine-tuning.
 
-Weights only ever come from a local file (Kaggle kernels run offline): timm's ``pretrained_cfg_overlay=dict(file=...)``.
+Initial weights come from :mod:`kit.weights`: none, a local file (timm's ``pretrained_cfg_overlay=dict(file=...)``)
+or timm's pretrained machinery through the Hugging Face cache (``model.pretrained``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from torch import nn
 
 from kit.errors import ConfigError
 from kit.registry import Registry
+from kit.weights import read_state_dict, resolve_weights
+
+MIN_IMG_SIZE = 8
+"""The smallest input side kit trains at: below it the augmentations divide by zero or flip 1-pixel arrays."""
 
 # ---------------------------------------------------------------------------------------------------------------
 # The classic CNNs, registered so that timm.create_model("classic_cnn") works like any timm model.
@@ -134,6 +139,9 @@ def check_model_name(name: str) -> None:
 def check_input_size(name: str, img_size: int) -> None:
     """Raise when ``img_size`` pixels are too few for ``name`` (a pooling or conv layer left with no output), or
     when the model takes one fixed size only: one forward of the features on a zero image, on the CPU."""
+    if img_size < MIN_IMG_SIZE:
+        raise ConfigError(f"model.img_size={img_size} is too small for {name}: kit trains at {MIN_IMG_SIZE} pixels "
+                          "a side or more (augmentation and the backbones' strides)")
     try:
         model = create_backbone(name, 0, img_size=img_size).eval()
         with torch.no_grad():
@@ -157,31 +165,44 @@ def _load_weights_error(name: str, path: Path, err: Exception) -> ConfigError:
 
 
 def create_backbone(name: str, num_classes: int, weights: str | None = None, img_size: int | None = None,
-                    drop_rate: float = 0.0) -> nn.Module:
-    """A timm (or kit) model with ``num_classes`` outputs (0 = features only), weights from a local file or none."""
+                    drop_rate: float = 0.0, pretrained: bool | str = False) -> nn.Module:
+    """A timm (or kit) model with ``num_classes`` outputs (0 = features only); initial weights from a local file,
+    timm's pretrained weights through the Hugging Face cache (``pretrained``: True or a tag), or none."""
     check_model_name(name)
     kwargs: dict = {"num_classes": num_classes}
     if drop_rate:
         kwargs["drop_rate"] = drop_rate
     if name in KIT_MODELS and img_size:
         kwargs["img_size"] = img_size
-    if not weights:
+    source = resolve_weights(name, pretrained, weights)
+    if source.kind == "scratch":
         return timm.create_model(name, pretrained=False, **kwargs)
-    path = Path(weights)
-    if not path.is_file():
-        raise ConfigError(f"weights file not found: {path}")
+    if source.kind == "hf-hub":  # timm's own route: pretrained_cfg -> hf_hub_id -> the (cached) Hub file
+        return _new_head(timm.create_model(source.model, pretrained=True, **kwargs), num_classes)
+    path = source.path
     if name in KIT_MODELS:
         model = timm.create_model(name, pretrained=False, **kwargs)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(read_state_dict(path))
         except RuntimeError as e:
             raise _load_weights_error(name, path, e) from e
         return model
     _check_weights_fit(name, path, timm.create_model(name, pretrained=False, **kwargs))
     # timm drops the pretrained classifier itself when num_classes differs from the file's
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    return _new_head(model, num_classes)
+
+
+def _new_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Zero the classifier that timm created for pretrained features (not the file's own head, kept when its
+    classes match). timm's EfficientNet initialises a linear head with range 1/sqrt(num_classes): about 0.38 for 7
+    classes, which on ImageNet features of norm ~50 gives logits of +-10 and a first epoch spent undoing them
+    (a loss of 12 in the head-only epoch on ISIC 2018). All-zero logits start at the uniform prediction."""
+    head = model.get_classifier()
+    if num_classes and num_classes != model.pretrained_cfg.get("num_classes") and isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return model
 
 
 def _check_weights_fit(name: str, path: Path, model: nn.Module) -> None:
@@ -189,12 +210,7 @@ def _check_weights_fit(name: str, path: Path, model: nn.Module) -> None:
 
     timm only logs unexpected keys, so a resnet34 file would silently half-load into a resnet18 without this.
     """
-    from timm.models import load_state_dict
-
-    try:
-        state = load_state_dict(str(path))
-    except Exception as e:  # torch/safetensors raise many types for a file that is not a state dict
-        raise ConfigError(f"weights file {path} cannot be read as a state dict ({e})") from e
+    state = read_state_dict(path)
     own = model.state_dict()
     classifier = model.pretrained_cfg.get("classifier", "")
     classifier = classifier if isinstance(classifier, str) else ""
@@ -214,12 +230,12 @@ def _check_weights_fit(name: str, path: Path, model: nn.Module) -> None:
 
 
 def build_model(name: str, num_outputs: int, weights: str | None = None, img_size: int | None = None,
-                drop_rate: float = 0.0, n_meta: int = 0) -> nn.Module:
+                drop_rate: float = 0.0, n_meta: int = 0, pretrained: bool | str = False) -> nn.Module:
     """The model a run trains: a backbone with ``num_outputs`` logits, fused with metadata when ``n_meta`` > 0."""
     if n_meta:
-        backbone = create_backbone(name, 0, weights, img_size, drop_rate)
+        backbone = create_backbone(name, 0, weights, img_size, drop_rate, pretrained)
         return MetaFusion(backbone, n_meta, num_outputs)
-    return create_backbone(name, num_outputs, weights, img_size, drop_rate)
+    return create_backbone(name, num_outputs, weights, img_size, drop_rate, pretrained)
 
 
 def data_config(model: nn.Module, img_size: int | None = None) -> dict:

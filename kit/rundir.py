@@ -45,7 +45,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from kit.competitions import Competition, get_competition
-from kit.config import Config, load_saved_config, provenance
+from kit.config import Config, config_to_yaml, load_saved_config
 from kit.errors import KitError
 from kit.io import (
     portable_path,
@@ -73,6 +73,7 @@ class RunDir:
     CONFIG, INFO, FOLDS, AUGMENTATION = "config.yaml", "run.json", "folds.csv", "augmentation.yaml"
     OOF, SCORES = "oof.csv", "scores.json"
     OOF_TTA, SCORES_TTA, PREDICT_INFO = "oof_tta.csv", "scores_tta.json", "predict.json"
+    DECISION = "decision.json"
     REPORT, LOG = "report", "train.log"
 
     def __init__(self, path: str | os.PathLike):
@@ -143,6 +144,11 @@ class RunDir:
     @property
     def log_path(self) -> Path:
         return self.path / self.LOG
+
+    @property
+    def decision_path(self) -> Path:
+        """decision.json: the balanced-accuracy decision weights kit predict fitted (kit.decision)."""
+        return self.path / self.DECISION
 
     @property
     def report_dir(self) -> Path:
@@ -303,19 +309,16 @@ class RunDir:
         if self.path.resolve() not in _HELD:
             raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
 
-    def write_config(self, cfg: Config) -> Path:
+    def write_config(self, cfg: Config, extra: dict[str, Any] | None = None) -> Path:
         """config.yaml: the config with ``model.weights`` relative to the folder, and the provenance (git SHA,
-        versions, the weights file's name and SHA-256)."""
-        import yaml
-
+        versions, ``extra``: the initial weights' source, a pretrained tag or a file's name, with its SHA-256)."""
         self._check_writer()
-        kit_info = provenance()
+        extra = dict(extra or {})
         if cfg.model.weights:
             weights = Path(cfg.model.weights)
-            kit_info["weights"] = {"name": weights.name, "sha256": sha256_file(weights)}
+            extra["weights"] = {"name": weights.name, "sha256": sha256_file(weights), **extra.get("weights", {})}
             cfg = replace(cfg, model=replace(cfg.model, weights=portable_path(weights, self.path)))
-        data = {**cfg.to_dict(), "kit": kit_info}
-        return write_text_atomic(self.config_path, yaml.safe_dump(data, sort_keys=False))
+        return write_text_atomic(self.config_path, config_to_yaml(cfg, extra=extra))
 
     def write_info(self, data_dir: Path, folds: list[int]) -> Path:
         """run.json: the data folder (relative to this folder) and the folds of the last kit train call."""

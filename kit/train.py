@@ -53,6 +53,7 @@ from kit.progress import Eta, Progress
 from kit.rundir import RunDir
 from kit.runtime import Runtime, default_workers, make_loader, predict_loader, resolve_amp, resolve_device
 from kit.transforms import build_eval_transform, build_train_transform
+from kit.weights import WeightsSource, resolve_weights
 
 __all__ = ["EpochCallback", "FoldResult", "RunData", "RunResult", "TrainingError", "prepare_data", "resume_config",
            "train_fold", "train_folds", "train_one_epoch"]
@@ -198,6 +199,8 @@ class RunData:
     model: ModelDescription
     fold_source: Path | None = None
     """The folds file the folds came from (None: made here); copied into the run as folds.csv."""
+    weights: WeightsSource | None = None
+    """Where the initial weights came from (recorded in config.yaml as a name and sha256, not a path)."""
 
 
 def _assign_folds(cfg: Config, spec: Competition, table: pd.DataFrame, run: RunDir,
@@ -236,15 +239,18 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
         meta = meta_encoder.transform(table)
     n_meta = 0 if meta is None else meta.shape[1]
     # built once with its weights file before anything is written: a bad name, size or file fails here
+    weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
+    print(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE to "
+          "start from ImageNet weights" if weights.kind == "scratch" else ""), flush=True)
     probe = build_model(cfg.model.name, spec.num_outputs, cfg.model.weights, cfg.model.img_size,
-                        cfg.model.drop_rate, n_meta)
+                        cfg.model.drop_rate, n_meta, cfg.model.pretrained)
     dcfg = data_config(probe, cfg.model.img_size)
     del probe
     size = dcfg["input_size"][-1]
     dataset = _run_dataset(cfg, spec, data_dir, table, all_ids, store, size, meta)
     description = ModelDescription(cfg.model.name, spec.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
     return RunData(spec, table, fold, dataset, meta_encoder, size, size if dataset.images is not None else None,
-                   dcfg["mean"], dcfg["std"], description, fold_source)
+                   dcfg["mean"], dcfg["std"], description, fold_source, weights)
 
 
 def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataFrame, all_ids: list[str],
@@ -318,7 +324,8 @@ class FoldTrainer:
         self.rt = Runtime.create(device, t.amp, t.channels_last, data.mean, data.std, spec.is_binary,
                                  data.model.n_meta > 0)
         self.model = self.rt.place(build_model(cfg.model.name, spec.num_outputs, cfg.model.weights,
-                                               cfg.model.img_size, cfg.model.drop_rate, data.model.n_meta))
+                                               cfg.model.img_size, cfg.model.drop_rate, data.model.n_meta,
+                                               cfg.model.pretrained))
         self._build_optimisation()
         self.progress = FoldProgress()
 
@@ -512,7 +519,7 @@ def _write_start(run: RunDir, cfg: Config, data: RunData, data_dir: Path, folds:
     """The run's own files, written once the data and the model passed their checks."""
     if data.fold_source is None or Path(data.fold_source).resolve() != run.folds_path.resolve():  # not a resume
         write_folds(run.folds_path, data.table["id"], data.fold, data.spec.id_col)
-    run.write_config(cfg)
+    run.write_config(cfg, {"weights": data.weights.record()} if data.weights else None)
     run.write_info(data_dir, folds)
 
 

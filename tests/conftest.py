@@ -8,16 +8,27 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_WEIGHTS = SHARED_DATA.parent / "weights" / "tf_efficientnet_lite0.imagenet.safetensors"
+
+
+def _shared(path: Path, what: str) -> Path:
+    """``path`` under ../shared; absent: skip locally, fail in CI (where it must be present)."""
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing in CI")
+        pytest.skip(f"{what} not found at {path}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data; absent: skip locally, fail in CI (where it must be present)."""
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SHARED_DATA} is missing in CI")
-        pytest.skip(f"real competition data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return _shared(SHARED_DATA, "real competition data")
+
+
+@pytest.fixture(scope="session")
+def shared_weights() -> Path:
+    """The real ImageNet weights of tf_efficientnet_lite0 (../shared/weights/README.md)."""
+    return _shared(SHARED_WEIGHTS, "shared weights")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,8 +66,8 @@ def demo_data(demo_root):
 # Tiny trained-and-predicted runs shared by tests/test_predict.py, test_ensemble.py and test_report.py: training is
 # the slow part, so it happens once per session. Two binary runs on one folds.csv (for ensembling) and one multiclass
 # run with a metadata branch.
-TINY = ["model.name=test_resnet", "model.img_size=32", "n_folds=2", "train.batch_size=16", "train.warmup_epochs=0",
-        "train.device=cpu"]
+TINY = ["model.name=test_resnet", "model.pretrained=false", "model.img_size=32", "n_folds=2", "train.batch_size=16",
+        "train.warmup_epochs=0", "train.device=cpu"]
 PREDICTED_RUNS = {
     # name: (competition, demo data (n, size), config overrides, predict kwargs)
     "hcd_a": ("histopathologic-cancer-detection", (60, None), ["train.epochs=2"], {"tta": "8"}),

@@ -25,13 +25,17 @@ def add_parser(sub):
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as in training)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions", help="where the submission goes (default submissions)")
+    p.add_argument("--decision", default="auto", choices=("auto", "on", "off"),
+                   help="balanced-accuracy competitions: per-class decision weights fitted on the OOF and applied to "
+                   "the test probabilities; auto applies them where the nested CV improves (default auto)")
     p.add_argument("--no-report", action="store_true", help="skip the report/ plots")
     p.set_defaults(func=run)
 
 
 def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, batch_size=None, fold_merge="mean",
-                       out_dir="submissions", device="auto", workers=None, report=True):
+                       out_dir="submissions", device="auto", workers=None, report=True, decision="auto"):
     """``kit predict`` as a function: (PredictResult, the submission's path)."""
+    from kit.decision import apply_weights, decide_run
     from kit.ensemble import blend_folds, get_fold_blend
     from kit.predict import predict_run
     from kit.report import write_report
@@ -42,6 +46,8 @@ def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, ba
     result = predict_run(run_dir, data, tta, merge, folds, batch_size, device, workers)
     run = RunDir(result.run_dir)
     test_ids, test = blend_folds(run.path, fold_merge)
+    weights = decide_run(run.path, decision)  # balanced accuracy: argmax towards the rare classes, rows renormalised
+    test = test if weights is None else apply_weights(test, weights)
     expected = [str(i) for i in test_ids]
     submission = write_submission(run.competition(), expected, test, run.name, out_dir, expected_ids=expected)
     print(f"wrote {submission} ({fold_merge} of {len(result.folds)} fold{'s' * (len(result.folds) > 1)})")
@@ -57,6 +63,6 @@ def run(args) -> int:
     folds = parse_folds(args.folds) if args.folds else None
     _, submission = predict_and_submit(args.run_dir, args.data, args.tta, args.merge, folds, args.batch_size,
                                        args.fold_merge, args.out_dir, args.device, args.workers,
-                                       report=not args.no_report)
+                                       report=not args.no_report, decision=args.decision)
     print(submission)
     return 0
