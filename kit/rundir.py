@@ -316,7 +316,7 @@ class RunDir:
         extra = dict(extra or {})
         if cfg.model.weights:
             weights = Path(cfg.model.weights)
-            extra["weights"] = {"name": weights.name, "sha256": sha256_file(weights), **extra.get("weights", {})}
+            extra.setdefault("weights", {"source": f"file:{weights.name}", "sha256": sha256_file(weights)})
             cfg = replace(cfg, model=replace(cfg.model, weights=portable_path(weights, self.path)))
         return write_text_atomic(self.config_path, config_to_yaml(cfg, extra=extra))
 

@@ -109,7 +109,7 @@ def test_run_json_config_and_checkpoints_hold_nothing_of_home(home_run):
     assert info["data"] == "hcd"  # the data lives in home, the run outside: only the name is kept
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["weights"] == "test_resnet.pth"
-    assert saved["kit"]["weights"]["name"] == "test_resnet.pth" and len(saved["kit"]["weights"]["sha256"]) == 64
+    assert saved["kit"]["weights"]["source"] == "file:test_resnet.pth" and len(saved["kit"]["weights"]["sha256"]) == 64
     for path in [run / "run.json", run / "config.yaml", *run.glob("fold*/*.pt"), *run.glob("*.json")]:
         assert str(home).encode() not in path.read_bytes(), path
         assert b"alice" not in path.read_bytes(), path
