@@ -24,7 +24,8 @@ def add_parser(sub):
                    help="images per batch (default: twice the training batch over the views per forward)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as in training)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions", help="where the submission goes (default submissions)")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions",
+                   help="where the submission goes (default submissions)")
     p.add_argument("--no-report", action="store_true", help="skip the report/ plots")
     p.set_defaults(func=run)
 
