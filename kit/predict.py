@@ -260,7 +260,8 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
                   f"({merge}) in {time.perf_counter() - start:.1f}s", flush=True)
         oof_path, scores = _write_oof_scores(run, spec, chosen, oof_frames, fold_tta) if with_oof else (None, None)
         run.write_json(run.predict_info_path, {
-            "folds": chosen, "data": portable_path(folder, run.path), "tta": {"views": list(fold_tta.views), "merge": merge},
+            "folds": chosen, "data": portable_path(folder, run.path),
+            "tta": {"views": list(fold_tta.views), "merge": merge},
             "oof": oof_path.name if oof_path else None})
     return PredictResult(run.path, chosen, test_files, oof_path, scores, fold_tta)
 

@@ -107,7 +107,7 @@ class Progress:
         self.updates = 0
         self.postfix = ""
         self.postfix_fn: Callable[[], str] | None = None
-        """Extra text computed only when shown (every 10th bar update, or a plain line): e.g. a loss read from the GPU."""
+        """Extra text computed only when shown (every 10th bar update, or a plain line): a loss read from the GPU."""
         self.bar = None
         if enabled and _is_terminal(self.stream):
             from tqdm import tqdm

@@ -114,7 +114,8 @@ def plot_confusion(spec: Competition, oof: pd.DataFrame, path: Path, tta: str = 
                     color="white" if norm[i, j] > 0.6 else "black")
     ax.set_xticks(range(n), spec.classes, rotation=45, ha="right")
     ax.set_yticks(range(n), [f"{c} (n={cm[i].sum()})" for i, c in enumerate(spec.classes)])
-    ax.set(xlabel="predicted class", ylabel="true class", title=f"{spec.name}: out-of-fold confusion, {tta} (normalised)")
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"{spec.name}: out-of-fold confusion, {tta} (normalised)")
     return _save(fig, path)
 
 

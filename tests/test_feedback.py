@@ -89,6 +89,7 @@ def test_train_log_holds_everything_printed(home_run):
     err = [s for s in cap.err.splitlines() if s and not s.startswith("packed")]  # the pack's progress, before too
     for line in out[started:] + err:
         assert line in log, line
+    assert "loading images" in cap.err and "loading images" not in log
     assert "CV" in log  # the final table, printed after the training itself
 
 
@@ -151,3 +152,20 @@ def test_paths_inside_the_same_tree_are_stored_relative_and_resolved_back(demo_d
     assert RunDir(project / "runs" / "r").config().model.weights == str(weights)
     assert RunDir(project / "runs" / "r").info()["data"] == project / "data"
     assert resolve_stored_path("/abs/old/data", run.path) == resolve_stored_path("/abs/old/data", tmp_path)
+
+
+def test_prediction_reports_folds_x_views_with_an_overall_eta(home_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    home, run, _ = home_run
+    copy = shutil.copytree(run, tmp_path / "r1")
+    monkeypatch.setenv("KIT_PROGRESS_EVERY", "0")
+    assert main(["predict", str(copy), "--data", str(home / "data" / "hcd"), "--tta", "2", "--no-report",
+                 "--out", str(tmp_path / "subs")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"kit predict {copy}: cpu; folds 0,1; ")
+    lines = captured.err.splitlines()
+    assert any(s.startswith("fold 1 (2/2) ") and " test images, TTA x2: " in s and " views (" in s
+               and "; overall " in s for s in lines), lines
+    assert any("out-of-fold images, TTA x2" in s for s in lines)
+    assert lines[-1].endswith("; overall 100%, ETA 0s"), lines[-1]

@@ -16,7 +16,8 @@ def add_parser(sub):
                    "(default mean)")
     p.add_argument("--name", default="ensemble", help="the name in the submission file (default ensemble)")
     p.add_argument("--data", default=None, help="competition data folder for the test ids (default: the first run's)")
-    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions", help="where the submission goes (default submissions)")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions",
+                   help="where the submission goes (default submissions)")
     p.set_defaults(func=run)
 
 

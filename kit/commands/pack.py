@@ -15,7 +15,8 @@ def add_parser(sub):
     p.add_argument("--data", required=True, help="the competition data folder")
     p.add_argument("--size", type=int, required=True, help="side of the packed images in pixels, e.g. 128")
     p.add_argument("--split", choices=("train", "test"), default="train", help="default train")
-    p.add_argument("--out", "--cache-dir", dest="cache_dir", default=None, help="folder that holds the packs (default: see above)")
+    p.add_argument("--out", "--cache-dir", dest="cache_dir", default=None,
+                   help="folder that holds the packs (default: see above)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
     p.add_argument("--rebuild", action="store_true", help="rebuild the pack even when it is valid")
     p.set_defaults(func=run)

@@ -24,7 +24,8 @@ def add_parser(sub):
                    help="images per batch (default: twice the training batch over the views per forward)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as in training)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions", help="where the submission goes (default submissions)")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions",
+                   help="where the submission goes (default submissions)")
     p.add_argument("--decision", default="auto", choices=("auto", "on", "off"),
                    help="balanced-accuracy competitions: per-class decision weights fitted on the OOF and applied to "
                    "the test probabilities; auto applies them where the nested CV improves (default auto)")
