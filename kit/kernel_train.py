@@ -262,13 +262,14 @@ def pull_kernel(ref: str, out: str | os.PathLike, data: str | os.PathLike | None
         shutil.rmtree(staged / ".state", ignore_errors=True)
         _download(api, ref, source, staged)
         run, state = _run_in(staged, ref)
-        if data is not None:
-            with run.writing():
-                run.write_info(Path(data).resolve(), run.info()["folds"])
-            (run.path / LOCK_FILE).unlink(missing_ok=True)
         log = next(staged.glob("*.log"), None)
         n_folds, done = len(run.info()["folds"]), run.finished_folds()  # no config parse: it imports timm
         _place(run, out)
+        if data is not None:  # after the move: run.json keeps the data folder relative to where the run lives
+            placed = RunDir(out)
+            with placed.writing():
+                placed.write_info(Path(data).resolve(), placed.info()["folds"])
+            (placed.path / LOCK_FILE).unlink(missing_ok=True)
         kept = None
         if log is not None:
             kept = out.with_name(f"{out.name}.kernel.log")
