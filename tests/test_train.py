@@ -161,7 +161,8 @@ def test_ema_follows_the_model_from_the_first_steps(demo_data, tmp_path):
 def test_multiclass_with_metadata_and_freeze(demo_data, tmp_path):
     data = demo_data("isic-2018-task3", n=90, size=48)
     cfg = load_config("isic-2018-task3", overrides=[
-        "model.name=test_resnet", "model.img_size=48", "model.use_metadata=true", "model.freeze_epochs=1",
+        "model.name=test_resnet", "model.pretrained=false", "model.img_size=48", "model.use_metadata=true",
+        "model.freeze_epochs=1",
         "train.batch_size=16", "train.epochs=2", "n_folds=2", "aug.preset=isic", "train.class_weights=true"])
     result = train_folds(cfg, data, tmp_path / "run")
     oof = pd.read_csv(tmp_path / "run" / "oof.csv")
