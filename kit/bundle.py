@@ -367,13 +367,22 @@ def push_bundle(folder: str | os.PathLike, message: str | None = None, public: b
     printed = io.StringIO()
     hints = {403: f"Kaggle refused to write dataset {ref}{{said}}: its owner must be the account of the credentials "
                   f"from {source}"}
-    with api_errors(f"dataset {ref}", source, hints), contextlib.redirect_stdout(printed):
-        exists = _exists(api, ref)
-        # dir_mode="zip": the default "skip" drops every subfolder without a word, checkpoints/ included
-        if exists:
-            reply = api.dataset_create_version(str(folder), message or "kit bundle", quiet=False, dir_mode="zip")
-        else:
-            reply = api.dataset_create_new(str(folder), public=public, quiet=False, dir_mode="zip")
+    exists = None
+    try:
+        with api_errors(f"dataset {ref}", source, hints), contextlib.redirect_stdout(printed):
+            exists = _exists(api, ref)
+            # dir_mode="zip": the default "skip" drops every subfolder without a word, checkpoints/ included
+            if exists:
+                reply = api.dataset_create_version(str(folder), message or "kit bundle", quiet=False, dir_mode="zip")
+            else:
+                reply = api.dataset_create_new(str(folder), public=public, quiet=False, dir_mode="zip")
+    except KaggleError as e:
+        # kaggle >= 2.2.5 stops at the first failed upload (a ValueError); nothing was created or versioned
+        lost = re.search(r"Upload unsuccessful: (.+)$", str(e))
+        if lost:
+            raise KaggleError(f"Kaggle did not receive {lost.group(1)} from {folder}; dataset {ref} was not "
+                              f"{'versioned' if exists else 'created'}: push again") from None
+        raise
     log = printed.getvalue()
     action = "versioned" if exists else "created"
     failed = re.findall(r"^Upload unsuccessful: (.+)$", log, re.M)  # the client then goes on without those files
