@@ -14,10 +14,10 @@ KIT = Path(__file__).resolve().parents[1] / "kit"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("kit", "kit.errors", "kit.io", "kit.registry", "kit.competitions", "kit.metrics")),
     ("data", ("kit.data",)),
-    ("components", ("kit.models", "kit.losses", "kit.transforms", "kit.tta")),
+    ("components", ("kit.models", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
-    ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime")),
-    ("train", ("kit.train",)),
+    ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
+    ("train", ("kit.train", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),
@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
     ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel")),
-    ("commands", ("kit.commands", "kit.cli", "kit.templates")),
+    ("commands", ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")),
 ]
 MAX_FUNCTION_LINES = 60
 

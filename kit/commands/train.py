@@ -13,7 +13,8 @@ def add_parser(sub):
     p.add_argument("--out", help="run folder to create, e.g. runs/hcd-resnet18")
     p.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file; "
                    "default: the competition's preset")
-    p.add_argument("--folds", default=None, help="comma-separated folds to train, e.g. 0,1 (default: all)")
+    p.add_argument("--folds", default=None, help="comma-separated folds to train, e.g. 0,1 (default: all); with "
+                   "--resume, the ones of the run to train now (a failed fold again, say)")
     p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds` (default: made on the fly)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
@@ -23,6 +24,8 @@ def add_parser(sub):
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
                    "predictions and scores are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    p.add_argument("--devices", default=None, metavar="LIST", help="train folds in parallel, one process per device: "
+                   "GPU indexes (0,1,2,3) or cpu (cpu,cpu); for one fold on several GPUs use torchrun instead")
     p.set_defaults(func=run)
 
 
@@ -31,10 +34,12 @@ def run(args) -> int:
     from pathlib import Path
 
     from kit.config import load_config
+    from kit.distributed import session
     from kit.errors import ConfigError
     from kit.train import resume_config, train_folds
 
     progress = not args.no_progress and sys.stderr.isatty()
+    only = None
     if args.resume:
         if args.overrides or args.config or args.overwrite:
             raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite are not "
@@ -42,6 +47,7 @@ def run(args) -> int:
         cfg, data_dir, folds = resume_config(Path(args.resume))
         out = Path(args.resume)
         data_dir = Path(args.data) if args.data else data_dir
+        only = _resume_only(args.folds, folds)
     else:
         missing = [f"--{n}" for n in ("competition", "data", "out") if not getattr(args, n)]
         if missing:
@@ -54,8 +60,12 @@ def run(args) -> int:
         from kit.data.labels import read_csv
 
         exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
-    result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude,
-                         fresh=not args.resume, overwrite=args.overwrite)
+    with session(cfg.train.device) as group:
+        runner = _fold_runner(args.devices, exclude, group.enabled)
+        result = train_folds(cfg, data_dir, out, folds, args.folds_file, progress=progress, exclude=exclude,
+                             fresh=not args.resume, overwrite=args.overwrite, only=only, runner=runner)
+        if not group.is_main:  # rank 0 reports
+            return 0
     from kit.report import write_report
 
     written = write_report(out)
@@ -67,3 +77,30 @@ def run(args) -> int:
     if written:
         print(f"report: {len(written)} plots in {out / 'report'}")
     return 0
+
+
+def _resume_only(text: str | None, folds: list[int]) -> list[int] | None:
+    """``--folds`` with ``--resume``: which of the run's folds to train now (None: every unfinished one)."""
+    from kit.errors import ConfigError
+
+    if not text:
+        return None
+    only = parse_folds(text)
+    alien = [k for k in only if k not in folds]
+    if alien:
+        raise ConfigError(f"--folds {text}: fold {alien[0]} is not one of this run's folds "
+                          f"({','.join(map(str, folds))})")
+    return only
+
+
+def _fold_runner(devices: str | None, exclude: list[str] | None, distributed: bool):
+    """The fold runner of ``--devices`` (None: the folds one after the other in this process)."""
+    if devices is None:
+        return None
+    from kit.errors import ConfigError
+    from kit.parallel_folds import ParallelFolds, parse_devices
+
+    if distributed:
+        raise ConfigError("--devices runs one process per fold; under torchrun every process trains the same fold: "
+                          "use one or the other")
+    return ParallelFolds(parse_devices(devices), exclude)
