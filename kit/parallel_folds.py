@@ -128,7 +128,7 @@ class ParallelFolds:
         waiting = [k for k in folds if not run.result_path(k).is_file()]
         for k in sorted(set(folds) - set(waiting)):
             print(f"fold {k}: already finished, skipped")
-        failed = self._run_all(run, waiting)
+        failed = self._run_all(run, list(waiting))
         if failed:
             lines = "; ".join(f"fold {k} ({why})" for k, why in failed.items())
             again = ",".join(str(k) for k in failed)
