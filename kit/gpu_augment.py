@@ -19,7 +19,7 @@ from torch import Tensor
 
 from kit.registry import Registry
 
-__all__ = ["BATCH_PRESETS", "BatchAugment", "HistoBatch", "build_batch_augment", "on_device"]
+__all__ = ["BATCH_PRESETS", "BatchAugment", "HistoBatch", "build_batch_augment", "dihedral", "dihedral_element", "on_device"]
 
 BatchAugment = Callable[[Tensor, torch.Generator], Tensor]
 """(uint8 NCHW batch on the device, generator on the device) -> augmented uint8 NCHW batch."""
@@ -33,7 +33,7 @@ def build_batch_augment(preset: str, strength: float = 1.0) -> BatchAugment:
 
 
 # ------------------------------------------------------------------------------------------------- dihedral
-def _element(x: Tensor, e: int) -> Tensor:
+def dihedral_element(x: Tensor, e: int) -> Tensor:
     """Element ``e`` (0-7) of the dihedral group of the square: a transpose for e >= 4, then e % 4 quarter turns."""
     if e >= 4:
         x = x.transpose(-2, -1)
@@ -47,7 +47,7 @@ def dihedral(x: Tensor, g: torch.Generator) -> Tensor:
     out = torch.empty_like(x)
     for e in range(8):
         sel = which == e
-        out[sel] = _element(x[sel], e)
+        out[sel] = dihedral_element(x[sel], e)
     return out
 
 
