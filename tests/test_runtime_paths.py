@@ -139,3 +139,23 @@ def test_the_cuda_options_through_a_whole_run_on_the_cpu(demo_data, tmp_path, mo
     ckpt = load_checkpoint(tmp_path / "run" / "fold0" / "best.pt")
     ckpt.build_model()  # compiled in place: the checkpoint loads into the plain model
     assert ckpt.config["train"]["amp"] == "bf16" and ckpt.config["train"]["compile"]
+
+
+def test_bench_gpu_smoke_run(tmp_path):
+    """scripts/bench_gpu.py runs end to end (on a CPU: tiny, figures meaningless, every row and ratio present)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, str(root / "scripts" / "bench_gpu.py"), "--smoke", "--json",
+                          str(tmp_path / "b.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert [r["config"] for r in report["rows"]] == ["baseline", "channels_last", "amp", "amp+channels_last"]
+    assert all(r["train_kit_vs_bare"] > 0 and r["predict_kit_vs_bare"] > 0 for r in report["rows"])
+    assert report["tta"][0]["stacked_vs_per_view"] > 0
+    assert "| test_resnet | 32 | 4 | amp+channels_last |" in out.stdout and "worst kit/bare" in out.stdout
