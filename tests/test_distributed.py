@@ -143,6 +143,12 @@ def test_ddp_run_predicts_every_validation_id_once_as_one_process_does(data, ref
     assert len(pd.read_csv(run / "fold0" / "history.csv")) == 2
     assert not list(run.rglob("*.tmp"))
 
+    again = _torchrun(*ARGS, "--data", str(data), "--out", str(run))  # rank 0 refuses; rank 1 must not wait for it
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode != 0
+    assert "kit train: error: " + str(run) + " already holds a run" in out, out
+    assert "kit train: error: rank 0 stopped: " in out, out  # rank 1's one line
+
 
 def test_killing_one_rank_ends_the_run_and_resume_finishes_it(data, reference, tmp_path):
     run = tmp_path / "killed"
