@@ -117,6 +117,24 @@ class Group:
             raise value[0](value[1]) if self.is_main else DistributedError(f"rank 0 stopped: {value[1]}")
         return value
 
+    def decided_by_main(self, callback: Callable[..., None] | None) -> Callable[..., None] | None:
+        """A per-epoch callback that may raise to stop the run (a time budget, a pruner) called on rank 0 alone, its
+        exception raised on every rank: ranks that decided apart would wait for each other in a collective."""
+        if callback is None or not self.enabled:
+            return callback
+
+        def decide(*args: Any) -> None:
+            raised = None
+            if self.is_main:
+                try:
+                    callback(*args)
+                except Exception as e:  # handed to every rank, raised there
+                    raised = e
+            raised = self.broadcast(raised)
+            if raised is not None:
+                raise raised
+        return decide
+
     def gather_rows(self, part: np.ndarray, n: int) -> np.ndarray:
         """The inverse of :meth:`shard`: every rank's ``part`` of ``n`` rows back in their original order."""
         if not self.enabled:

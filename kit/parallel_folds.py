@@ -123,8 +123,8 @@ class ParallelFolds:
                  on_epoch: EpochCallback | None = None, progress: bool = False) -> None:
         _check_config(cfg, self.devices)
         if on_epoch is not None:
-            raise ConfigError("a per-epoch callback (kit tune's pruning) needs the folds in this process; "
-                              "train without --devices")
+            raise ConfigError("a per-epoch callback (--time-budget, kit tune's pruning) needs the folds in this "
+                              "process; train without --devices")
         waiting = [k for k in folds if not run.result_path(k).is_file()]
         for k in sorted(set(folds) - set(waiting)):
             print(f"fold {k}: already finished, skipped")

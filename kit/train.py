@@ -537,6 +537,7 @@ def train_sequentially(cfg: Config, data: RunData, run: RunDir, folds: list[int]
                        on_epoch: EpochCallback | None = None, progress: bool = False) -> None:
     """The folds one after the other in this process (with the other ranks of a torchrun launch, if any)."""
     dist = current_group()
+    on_epoch = dist.decided_by_main(on_epoch)  # a stop (pruning, a time budget) decided once, for every rank
     for k in folds:
         if dist.broadcast(run.result_path(k).is_file()):  # rank 0's view of the run folder decides
             print(f"fold {k}: already finished, skipped")

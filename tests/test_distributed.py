@@ -132,6 +132,60 @@ def test_bad_devices_are_one_line(data, tmp_path, capsys, devices, message):
     assert not (tmp_path / "r").exists()
 
 
+def _collectives(rank: int, port: int, results) -> None:
+    """Rank ``rank`` of 2 on gloo: what every collective of kit.distributed gives."""
+    import torch.distributed as td
+
+    from kit.distributed import DistributedError, current_group
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    g = current_group()
+    out = {"rank": g.rank, "world": g.world}
+    rows = np.arange(7.0) * 10
+    out["gathered"] = g.gather_rows(g.shard(rows) + 0, 7).tolist()
+    out["mean"] = g.mean(float(rank))
+    out["broadcast"] = g.broadcast(f"from {rank}")
+
+    def refuse():
+        raise ConfigError("no")
+    try:
+        g.on_main(refuse)
+    except (ConfigError, DistributedError) as e:
+        out["on_main"] = f"{type(e).__name__}: {e}"
+
+    def budget(k, epoch, metric):  # a callback that would decide differently on each rank
+        if rank == 0:
+            raise TimeoutError("budget")
+    try:
+        g.decided_by_main(budget)(0, 1, 0.5)
+        out["decided"] = "went on"
+    except TimeoutError:
+        out["decided"] = "stopped"
+    td.destroy_process_group()
+    results.put(out)
+
+
+def test_the_collectives_on_two_gloo_ranks():
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_collectives, args=(r, port, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    out = sorted((results.get(timeout=120) for _ in procs), key=lambda o: o["rank"])
+    for p in procs:
+        p.join(timeout=60)
+    assert [o["gathered"] for o in out] == [list(np.arange(7.0) * 10)] * 2  # every row once, in order
+    assert [o["mean"] for o in out] == [0.5, 0.5] and [o["broadcast"] for o in out] == ["from 0"] * 2
+    assert out[0]["on_main"] == "ConfigError: no" and out[1]["on_main"] == "DistributedError: rank 0 stopped: no"
+    assert [o["decided"] for o in out] == ["stopped", "stopped"]  # rank 0 decided for both
+
+
 # ---------------------------------------------------------------------------------------- DDP, 2 ranks
 def test_ddp_run_predicts_every_validation_id_once_as_one_process_does(data, reference, tmp_path):
     run = tmp_path / "ddp"
