@@ -19,7 +19,8 @@ from torch import Tensor
 
 from kit.registry import Registry
 
-__all__ = ["BATCH_PRESETS", "BatchAugment", "HistoBatch", "build_batch_augment", "dihedral", "dihedral_element", "on_device"]
+__all__ = ["BATCH_PRESETS", "BatchAugment", "HistoBatch", "build_batch_augment", "dihedral", "dihedral_element",
+           "on_device"]
 
 BatchAugment = Callable[[Tensor, torch.Generator], Tensor]
 """(uint8 NCHW batch on the device, generator on the device) -> augmented uint8 NCHW batch."""

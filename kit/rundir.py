@@ -23,9 +23,9 @@
 Readers need no lock. Writers work inside ``with run.writing():``, an exclusive ``flock`` on ``.kit-lock``; a second
 writer stops at once with one line naming the holder's pid and command. A fold's files are also covered by the
 fold's own lock (``run.writing(fold=k)``, on ``fold{k}/.kit-lock``): ``kit train`` takes it around each fold, and a
-fold trained in a process of its own (``kit train --devices``) holds only that one while its parent holds the run's. The lock is re-entrant within a process
-(``kit train`` writes the report inside its own lock) and dies with its process, so a killed writer never leaves a
-stale lock behind.
+fold trained in a process of its own (``kit train --devices``) holds only that one while its parent holds the run's.
+A lock is re-entrant within a process (``kit train`` writes the report inside its own lock) and dies with its
+process, so a killed writer never leaves a stale lock behind.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from kit.checkpoint import Checkpoint
 from kit.errors import ConfigError
 from kit.transforms import normalize
 
-__all__ = ["Runtime", "compile_model", "default_workers", "make_loader", "predict_loader", "resolve_amp", "resolve_channels_last",
-           "resolve_device"]
+__all__ = ["Runtime", "compile_model", "default_workers", "make_loader", "predict_loader", "resolve_amp",
+           "resolve_channels_last", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:

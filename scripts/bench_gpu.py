@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="timed rounds after one warm-up round")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows (minutes each)")
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run that proves the script works: test_resnet, 32 px, batch 4, 1 step")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny CPU run that proves the script works: test_resnet, 32 px, batch 4, 1 step")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     if args.smoke:
