@@ -111,6 +111,8 @@ class AugConfig:
     preset: str = _f("histo", "augmentation preset (see kit/transforms.py)", choices=_presets)
     strength: float = _f(1.0, "scales magnitudes (angles, shifts, colour jitter) and probabilities of the preset",
                          ge=0.0)
+    on_device: bool = _f(False, "apply the preset per batch on the training device (GPU) instead of in the CPU "
+                                "workers, which then only read and resize; presets: see kit/gpu_augment.py")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,9 @@ class TrainConfig:
     seed: int = _f(42, "seed of weights, augmentation and sampling (fold k uses seed + k)", ge=0)
     device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", check=_check_device,
                      valid="auto, cpu, cuda, cuda:N")
+    compile: bool = _f(False, "torch.compile the model (slow first steps, then faster on a GPU; needs a C compiler)")
+    sync_bn: bool = _f(False, "under torchrun with several GPUs: BatchNorm statistics over the global batch "
+                              "(SyncBatchNorm) instead of each process's part")
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,12 @@ def _check_together(cfg: Config) -> None:
                           "rebalance the classes: set one of them")
     if m.use_metadata and not spec.has_metadata:
         raise ConfigError(f"config key model.use_metadata=true is not valid; {spec.name} has no metadata")
+    if cfg.aug.on_device:
+        from kit.gpu_augment import BATCH_PRESETS
+
+        if cfg.aug.preset not in BATCH_PRESETS:
+            raise ConfigError(f"config key aug.on_device=true is not valid with aug.preset={cfg.aug.preset}; presets "
+                              f"that run on the device: {', '.join(BATCH_PRESETS.names())}")
 
 
 def from_dict(data: dict[str, Any]) -> Config:

@@ -39,7 +39,7 @@ class ClassicCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int = 1, in_chans: int = 3, img_size: int = 150, batch_norm: bool = False,
-                 drop_rate: float = 0.5, **_):
+                 drop_rate: float = 0.0, **_):
         super().__init__()
         layers: list[nn.Module] = []
         chans = [in_chans, 32, 64, 128, 128]

@@ -12,6 +12,8 @@
         fold{k}/history.csv  one row per epoch                                          kit train
         fold{k}/oof.csv      the best epoch's out-of-fold predictions                   kit train
         fold{k}/result.json  written last: the fold has finished                        kit train
+        fold{k}/train.log    output of a fold trained in its own process (--devices)    kit train
+        fold{k}/.kit-lock    held by the process training the fold
         oof.csv, scores.json pooled OOF of the trained folds and their CV               kit train
         test_fold{k}.csv     each fold's test predictions (with TTA)                    kit predict
         oof_tta.csv, scores_tta.json, predict.json                                      kit predict
@@ -20,9 +22,11 @@
         .kit-lock            held by the process writing the folder
 
 Readers need no lock. Writers work inside ``with run.writing():``, an exclusive ``flock`` on ``.kit-lock``; a second
-writer stops at once with one line naming the holder's pid and command. The lock is re-entrant within a process
-(``kit train`` writes the report inside its own lock) and dies with its process, so a killed writer never leaves a
-stale lock behind.
+writer stops at once with one line naming the holder's pid and command. A fold's files are also covered by the
+fold's own lock (``run.writing(fold=k)``, on ``fold{k}/.kit-lock``): ``kit train`` takes it around each fold, and a
+fold trained in a process of its own (``kit train --devices``) holds only that one while its parent holds the run's.
+A lock is re-entrant within a process (``kit train`` writes the report inside its own lock) and dies with its
+process, so a killed writer never leaves a stale lock behind.
 
 Paths are stored portably: ``run.json``'s data folder and ``config.yaml``'s ``model.weights`` relative to the run
 folder (:func:`kit.io.portable_path`; the weights file's name and SHA-256 also go into the config's provenance), so
@@ -172,6 +176,10 @@ class RunDir:
     def result_path(self, k: int) -> Path:
         return self.fold_dir(k) / "result.json"
 
+    def fold_log_path(self, k: int) -> Path:
+        """The output of a fold trained in a process of its own (kit train --devices)."""
+        return self.fold_dir(k) / "train.log"
+
     def test_path(self, k: int) -> Path:
         return self.path / f"test_fold{k}.csv"
 
@@ -273,9 +281,11 @@ class RunDir:
 
     # ----------------------------------------------------------------------------------------------- writers
     @contextmanager
-    def writing(self) -> Iterator[RunDir]:
-        """Hold the folder's write lock for the block; re-entrant within this process."""
-        key = self.path.resolve()
+    def writing(self, fold: int | None = None) -> Iterator[RunDir]:
+        """Hold the folder's write lock for the block (or, with ``fold``, the lock of that fold's folder alone: a
+        fold trained in a process of its own writes only there); re-entrant within this process."""
+        folder = self.path if fold is None else self.fold_dir(fold)
+        key = folder.resolve()
         if key in _HELD:
             _HELD[key][1] += 1
             try:
@@ -283,20 +293,20 @@ class RunDir:
             finally:
                 _HELD[key][1] -= 1
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise RunLockedError(f"{self.path} is being written by {holder}: wait for it to end, or use another "
+            raise RunLockedError(f"{folder} is being written by {holder}: wait for it to end, or use another "
                                  "folder") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                                  "command": " ".join(sys.argv)}).encode())
         _HELD[key] = [fd, 1]
-        removed = remove_orphans(self.path)  # the lock is ours: any temporary file is a killed writer's
+        removed = remove_orphans(folder)  # the lock is ours: any temporary file is a killed writer's
         if removed:
             print(f"note: removed {removed} temporary file{'s' * (removed > 1)} left by an interrupted writer")
         try:
@@ -305,9 +315,13 @@ class RunDir:
             del _HELD[key]
             os.close(fd)  # releases the flock
 
-    def _check_writer(self) -> None:
-        if self.path.resolve() not in _HELD:
-            raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
+    def _check_writer(self, path: Path | None = None) -> None:
+        """The run's lock is held here, or ``path`` lies in a fold folder whose lock is held here."""
+        if self.path.resolve() in _HELD:
+            return
+        if path is not None and any(parent in _HELD for parent in Path(path).resolve().parents):
+            return
+        raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
 
     def write_config(self, cfg: Config, extra: dict[str, Any] | None = None) -> Path:
         """config.yaml: the config with ``model.weights`` relative to the folder, and the provenance (git SHA,
@@ -326,12 +340,12 @@ class RunDir:
 
     def write_json(self, path: Path, data: Any) -> Path:
         """Write one of this run's JSON files (``path`` from one of the path properties)."""
-        self._check_writer()
+        self._check_writer(path)
         return write_text_atomic(path, json.dumps(data, indent=2, default=float))
 
     def write_csv(self, path: Path, df: pd.DataFrame) -> Path:
         """Write one of this run's CSV files (``path`` from one of the path properties)."""
-        self._check_writer()
+        self._check_writer(path)
         return write_csv_atomic(df, path)
 
 

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from kit.checkpoint import Checkpoint
 from kit.errors import ConfigError
 from kit.progress import Progress
 from kit.transforms import normalize
 
-__all__ = ["Runtime", "default_workers", "make_loader", "predict_loader", "resolve_amp", "resolve_channels_last",
-           "resolve_device"]
+__all__ = ["Runtime", "compile_model", "default_workers", "make_loader", "predict_loader", "resolve_amp",
+           "resolve_channels_last", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,8 +31,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a GradScaler is needed)."""
+    """(autocast dtype or None, whether a GradScaler is needed).
+
+    On a CPU ``auto`` is off, and ``bf16`` runs CPU autocast (what the CUDA path does, executed where CI runs).
+    """
     if device.type != "cuda" or mode == "off":
+        if mode == "bf16" and device.type == "cpu":
+            return torch.bfloat16, False
         if mode in ("bf16", "fp16") and device.type != "cuda":
             raise ConfigError(f"train.amp={mode} needs a CUDA device; this run is on {device}")
         return None, False
@@ -46,6 +51,13 @@ def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bo
 def resolve_channels_last(mode: str, device: torch.device) -> bool:
     """On where it is faster (CUDA) unless said otherwise; on a CPU it slows most convnets down."""
     return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``train.compile``: torch.compile the model in place (``nn.Module.compile``), so that its state_dict keys, and
+    hence its checkpoints, stay those of the plain model; the first steps are slow while it compiles."""
+    model.compile(backend=backend)
+    return model
 
 
 def default_workers(num_workers: int, device: torch.device) -> int:
@@ -71,7 +83,7 @@ class Runtime:
                use_meta: bool, training: bool = True) -> Runtime:
         # the precision a model was trained in may not exist here (bf16 trained on a GPU, predicted on a CPU)
         amp_dtype, needs_scaler = resolve_amp(amp if training or device.type == "cuda" else "off", device)
-        scaler = torch.amp.GradScaler("cuda") if needs_scaler and training else None
+        scaler = torch.amp.GradScaler(device.type) if needs_scaler and training else None
         return cls(device, amp_dtype, scaler, resolve_channels_last(channels_last, device),
                    torch.tensor(mean, device=device).view(1, -1, 1, 1),
                    torch.tensor(std, device=device).view(1, -1, 1, 1), binary, use_meta)
@@ -119,10 +131,11 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, train: bool,
-                seed: int = 0, sample_weights: np.ndarray | None = None) -> DataLoader:
+                seed: int = 0, sample_weights: np.ndarray | None = None, sampler: Sampler | None = None) -> DataLoader:
+    """Shuffled (or ``sample_weights``-weighted) batches for training, in order for evaluation; ``sampler`` (the
+    distributed training order, say) replaces both."""
     generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if train and sample_weights is not None:
+    if sampler is None and train and sample_weights is not None:
         sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(dataset),
                                         replacement=True, generator=generator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,

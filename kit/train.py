@@ -44,19 +44,29 @@ from kit.data.meta import MetaEncoder
 from kit.data.pack import split_pack
 from kit.data.readers import check_images_exist, open_store
 from kit.data.sampling import subsample_negatives
+from kit.distributed import EpochSampler, current_group
 from kit.errors import ConfigError, KitError
+from kit.gpu_augment import build_batch_augment, on_device
 from kit.losses import build_loss
 from kit.metrics import get_metric
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
 from kit.oof import log_loss, prediction_frame, score_oof
 from kit.progress import Eta, Progress
 from kit.rundir import RunDir
-from kit.runtime import Runtime, default_workers, make_loader, predict_loader, resolve_amp, resolve_device
+from kit.runtime import (
+    Runtime,
+    compile_model,
+    default_workers,
+    make_loader,
+    predict_loader,
+    resolve_amp,
+    resolve_device,
+)
 from kit.transforms import build_eval_transform, build_train_transform
 from kit.weights import WeightsSource, resolve_weights
 
-__all__ = ["EpochCallback", "FoldResult", "RunData", "RunResult", "TrainingError", "prepare_data", "resume_config",
-           "train_fold", "train_folds", "train_one_epoch"]
+__all__ = ["EpochCallback", "FoldResult", "FoldRunner", "RunData", "RunResult", "TrainingError", "prepare_data",
+           "resume_config", "train_fold", "train_folds", "train_one_epoch", "train_sequentially"]
 
 EpochCallback = Callable[[int, int, float], None]
 """on_epoch(fold, epoch, val_metric): called after each epoch's checkpoint; may raise (e.g. optuna.TrialPruned)."""
@@ -124,8 +134,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndarray,
              metric: Callable[[np.ndarray, np.ndarray], float],
-             progress: Progress | None = None) -> tuple[float, np.ndarray]:
+             progress: Progress | None = None,
+             gather: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, np.ndarray]:
+    """The metric and probabilities of ``loader``; ``gather`` joins the parts of several processes first."""
     probs = predict_loader(model, loader, rt, progress)
+    if gather is not None:
+        probs = gather(probs)
     bad = int((~np.isfinite(probs)).sum())
     if bad:  # diverged weights can give a finite epoch loss but NaN outputs; the metric would fail obscurely
         raise TrainingError(f"{bad} of {probs.size} validation predictions are not finite: the weights diverged; "
@@ -310,22 +324,31 @@ class FoldTrainer:
         self.cfg, self.data, self.k, self.run = cfg, data, k, run
         t, spec = cfg.train, data.spec
         self.metric = get_metric(spec.metric)
-        device = resolve_device(t.device)
+        self.dist = current_group()  # rank 0 of 1 outside torchrun
+        device = self.dist.device(resolve_device(t.device))
         self.workers = default_workers(t.num_workers, device)
         self.train_idx, self.val_idx = np.flatnonzero(data.fold != k), np.flatnonzero(data.fold == k)
         self.targets = data.table["target"].to_numpy()
         if len(np.unique(self.targets[self.val_idx])) < 2:
             raise ConfigError(f"fold {k} has a single class in its validation part; use fewer folds or more data")
-        self.train_tf = build_train_transform(cfg.aug.preset, data.input_size, cfg.aug.strength, data.native_size)
+        # aug.on_device: the CPU side only resizes, the preset runs per batch on the device
+        self.batch_aug = build_batch_augment(cfg.aug.preset, cfg.aug.strength) if cfg.aug.on_device else None
+        self.train_tf = build_train_transform("none" if cfg.aug.on_device else cfg.aug.preset, data.input_size,
+                                              cfg.aug.strength, data.native_size)
         self.train_ds = self._subset(self.train_idx, self.train_tf)
-        self.val_ds = self._subset(self.val_idx, build_eval_transform(data.input_size, data.native_size))
-        self.train_tf.save(run.augmentation_path)
+        # each process validates every world-th row; validate() gathers them back in order
+        self.val_ds = self._subset(self.dist.shard(self.val_idx),
+                                   build_eval_transform(data.input_size, data.native_size))
         seed_everything(t.seed + k)  # the same initial weights for a fold, whatever ran before it
         self.rt = Runtime.create(device, t.amp, t.channels_last, data.mean, data.std, spec.is_binary,
                                  data.model.n_meta > 0)
         self.model = self.rt.place(build_model(cfg.model.name, spec.num_outputs, cfg.model.weights,
                                                cfg.model.img_size, cfg.model.drop_rate, data.model.n_meta,
                                                cfg.model.pretrained))
+        if t.sync_bn:  # before the optimizer: it replaces the BatchNorm modules
+            self.model = self.dist.sync_batchnorm(self.model, device)
+        if t.compile:
+            compile_model(self.model)
         self._build_optimisation()
         self.progress = FoldProgress()
 
@@ -412,13 +435,20 @@ class FoldTrainer:
         if self.cfg.model.freeze_epochs > 0:  # feature extraction for the first freeze_epochs, then fine-tuning
             set_backbone_trainable(self.model, epoch >= self.cfg.model.freeze_epochs, self.cfg.model.unfreeze_blocks)
         seed = epoch_seed(t.seed, self.k, epoch)
-        self.train_tf.set_seed(seed)
-        loader = make_loader(self.epoch_dataset(epoch), t.batch_size, self.workers, self.rt.device, True, seed,
-                             self.sample_weights)
+        d = self.dist  # the epoch's order is the same on every rank; each trains its part of every batch
+        self.train_tf.set_seed(seed + d.rank)
+        dataset = self.epoch_dataset(epoch)
+        sampler = EpochSampler(len(dataset), t.batch_size, seed, d.rank, d.world, self.sample_weights)
+        loader = make_loader(dataset, d.local_batch(t.batch_size), self.workers, self.rt.device, True, seed + d.rank,
+                             sampler=sampler)
+        if self.batch_aug is not None:
+            loader = on_device(loader, self.batch_aug, self.rt.device, seed + d.rank)
         with Progress(len(loader), f"fold {self.k} epoch {epoch + 1}/{t.epochs}", unit="step",
-                      enabled=show_progress, overall=self.overall, overall_weight=1 / max(len(loader), 1)) as bar:
-            stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.rt, self.scheduler,
-                                    self.ema, t.grad_clip, epoch, bar)
+                      enabled=show_progress and d.is_main, overall=self.overall,
+                      overall_weight=1 / max(len(loader), 1)) as bar:
+            stats = train_one_epoch(d.wrap(self.model, self.rt.device), loader, self.optimizer, self.loss_fn, self.rt,
+                                    self.scheduler, self.ema, t.grad_clip, epoch, bar)
+        stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world)
         if not math.isfinite(stats.loss):
             raise TrainingError(f"fold {self.k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
                                 f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
@@ -428,9 +458,11 @@ class FoldTrainer:
         """Validate, log, and checkpoint epoch ``epoch`` (0-based); its validation metric."""
         spec, val_targets = self.data.spec, self.targets[self.val_idx]
         eval_model = self.ema.module if self.ema is not None else self.model
-        with Progress(len(self.val_idx), f"fold {self.k} epoch {epoch + 1} validation", unit="img",
-                      enabled=self.show_progress) as bar:
-            val_metric, val_probs = validate(eval_model, self.val_loader, self.rt, val_targets, self.metric, bar)
+        self.dist.sync_buffers(eval_model)  # rank 0's BatchNorm statistics: every rank validates one model
+        with Progress(len(self.val_ds), f"fold {self.k} epoch {epoch + 1} validation", unit="img",
+                      enabled=self.show_progress and self.dist.is_main) as bar:
+            val_metric, val_probs = validate(eval_model, self.val_loader, self.rt, val_targets, self.metric, bar,
+                                             lambda part: self.dist.gather_rows(part, len(self.val_idx)))
         val_loss = log_loss(val_targets, val_probs)
         if self.scheduler is not None:
             self.scheduler.step(epoch + 1, val_metric)
@@ -440,7 +472,10 @@ class FoldTrainer:
         print(f"fold {self.k} epoch {epoch + 1}/{self.cfg.train.epochs}: loss {stats.loss:.4f}  val_loss "
               f"{val_loss:.4f}  {spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s"
               + (f"  (run ETA {self.overall.eta()})" if self.overall is not None else ""), flush=True)
-        if self.progress.update(epoch + 1, val_metric, val_loss):
+        improved = self.progress.update(epoch + 1, val_metric, val_loss)
+        if not self.dist.is_main:  # rank 0 alone writes
+            return val_metric
+        if improved:
             save_checkpoint(self.run.best_path(self.k), self._checkpoint(epoch + 1, val_metric, eval_model))
             ids = self.data.table["id"].to_numpy()[self.val_idx]
             self.run.write_csv(self.run.fold_oof_path(self.k),
@@ -462,7 +497,7 @@ class FoldTrainer:
             val_metric = self.end_epoch(epoch, self.train_epoch(epoch, show_progress))
             if on_epoch is not None:
                 on_epoch(self.k, epoch, val_metric)
-            if t.early_stopping and self.progress.stale >= t.early_stopping:
+            if self.dist.broadcast(t.early_stopping and self.progress.stale >= t.early_stopping):  # rank 0 decides
                 print(f"fold {self.k}: early stop after epoch {epoch + 1} ({t.early_stopping} epochs without "
                       "improvement)")
                 if overall is not None:
@@ -470,17 +505,19 @@ class FoldTrainer:
                 break
         p = self.progress
         result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history))
-        self.run.write_json(self.run.result_path(self.k), asdict(result))  # last: marks the fold finished
-        if not t.keep_last:  # finished: nothing will resume from it
-            self.run.last_path(self.k).unlink(missing_ok=True)
+        if self.dist.is_main:
+            self.run.write_json(self.run.result_path(self.k), asdict(result))  # last: marks the fold finished
+            if not t.keep_last:  # finished: nothing will resume from it
+                self.run.last_path(self.k).unlink(missing_ok=True)
         return result
 
 
 def train_fold(cfg: Config, data: RunData, k: int, run: RunDir, on_epoch: EpochCallback | None = None,
                progress: bool = False, overall: Eta | None = None) -> FoldResult:
-    """Train (or resume) fold ``k`` of ``run``; the caller holds the run's write lock."""
-    run.fold_dir(k).mkdir(parents=True, exist_ok=True)
-    return FoldTrainer(cfg, data, k, run).fit(on_epoch, progress, overall)
+    """Train (or resume) fold ``k`` of ``run`` holding the fold's lock; the caller holds the run's, or (a fold
+    trained in a process of its own) none."""
+    with current_group().writing(run, fold=k):
+        return FoldTrainer(cfg, data, k, run).fit(on_epoch, progress, overall)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -521,9 +558,13 @@ def _write_start(run: RunDir, cfg: Config, data: RunData, data_dir: Path, folds:
         write_folds(run.folds_path, data.table["id"], data.fold, data.spec.id_col)
     run.write_config(cfg, {"weights": data.weights.record()} if data.weights else None)
     run.write_info(data_dir, folds)
+    # the preset as albumentations describes it (with aug.on_device it runs per batch on the device instead)
+    build_train_transform(cfg.aug.preset, data.input_size, cfg.aug.strength, data.native_size).save(
+        run.augmentation_path)
 
 
 def _finish(run: RunDir, spec: Competition, folds: list[int]) -> RunResult:
+    folds = [k for k in folds if run.result_path(k).is_file()]  # a fold trained elsewhere may not have finished
     oof = run.collect_oof(folds)
     run.write_csv(run.oof_path, oof)
     per_fold, pooled = score_oof(spec, oof)
@@ -533,35 +574,53 @@ def _finish(run: RunDir, spec: Competition, folds: list[int]) -> RunResult:
     return result
 
 
+FoldRunner = Callable[[Config, RunData, RunDir, list[int], "EpochCallback | None", bool], None]
+"""(cfg, data, run, folds to train, on_epoch, progress) -> None: trains folds of a run whose lock the caller holds
+(:func:`train_sequentially` here; ``kit.parallel_folds`` one process per device)."""
+
+
+def train_sequentially(cfg: Config, data: RunData, run: RunDir, folds: list[int],
+                       on_epoch: EpochCallback | None = None, progress: bool = False) -> None:
+    """The folds one after the other in this process (with the other ranks of a torchrun launch, if any)."""
+    dist = current_group()
+    on_epoch = dist.decided_by_main(on_epoch)  # a stop (pruning, a time budget) decided once, for every rank
+    finished = dist.broadcast([run.result_path(k).is_file() for k in folds])  # rank 0's view of the run decides
+    overall = Eta((len(folds) - sum(finished)) * cfg.train.epochs)  # the run's epochs left, for the ETA
+    for k, done in zip(folds, finished, strict=True):
+        if done:
+            print(f"fold {k}: already finished, skipped")
+            continue
+        train_fold(cfg, data, k, run, on_epoch, progress, overall)
+
+
 def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: list[int] | None = None,
                 folds_file: str | Path | None = None, on_epoch: EpochCallback | None = None,
                 progress: bool = False, exclude: list[str] | None = None, fresh: bool = False,
-                overwrite: bool = False) -> RunResult:
+                overwrite: bool = False, only: list[int] | None = None,
+                runner: FoldRunner | None = None) -> RunResult:
     """Train the chosen folds (all by default) into ``run_dir``; folds already finished there are skipped.
 
     ``fresh`` refuses a folder that already holds a run (``overwrite`` clears it instead). The folder's write lock
-    is held throughout, so a second trainer started into the same folder stops at once.
+    is held throughout, so a second trainer started into the same folder stops at once. ``only`` trains a subset of
+    ``folds`` now (a failed fold again, say); the scores pool every finished one. ``runner`` trains the folds
+    (default: :func:`train_sequentially`). Under torchrun rank 0 alone locks and writes.
     """
-    run, data_dir = RunDir(run_dir), Path(data_dir)
+    run, data_dir, dist = RunDir(run_dir), Path(data_dir), current_group()
     folds = _check_folds(cfg, folds)
     created = not run.path.exists()
-    with run.writing():
+    with dist.writing(run):
         try:
-            _start(run, fresh, overwrite)
+            dist.on_main(_start, run, fresh, overwrite)
             data = prepare_data(cfg, data_dir, run, Path(folds_file) if folds_file else None, exclude)
         except BaseException:
-            if created and not run.config_path.exists():  # a failed start leaves nothing behind
+            if dist.is_main and created and not run.config_path.exists():  # a failed start leaves nothing behind
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-        _write_start(run, cfg, data, data_dir, folds)
+        dist.on_main(_write_start, run, cfg, data, data_dir, folds)
         print(start_line(cfg, data, folds, run), flush=True)
-        overall = Eta(sum(not run.result_path(k).is_file() for k in folds) * cfg.train.epochs)
-        for k in folds:
-            if run.result_path(k).is_file():
-                print(f"fold {k}: already finished, skipped")
-                continue
-            train_fold(cfg, data, k, run, on_epoch, progress, overall)
-        return _finish(run, data.spec, folds)
+        todo = [k for k in folds if only is None or k in only]
+        (runner or train_sequentially)(cfg, data, run, todo, on_epoch, progress)
+        return dist.on_main(_finish, run, data.spec, folds)
 
 
 def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str:

@@ -15,10 +15,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("kit", "kit.errors", "kit.io", "kit.progress", "kit.registry", "kit.competitions", "kit.metrics",
               "kit.budget")),
     ("data", ("kit.data",)),
-    ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta")),
+    ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
-    ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime")),
-    ("train", ("kit.train",)),
+    ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
+    ("train", ("kit.train", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),
@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
     ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel", "kit.kernel_train")),
-    ("commands", ("kit.commands", "kit.cli", "kit.templates")),
+    ("commands", ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")),
 ]
 MAX_FUNCTION_LINES = 60
 

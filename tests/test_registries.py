@@ -204,7 +204,19 @@ def check_gbdt(name: str, factory) -> None:
     assert np.isclose(importances(model).sum(), 1)
 
 
+def check_batch_augmentation(name: str, entry) -> None:
+    from kit.transforms import AUG_PRESETS
+
+    assert name in AUG_PRESETS, f"on-device preset {name} has no CPU preset of that name to match"
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    for strength in (0.0, 1.0, 2.0):
+        outs = [entry(strength)(x.clone(), torch.Generator().manual_seed(0)) for _ in range(2)]
+        assert outs[0].dtype == torch.uint8 and outs[0].shape == x.shape
+        assert torch.equal(outs[0], outs[1])  # the generator alone decides
+
+
 CHECKS = {
+    "on-device augmentation preset": check_batch_augmentation,
     "competition": check_competition,
     "model": check_model,
     "augmentation preset": check_augmentation_preset,

@@ -13,7 +13,8 @@ def add_parser(sub):
     p.add_argument("--out", help="run folder to create, e.g. runs/hcd-resnet18")
     p.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file; "
                    "default: the competition's preset")
-    p.add_argument("--folds", default=None, help="comma-separated folds to train, e.g. 0,1 (default: all)")
+    p.add_argument("--folds", default=None, help="comma-separated folds to train, e.g. 0,1 (default: all); with "
+                   "--resume, the ones of the run to train now (a failed fold again, say)")
     p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: folds "
                    "made on the fly)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -28,10 +29,13 @@ def add_parser(sub):
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly at an epoch boundary when the next epoch would end after SECONDS (from the "
                    "start of this command); every finished epoch is kept, exit code 75, continue with --resume")
+    p.add_argument("--devices", default=None, metavar="LIST", help="train folds in parallel, one process per device: "
+                   "GPU indexes (0,1,2,3) or cpu (cpu,cpu); for one fold on several GPUs use torchrun instead")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import contextlib
     import time
     from pathlib import Path
 
@@ -41,6 +45,7 @@ def run(args) -> int:
 
     started = time.monotonic()  # the budget counts from here: loading the data is part of the session
     progress = not args.no_progress  # a bar in a terminal, a line every KIT_PROGRESS_EVERY s in a log
+    only = None
     if args.resume:
         if args.overrides or args.config or args.overwrite:
             raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite are not "
@@ -48,6 +53,7 @@ def run(args) -> int:
         cfg, data_dir, folds = resume_config(Path(args.resume))
         out = Path(args.resume)
         data_dir = Path(args.data) if args.data else data_dir
+        only = _resume_only(args.folds, folds)
     else:
         missing = [f"--{n}" for n in ("competition", "data", "out") if not getattr(args, n)]
         if missing:
@@ -60,24 +66,34 @@ def run(args) -> int:
         from kit.data.labels import read_csv
 
         exclude = list(read_csv(Path(args.exclude), ["id"], what="exclude list")["id"])
+    from kit.distributed import session
     from kit.rundir import RunDir
 
-    with RunDir(out).logging():  # train.log: everything printed from here on, once the run has started
-        return _train(cfg, data_dir, out, folds, exclude, progress, args, started)
+    with session(cfg.train.device) as group:  # under torchrun: one process group; otherwise a no-op
+        runner = _fold_runner(args.devices, exclude, group.enabled)
+        # train.log: everything printed from here on, once the run has started; rank 0 alone writes it
+        log = RunDir(out).logging() if group.is_main else contextlib.nullcontext()
+        with log:
+            return _train(cfg, data_dir, out, folds, exclude, progress, args, started, only=only, runner=runner,
+                          is_main=group.is_main)
 
 
-def _train(cfg, data_dir, out, folds, exclude, progress, args, started) -> int:
+def _train(cfg, data_dir, out, folds, exclude, progress, args, started, *, only, runner, is_main) -> int:
     from kit.budget import EXIT_BUDGET, TimeBudgetReached
     from kit.report import write_report
     from kit.train import train_folds
 
-    budget = _budget(args.time_budget, cfg, folds, started)
+    budget = _budget(args.time_budget, cfg, only or folds, started)
     try:
         result = train_folds(cfg, data_dir, out, folds, args.folds_file, on_epoch=budget, progress=progress,
-                             exclude=exclude, fresh=not args.resume, overwrite=args.overwrite)
+                             exclude=exclude, fresh=not args.resume, overwrite=args.overwrite, only=only,
+                             runner=runner)
     except TimeBudgetReached as e:
-        print(f"kit train: {e}; continue with: kit train --resume {out} [--time-budget SECONDS]", flush=True)
+        if is_main:
+            print(f"kit train: {e}; continue with: kit train --resume {out} [--time-budget SECONDS]", flush=True)
         return EXIT_BUDGET
+    if not is_main:  # rank 0 reports
+        return 0
     written = write_report(out)
     print(f"\n{'fold':>6}  {result.metric}")
     for k, score in result.fold_scores.items():
@@ -96,3 +112,30 @@ def _budget(seconds, cfg, folds, started):
     from kit.budget import TimeBudget
 
     return TimeBudget(seconds, cfg.train.epochs, folds if folds is not None else range(cfg.n_folds), start=started)
+
+
+def _resume_only(text: str | None, folds: list[int]) -> list[int] | None:
+    """``--folds`` with ``--resume``: which of the run's folds to train now (None: every unfinished one)."""
+    from kit.errors import ConfigError
+
+    if not text:
+        return None
+    only = parse_folds(text)
+    alien = [k for k in only if k not in folds]
+    if alien:
+        raise ConfigError(f"--folds {text}: fold {alien[0]} is not one of this run's folds "
+                          f"({','.join(map(str, folds))})")
+    return only
+
+
+def _fold_runner(devices: str | None, exclude: list[str] | None, distributed: bool):
+    """The fold runner of ``--devices`` (None: the folds one after the other in this process)."""
+    if devices is None:
+        return None
+    from kit.errors import ConfigError
+    from kit.parallel_folds import ParallelFolds, parse_devices
+
+    if distributed:
+        raise ConfigError("--devices runs one process per fold; under torchrun every process trains the same fold: "
+                          "use one or the other")
+    return ParallelFolds(parse_devices(devices), exclude)
