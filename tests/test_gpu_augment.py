@@ -15,6 +15,9 @@ from kit.transforms import build_train_transform
 
 N = 2000
 SIZE = 8
+# the same comparisons on a GPU where there is one (marked cuda; skipped elsewhere)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +34,12 @@ def _cpu_views(image: np.ndarray, strength: float) -> np.ndarray:
     return np.stack([pipeline(image).numpy() for _ in range(N)])  # N x C x H x W
 
 
-def _device_views(image: np.ndarray, strength: float, seed: int = 1) -> np.ndarray:
-    batch = torch.from_numpy(image.transpose(2, 0, 1).copy()).unsqueeze(0).repeat(N, 1, 1, 1)
-    g = torch.Generator().manual_seed(seed)
+def _device_views(image: np.ndarray, strength: float, seed: int = 1, device: str = "cpu") -> np.ndarray:
+    batch = torch.from_numpy(image.transpose(2, 0, 1).copy()).unsqueeze(0).repeat(N, 1, 1, 1).to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     out = build_batch_augment("histo", strength)(batch, g)
-    assert out.dtype == torch.uint8 and out.shape == batch.shape
-    return out.numpy()
+    assert out.dtype == torch.uint8 and out.shape == batch.shape and out.device.type == device
+    return out.cpu().numpy()
 
 
 def _orientation(views: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -54,17 +57,19 @@ def _colour_stats(views: np.ndarray) -> dict[str, np.ndarray]:
             "contrast": v.mean(1).std((1, 2)), "spread": v.reshape(len(v), -1).std(1)}
 
 
-def test_the_dihedral_symmetries_are_drawn_uniformly_as_on_the_cpu(image):
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_dihedral_symmetries_are_drawn_uniformly_as_on_the_cpu(image, device):
     cpu = _orientation(_cpu_views(image, 0.0), image)  # strength 0: no colour jitter, the symmetries alone
-    device = _orientation(_device_views(image, 0.0), image)
+    device = _orientation(_device_views(image, 0.0, device=device), image)
     assert (cpu >= 0).all() and (device >= 0).all()
     cpu_counts, device_counts = np.bincount(cpu, minlength=8), np.bincount(device, minlength=8)
     assert stats.chisquare(device_counts).pvalue > 1e-3  # uniform over the 8
     assert stats.chi2_contingency(np.stack([cpu_counts, device_counts])).pvalue > 1e-3  # as the CPU draws them
 
 
-def test_the_colour_jitter_matches_the_cpu_preset(image):
-    cpu, device = _colour_stats(_cpu_views(image, 1.0)), _colour_stats(_device_views(image, 1.0))
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_colour_jitter_matches_the_cpu_preset(image, device):
+    cpu, device = _colour_stats(_cpu_views(image, 1.0)), _colour_stats(_device_views(image, 1.0, device=device))
     for name in cpu:
         p = stats.ks_2samp(cpu[name], device[name]).pvalue
         assert p > 1e-3, f"{name}: the on-device distribution differs from the CPU preset's (KS p={p:.2g})"
