@@ -332,7 +332,7 @@ class BundlePush:
 def _read_metadata(folder: Path) -> dict:
     path = folder / METADATA
     if not path.is_file():
-        raise KitError(f"{folder} is not a bundle folder (no {METADATA}): make one with kit bundle RUN_DIR --owner USER")
+        raise KitError(f"{folder} is not a bundle folder (no {METADATA}): make one with kit bundle build RUN_DIR --owner USER")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -62,7 +62,7 @@ def bundle(tmp_path_factory, cache) -> Path:
     """kit bundle RUN --owner OWNER --out DIR --wheel-cache CACHE, once for the tests that only read it."""
     root = tmp_path_factory.mktemp("bundle")
     run = write_run(root / "run-a")
-    assert main(["bundle", str(run), "--owner", OWNER, "--out", str(root / "out"), "--wheel-cache", str(cache)]) == 0
+    assert main(["bundle", "build", str(run), "--owner", OWNER, "--out", str(root / "out"), "--wheel-cache", str(cache)]) == 0
     return root / "out"
 
 
@@ -100,7 +100,7 @@ def test_the_kit_wheel_is_built_from_this_checkout_with_its_templates(bundle):
 def test_only_the_chosen_folds_are_bundled_and_an_unfinished_one_is_refused(tmp_path, cache):
     run = write_run(tmp_path / "run")
     out = tmp_path / "one"
-    assert main(["bundle", str(run), "--owner", OWNER, "--slug", "hcd-fold-one", "--folds", "1", "--out", str(out),
+    assert main(["bundle", "build", str(run), "--owner", OWNER, "--slug", "hcd-fold-one", "--folds", "1", "--out", str(out),
                  "--wheel-cache", str(cache)]) == 0
     assert json.loads((out / "dataset-metadata.json").read_text())["id"] == f"{OWNER}/hcd-fold-one"
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["fold1"]
@@ -130,7 +130,7 @@ def test_a_wheel_missing_from_the_cache_is_a_clear_error_and_leaves_nothing(tmp_
 ])
 def test_bad_names_are_refused_before_any_work(tmp_path, capsys, args, said):
     run = write_run(tmp_path / "run")
-    assert main(["bundle", str(run), *args, "--out", str(tmp_path / "out")]) == 1
+    assert main(["bundle", "build", str(run), *args, "--out", str(tmp_path / "out")]) == 1
     assert said in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -139,7 +139,7 @@ def test_a_folder_that_is_not_a_bundle_is_not_overwritten(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert main(["bundle", str(run), "--owner", OWNER, "--out", str(tmp_path / "mine")]) == 1
+    assert main(["bundle", "build", str(run), "--owner", OWNER, "--out", str(tmp_path / "mine")]) == 1
     assert "exists and is not a kit bundle" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 

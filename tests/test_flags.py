@@ -1,5 +1,5 @@
-"""Consistent flags: -c for --competition with its choices in --help, --out for every output folder, and a
---folds-file that sets the fold count."""
+"""Consistent flags: -c for --competition with its choices in --help, --out for every output folder, kit bundle and
+kit kernel of the same shape (build, then push DIR), and a --folds-file that sets the fold count."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ def test_competition_has_c_and_lists_its_choices(argv):
 def test_every_output_folder_is_out(argv):
     args = build_parser().parse_args([*argv, "--out", "somewhere"])
     assert "somewhere" in vars(args).values()
+
+
+def test_bundle_and_kernel_are_built_then_pushed_the_same_way():
+    """kit bundle build RUN / kit bundle push DIR, as kit kernel build / kit kernel push DIR."""
+    parser = build_parser()
+    for command in ("bundle", "kernel"):
+        assert parser.parse_args([command, "push", "somewhere"]).folder == "somewhere"
+        assert "build" in _help([command]) and "push" in _help([command])
+    assert parser.parse_args(["bundle", "build", "runs/a", "--owner", "me", "--out", "b"]).run_dir == "runs/a"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+        parser.parse_args(["bundle", "runs/a", "--owner", "me"])  # the action is named, as for kit kernel
+    assert "invalid choice: 'runs/a' (choose from 'build', 'wheels', 'push')" in err.getvalue()
 
 
 def test_c_works_like_competition(tmp_path, capsys):

@@ -1,30 +1,48 @@
-"""kit bundle: a Kaggle dataset folder of a run (kit's wheel, the wheels Kaggle lacks, fold checkpoints); push it."""
+"""kit bundle: build a Kaggle dataset folder of a run (kit's wheel, the wheels Kaggle lacks, fold checkpoints) or of
+the wheels alone; push it. The same shape as kit kernel: ``build``, then ``push DIR``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-USAGE = ("kit bundle RUN_DIR --owner USER [--slug NAME] [--folds 0,1] [--out DIR] [--wheel-cache DIR]\n"
-         "       kit bundle wheels --owner USER [--slug NAME] [--out DIR] [--wheel-cache DIR]\n"
-         "       kit bundle push DIR [-m MESSAGE] [--public]")
-
 
 def add_parser(sub):
     p = sub.add_parser("bundle", help="make a Kaggle dataset of a run's checkpoints and kit's wheels; push it",
-                       usage=USAGE, description="RUN_DIR: write a dataset folder (default bundles/<slug>) holding "
-                       "dataset-metadata.json, kit's wheel built from this checkout, wheels of the dependencies "
-                       "Kaggle's image lacks (KAGGLE_IMAGE_LACKS in kit/bundle.py: simplejpeg) for the CPython "
-                       "versions of KAGGLE_PYTHONS, and checkpoints/ (config.yaml, folds.csv, scores.json, "
-                       "run.json, fold*/best.pt). wheels: the wheels only (default slug kit-wheels), what a training "
-                       "kernel (kit kernel build --train) installs kit from. push DIR: create the Kaggle dataset, or add a version when it "
-                       "exists, uploading the subfolder too (needs Kaggle credentials).")
-    p.add_argument("target", metavar="RUN_DIR", help="a run folder written by kit train, or the word wheels or push")
-    p.add_argument("folder", nargs="?", metavar="DIR", help="with push: the bundle folder to upload")
-    p.add_argument("--owner", default=None, help="your Kaggle user name (the dataset is OWNER/SLUG)")
-    p.add_argument("--slug", default=None, help="dataset slug (default kit-<competition>-weights, which kit kernel "
-                   "build attaches by default)")
-    p.add_argument("--folds", default=None, help="comma-separated folds to include (default: every finished fold)")
+                       description="build RUN_DIR: a dataset folder of a run; wheels: a dataset folder of the wheels "
+                       "alone; push DIR: upload either (as kit kernel build, then kit kernel push DIR).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    b = actions.add_parser("build", help="a dataset folder of a run: kit's wheel, the wheels Kaggle lacks, the folds",
+                           description="Write a dataset folder (default bundles/<slug>) holding "
+                           "dataset-metadata.json, kit's wheel built from this checkout, wheels of the dependencies "
+                           "Kaggle's image lacks (KAGGLE_IMAGE_LACKS in kit/bundle.py: simplejpeg) for the CPython "
+                           "versions of KAGGLE_PYTHONS, and checkpoints/ (config.yaml, folds.csv, scores.json, "
+                           "run.json, fold*/best.pt). Upload it with kit bundle push DIR.")
+    b.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
+    b.add_argument("--folds", default=None, help="comma-separated folds to include (default: every finished fold)")
+    _build_options(b, "dataset slug (default kit-<competition>-weights, which kit kernel build attaches by default)")
+    b.set_defaults(func=_build)
+
+    w = actions.add_parser("wheels", help="a dataset folder of the wheels alone (what a training kernel installs)",
+                           description="Write a dataset folder of kit's wheel and the wheels Kaggle's image lacks: "
+                           "what a training kernel (kit kernel build --train) installs kit from. Upload it with kit "
+                           "bundle push DIR.")
+    _build_options(w, "dataset slug (default kit-wheels)")
+    w.set_defaults(func=_wheels)
+
+    u = actions.add_parser("push", help="create the Kaggle dataset of a bundle folder, or add a version to it",
+                           description="Create the Kaggle dataset, or add a version when it exists, uploading the "
+                           "subfolder too (needs Kaggle credentials).")
+    u.add_argument("folder", metavar="DIR", help="a folder written by kit bundle build or kit bundle wheels")
+    u.add_argument("-m", "--message", default=None, help="the version notes (default 'kit bundle')")
+    u.add_argument("--public", action="store_true", help="make a new dataset public (default private)")
+    u.set_defaults(func=_push)
+
+
+def _build_options(p: argparse.ArgumentParser, slug_help: str) -> None:
+    p.add_argument("--owner", default=None, help="your Kaggle user name (the dataset is OWNER/SLUG); required")
+    p.add_argument("--slug", default=None, help=slug_help)
     p.add_argument("--out", default=None, help="output folder (default bundles/<slug>)")
     p.add_argument("--wheel-cache", default=os.environ.get("KIT_WHEEL_CACHE"), metavar="DIR",
                    help="take the dependency wheels from this folder only, offline (default $KIT_WHEEL_CACHE; unset: "
@@ -36,55 +54,45 @@ def add_parser(sub):
                    "KAGGLE_PYTHONS in kit/bundle.py, 3.11 and 3.12)")
     p.add_argument("--license", default=None, help="the dataset's license name on Kaggle (default other: the "
                    "weights come from competition data, whose rules apply)")
-    p.add_argument("-m", "--message", default=None, help="with push: the version notes (default 'kit bundle')")
-    p.add_argument("--public", action="store_true", help="with push: make a new dataset public (default private)")
-    p.set_defaults(func=run)
 
 
-def _build_options(args: argparse.Namespace) -> list[str]:
-    return [flag for flag, value in (("--owner", args.owner), ("--slug", args.slug), ("--folds", args.folds),
-                                     ("--out", args.out), ("--kit-source", args.kit_source),
-                                     ("--python", args.python), ("--license", args.license)) if value is not None]
-
-
-def run(args: argparse.Namespace) -> int:
-    from kit.errors import ConfigError
-
-    if args.target == "push":
-        if args.folder is None:
-            raise ConfigError("kit bundle push needs the bundle folder: kit bundle push DIR")
-        if _build_options(args):
-            raise ConfigError(f"{', '.join(_build_options(args))} belong to building a bundle, not to push")
-        from kit.bundle import push_bundle
-
-        print(push_bundle(args.folder, args.message, args.public).summary())
-        return 0
-    if args.folder is not None:
-        raise ConfigError(f"unexpected argument '{args.folder}': build with kit bundle RUN_DIR --owner USER, "
-                          "upload with kit bundle push DIR")
+def _need_owner(args: argparse.Namespace) -> None:
+    """--owner checked here, not by argparse: the same one line (exit 1) as every other bad input."""
     if args.owner is None:
+        from kit.errors import ConfigError
+
         raise ConfigError("--owner USER is required: your Kaggle user name")
-    if args.target == "wheels":
-        return _wheels(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     from kit.bundle import DEFAULT_LICENSE, KAGGLE_PYTHONS, make_bundle
     from kit.commands import parse_folds
 
-    out = make_bundle(args.target, args.owner, args.slug, parse_folds(args.folds) if args.folds else None, args.out,
-                      args.wheel_cache, args.kit_source, args.license or DEFAULT_LICENSE, tuple(args.python or KAGGLE_PYTHONS))
+    _need_owner(args)
+    out = make_bundle(args.run_dir, args.owner, args.slug, parse_folds(args.folds) if args.folds else None, args.out,
+                      args.wheel_cache, args.kit_source, args.license or DEFAULT_LICENSE,
+                      tuple(args.python or KAGGLE_PYTHONS))
+    return _wrote(out)
+
+
+def _wheels(args: argparse.Namespace) -> int:
+    from kit.bundle import KAGGLE_PYTHONS, WHEELS_SLUG, make_wheels_bundle
+
+    _need_owner(args)
+    extra = {"license_name": args.license} if args.license else {}
+    out = make_wheels_bundle(args.owner, args.slug or WHEELS_SLUG, args.out, args.wheel_cache, args.kit_source,
+                             pythons=tuple(args.python or KAGGLE_PYTHONS), **extra)
+    return _wrote(out)
+
+
+def _wrote(out) -> int:
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f"upload it with: kit bundle push {out}")
     return 0
 
 
-def _wheels(args: argparse.Namespace) -> int:
-    from kit.bundle import KAGGLE_PYTHONS, WHEELS_SLUG, make_wheels_bundle
-    from kit.errors import ConfigError
+def _push(args: argparse.Namespace) -> int:
+    from kit.bundle import push_bundle
 
-    if args.folds is not None:
-        raise ConfigError("--folds belongs to a run's bundle, not to kit bundle wheels")
-    extra = {"license_name": args.license} if args.license else {}
-    out = make_wheels_bundle(args.owner, args.slug or WHEELS_SLUG, args.out, args.wheel_cache, args.kit_source,
-                             pythons=tuple(args.python or KAGGLE_PYTHONS), **extra)
-    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
-    print(f"upload it with: kit bundle push {out}")
+    print(push_bundle(args.folder, args.message, args.public).summary())
     return 0
