@@ -159,3 +159,22 @@ def test_bench_gpu_smoke_run(tmp_path):
     assert all(r["train_kit_vs_bare"] > 0 and r["predict_kit_vs_bare"] > 0 for r in report["rows"])
     assert report["tta"][0]["stacked_vs_per_view"] > 0
     assert "| test_resnet | 32 | 4 | amp+channels_last |" in out.stdout and "worst kit/bare" in out.stdout
+
+
+def test_bench_pipeline_smoke_run(tmp_path):
+    """scripts/bench_pipeline.py runs end to end (on a CPU: tiny, figures meaningless, every arm and ratio present)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, str(root / "scripts" / "bench_pipeline.py"), "--n", "80", "--device", "cpu",
+                          "--model", "test_resnet", "--batch", "8", "--workers", "4", "--work", str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    table = out.stdout[out.stdout.index("| arm |"):].splitlines()
+    assert len(table) == 2 + 5 and table[2].startswith("| (a) histo preset, 4 CPU workers |")
+    assert "| (b) aug.on_device, 1 workers |" in out.stdout
+    assert table[2].endswith("| 1.00 |") and all(float(row.split("|")[3]) > 0 for row in table[2:])
