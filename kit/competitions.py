@@ -59,6 +59,9 @@ class Competition:
     """Extra per-image metadata joined on ``metadata_key`` (for example HAM10000's lesion ids)."""
     metadata_key: str | None = None
     has_metadata: bool = False
+    train_only_columns: tuple[str, ...] = ()
+    """Metadata columns that are never features: they give the label away (the diagnosis) or the test lacks them by
+    design. Identifiers and label columns are never features either (``kit.data.columns`` owns the rule)."""
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
@@ -128,6 +131,8 @@ register(Competition(
     sample_submission="sample_submission.csv",
     group_col="patient_id",
     has_metadata=True,
+    # tfrecord: the shard number in the widely used resized copies of the data (train.csv with width, height)
+    train_only_columns=("diagnosis", "benign_malignant", "tfrecord"),
     metric="auc",
     submission_columns=("image_name", "target"),
     aliases=("isic-2020",),
@@ -146,6 +151,8 @@ register(Competition(
     sample_submission="sample_submission.csv",
     group_col="patient_id",
     has_metadata=True,
+    train_only_columns=("lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
+                        "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"),
     metric="pauc80",
     submission_columns=("isic_id", "target"),
     aliases=("isic-2024",),
@@ -185,6 +192,7 @@ register(Competition(
     metadata_key="image_id",
     group_col="lesion_id",
     has_metadata=True,
+    train_only_columns=("dx", "dx_type"),  # the diagnosis and how it was confirmed: the label itself
     metric="balanced_accuracy",
     submission_columns=("image", *ISIC_2018_CLASSES),
     aliases=("isic-2018", "ham10000"),

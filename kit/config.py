@@ -96,8 +96,9 @@ class ModelConfig:
                                 valid="true, false, or a timm pretrained tag of model.name")
     img_size: int | None = _f(None, "input side in pixels; null takes the backbone's timm data config", ge=1)
     drop_rate: float = _f(0.0, "dropout before the classifier (timm's drop_rate)", ge=0.0, lt=1.0)
-    use_metadata: bool = _f(False, "fuse sex / age / site / images-per-patient features with the image features "
-                                   "(competitions with metadata: ISIC)")
+    use_metadata: bool = _f(False, "fuse every feature column of the metadata (numbers standardised, text one-hot, "
+                                   "missing flagged) and images per patient with the image features (competitions "
+                                   "with metadata: ISIC)")
     freeze_epochs: int = _f(0, "feature extraction: train only the head for this many epochs with the backbone "
                                "frozen (at most train.epochs: equal trains the head alone)", ge=0)
     unfreeze_blocks: int = _f(0, "after the frozen epochs unfreeze the top N blocks of the backbone (0 = all of it)",

@@ -26,7 +26,7 @@ from kit.checkpoint import Checkpoint, load_checkpoint
 from kit.competitions import Competition
 from kit.data.dataset import ImageDataset
 from kit.data.labels import load_test_table, load_train_table
-from kit.data.meta import MetaEncoder
+from kit.data.meta import load_encoder
 from kit.data.pack import Pack, split_pack
 from kit.data.readers import ImageStore, check_images_exist, open_store
 from kit.errors import ConfigError, KitError
@@ -127,7 +127,7 @@ def _encoded_meta(ckpt: Checkpoint, table: pd.DataFrame) -> np.ndarray | None:
         return None
     if ckpt.meta_encoder is None:
         raise KitError(f"fold {ckpt.fold}: the model takes metadata but its checkpoint has no meta_encoder")
-    meta = MetaEncoder.from_dict(ckpt.meta_encoder).transform(table)
+    meta = load_encoder(ckpt.meta_encoder).transform(table)
     if meta.shape[1] != ckpt.model.n_meta:
         raise KitError(f"fold {ckpt.fold}: the metadata encoder gives {meta.shape[1]} features but the model "
                        f"takes {ckpt.model.n_meta}")
@@ -168,6 +168,7 @@ class _RunPredictor:
         if with_oof:
             self.train = ImageSource(self.spec, data_dir, "train", open_store(self.spec, data_dir, "train"))
         self._train_rows: pd.DataFrame | None = None
+        self._test_rows: pd.DataFrame | None = None
         self.overall: Eta | None = None
         self.label = ""
 
@@ -183,10 +184,16 @@ class _RunPredictor:
     def train_rows(self) -> pd.DataFrame:
         """The training table as the run saw it (the ids of its folds.csv, in table order), for the OOF metadata."""
         if self._train_rows is None:
-            table = load_train_table(self.spec, self.data_dir)
+            table = load_train_table(self.spec, self.data_dir, features=True)
             kept = set(pd.read_csv(self.run.folds_path, dtype=str)[self.spec.id_col])
             self._train_rows = table[table["id"].isin(kept)].reset_index(drop=True)
         return self._train_rows
+
+    def test_rows(self) -> pd.DataFrame:
+        """The test table with every feature column of its metadata, for the metadata branch."""
+        if self._test_rows is None:
+            self._test_rows = load_test_table(self.spec, self.data_dir, features=True)
+        return self._test_rows
 
     def oof(self, k: int, model: nn.Module, ckpt: Checkpoint, rt: Runtime, tta: TTA, bs: int,
             workers: int) -> pd.DataFrame:
@@ -204,7 +211,7 @@ class _RunPredictor:
 
     def test_probs(self, model: nn.Module, ckpt: Checkpoint, rt: Runtime, tta: TTA, bs: int,
                    workers: int) -> np.ndarray:
-        meta = _encoded_meta(ckpt, self.test_table) if rt.use_meta else None
+        meta = _encoded_meta(ckpt, self.test_rows()) if rt.use_meta else None
         dataset = self.test.dataset(self.test_table["id"], ckpt.input_size, _cached(ckpt), meta)
         with self.bar(f"{len(dataset)} test images", len(dataset), tta) as bar:
             return predict_dataset(model, dataset, rt, tta, bs, workers, bar)

@@ -238,7 +238,8 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
                  exclude: list[str] | None = None) -> RunData:
     """Labels, folds, metadata and (cached) images of a run, and its model built once: nothing is written here."""
     spec = get_competition(cfg.competition)
-    table = load_train_table(spec, data_dir)
+    # every feature column of the metadata only where the metadata branch takes them: they are ~40 on ISIC 2024
+    table = load_train_table(spec, data_dir, features=cfg.model.use_metadata)
     all_ids = table["id"].tolist()  # the pack covers the whole split, whatever this run leaves out
     if exclude:
         table = table[~table["id"].isin(set(exclude))].reset_index(drop=True)
@@ -251,6 +252,7 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
             raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
         meta_encoder = MetaEncoder.fit(table)
         meta = meta_encoder.transform(table)
+        print(f"metadata branch: {meta_encoder.size} features from {len(meta_encoder.columns)} columns", flush=True)
     n_meta = 0 if meta is None else meta.shape[1]
     # built once with its weights file before anything is written: a bad name, size or file fails here
     weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)

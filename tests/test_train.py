@@ -171,7 +171,7 @@ def test_multiclass_with_metadata_and_freeze(demo_data, tmp_path):
     np.testing.assert_allclose(oof[classes].sum(axis=1), 1.0, atol=1e-5)
     assert 0.0 <= result.cv_score <= 1.0
     ckpt = load_checkpoint(tmp_path / "run" / "fold0" / "best.pt")
-    assert ckpt.model.n_meta > 0 and ckpt.meta_encoder["sites"]
+    assert ckpt.model.n_meta > 0 and ckpt.meta_encoder["categorical"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Load a competition's labels (and metadata, and groups) into one tidy table.
 
 Columns of the table: ``id``, ``target`` (0/1, or the class index for multiclass), ``group`` (patient or lesion,
-or the id itself where the competition has none), and when the competition has metadata ``sex``, ``age``, ``site``.
+or the id itself where the competition has none), and when the competition has metadata ``sex``, ``age``, ``site``;
+with ``features=True`` also every feature column of the metadata (:mod:`kit.data.columns`), for the metadata branch.
 Every check names the file, line and column at fault. Line numbers count the header as line 1, as an editor does.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kit.competitions import META_ALIASES, Competition, get_competition
+from kit.data.columns import feature_columns, group_column, header, metadata_path, read_features, test_metadata_path
 from kit.errors import DataError
 
 
@@ -118,8 +120,24 @@ def _join_metadata(spec: Competition, data_dir: Path, df: pd.DataFrame, id_col: 
     return merged
 
 
-def load_train_table(competition: str | Competition, data_dir: str | Path) -> pd.DataFrame:
-    """The labelled training table of ``competition`` found under ``data_dir`` (no image is read here)."""
+def _with_features(table: pd.DataFrame, path: Path, key: str, columns: list[str]) -> pd.DataFrame:
+    """``table`` with the metadata ``columns`` of ``path`` joined on its id (canonical sex / age / site replaced)."""
+    features = read_features(path, key, columns).drop_duplicates(key).set_index(key).reindex(table["id"])
+    kept = table.drop(columns=[c for c in features.columns if c in table.columns])
+    return pd.concat([kept, features.reset_index(drop=True)], axis=1)
+
+
+def _train_features(spec: Competition, data_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """The training table with every feature column the test metadata has too (all of them without test metadata:
+    ISIC 2018 has none)."""
+    path, test = metadata_path(spec, data_dir), test_metadata_path(spec, data_dir)
+    columns = feature_columns(spec, header(path), header(test) if test else None)
+    return _with_features(table, path, spec.metadata_key or spec.id_col, columns)
+
+
+def load_train_table(competition: str | Competition, data_dir: str | Path, features: bool = False) -> pd.DataFrame:
+    """The labelled training table of ``competition`` found under ``data_dir`` (no image is read here); with
+    ``features`` every feature column of its metadata too."""
     spec = get_competition(competition)
     data_dir = Path(data_dir)
     path = data_dir / spec.labels_file
@@ -144,12 +162,14 @@ def load_train_table(competition: str | Competition, data_dir: str | Path) -> pd
         table["group"] = table["id"]
     if spec.has_metadata:
         table = pd.concat([table, _metadata(df).reset_index(drop=True)], axis=1)
+        if features:
+            table = _train_features(spec, data_dir, table)
     return table
 
 
-def load_test_table(competition: str | Competition, data_dir: str | Path) -> pd.DataFrame:
+def load_test_table(competition: str | Competition, data_dir: str | Path, features: bool = False) -> pd.DataFrame:
     """The test ids in submission order (from the first test list present), with metadata (and the ``group``
-    column, patient) where the list has it.
+    column, patient) where the list has it; with ``features`` every feature column of the list too.
 
     A competition without a test list (ISIC 2018) takes the ids of the test image folder, sorted.
     """
@@ -163,11 +183,14 @@ def load_test_table(competition: str | Competition, data_dir: str | Path) -> pd.
             df = read_csv(path, [id_list.id_col], what="test list")
             check_ids(df, id_list.id_col, path)
             table = pd.DataFrame({"id": df[id_list.id_col].to_numpy()})
-            if spec.group_col and spec.group_col in df.columns:
+            group = group_column(spec, df.columns)
+            if group:
                 # the metadata encoder counts images per patient from this column, as it does on the train table
-                table["group"] = df[spec.group_col].fillna(df[id_list.id_col]).to_numpy()
+                table["group"] = df[group].fillna(df[id_list.id_col]).to_numpy()
             if spec.has_metadata:
                 table = pd.concat([table, _metadata(df).reset_index(drop=True)], axis=1)
+                if features:
+                    table = _with_features(table, path, id_list.id_col, feature_columns(spec, df.columns))
             return table
     try:
         store = open_store(spec, data_dir, "test")

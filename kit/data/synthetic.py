@@ -238,8 +238,7 @@ ISIC_2024_TEST_COLUMNS = [
     "tbp_lv_norm_border", "tbp_lv_norm_color", "tbp_lv_perimeterMM", "tbp_lv_radial_color_std_max", "tbp_lv_stdL",
     "tbp_lv_stdLExt", "tbp_lv_symm_2axis", "tbp_lv_symm_2axis_angle", "tbp_lv_x", "tbp_lv_y", "tbp_lv_z",
     "attribution", "copyright_license"]
-ISIC_2024_TRAIN_ONLY = ["lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
-                        "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"]
+ISIC_2024_TRAIN_ONLY = list(get_competition("isic-2024-challenge").train_only_columns)
 ISIC_2024_TRAIN_COLUMNS = ["isic_id", "target", *ISIC_2024_TEST_COLUMNS[1:], *ISIC_2024_TRAIN_ONLY]
 _ISIC_2024_PLACES = {  # synthetic site -> (tbp_lv_location, tbp_lv_location_simple) choices
     "torso": [("Torso Back Top Third", "Torso Back"), ("Torso Front Top Half", "Torso Front"),

@@ -1,10 +1,9 @@
 """The stack's feature table: a competition's tabular metadata, engineered ratios, per-patient normalised features,
 and the image runs' scores, for the labelled rows and the test rows alike.
 
-- Every column of the test metadata except the id and the patient: numeric columns as numbers, the others as
-  categories. Train-only columns (the diagnosis columns of ISIC 2024, ``benign_malignant`` of SIIM-ISIC 2020) are
-  dropped: the test lacks them and they give the label away. Any other training column absent from the test
-  metadata stops with one line naming it.
+- Every feature column of the metadata (:mod:`kit.data.columns` says which: not the ids, the labels or the
+  competition's ``train_only_columns`` such as ISIC 2024's diagnosis columns): numeric columns as numbers, the others
+  as categories. A feature column absent from the test metadata stops with one line naming it.
 - Engineered features of the ISIC 2024 winners' recipe (size, shape and colour ratios), where their columns exist.
 - Per-patient normalisation of every numeric feature: ``(x - patient mean) / (patient std + eps)``, i.e. the lesion
   against the same patient's other lesions (the "ugly duckling"), and the patient's count of lesions. It uses no
@@ -22,18 +21,13 @@ import numpy as np
 import pandas as pd
 
 from kit.competitions import Competition
+from kit.data.columns import feature_columns, numeric_columns, test_metadata_path
 from kit.data.labels import load_test_table, load_train_table, read_csv
 from kit.errors import ConfigError, DataError
 
-__all__ = ["ENGINEERED", "TRAIN_ONLY", "FeatureTable", "add_image_score", "metadata_features", "patient_normalise"]
+__all__ = ["ENGINEERED", "FeatureTable", "add_image_score", "metadata_features", "patient_normalise"]
 
 EPS = 1e-6
-TRAIN_ONLY: dict[str, tuple[str, ...]] = {
-    "isic-2024-challenge": ("lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
-                            "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"),
-    "siim-isic-melanoma-classification": ("diagnosis", "benign_malignant"),
-}
-"""Columns of the training metadata that the test metadata lacks by design; dropped, never features."""
 
 
 # name -> (formula over the frame, columns it needs); from the public ISIC 2024 feature sets the winners built on
@@ -107,35 +101,22 @@ def check_supported(spec: Competition) -> None:
 
 def _test_metadata(spec: Competition, data_dir: Path) -> tuple[pd.DataFrame, Path]:
     """The first test list present that carries metadata (more than the id column)."""
-    for id_list in spec.test_lists:
-        path = data_dir / id_list.file
-        if path.is_file():
-            df = read_csv(path, [id_list.id_col], what="test list")
-            if len(df.columns) > 2:
-                return df.rename(columns={id_list.id_col: spec.id_col}), path
-    files = ", ".join(str(data_dir / t.file) for t in spec.test_lists)
-    raise DataError(f"no test metadata for {spec.name} in {data_dir}: looked for {files}")
+    path = test_metadata_path(spec, data_dir)
+    if path is None:
+        files = ", ".join(str(data_dir / t.file) for t in spec.test_lists)
+        raise DataError(f"no test metadata for {spec.name} in {data_dir}: looked for {files}")
+    id_col = next(t.id_col for t in spec.test_lists if data_dir / t.file == path)
+    return read_csv(path, [id_col], what="test list").rename(columns={id_col: spec.id_col}), path
 
 
 def _raw_columns(spec: Competition, train: pd.DataFrame, test: pd.DataFrame, test_path: Path) -> list[str]:
-    """The training metadata's feature columns (not id, group, target or train-only); each must be in the test."""
-    skip = {spec.id_col, spec.group_col, spec.target_col, *TRAIN_ONLY.get(spec.name, ())}
-    columns = [c for c in train.columns if c not in skip]
+    """The training metadata's feature columns; each must be in the test."""
+    columns = feature_columns(spec, train.columns)
     missing = [c for c in columns if c not in test.columns]
     if missing:
         raise DataError(f"{test_path}: feature column {', '.join(repr(c) for c in missing)} of the training "
                         f"metadata missing from the test metadata; found {list(test.columns)}")
     return columns
-
-
-def _numeric_columns(train: pd.DataFrame, columns: list[str]) -> list[str]:
-    """Columns whose every non-empty training value parses as a number."""
-    out = []
-    for c in columns:
-        values = train[c].dropna()
-        if len(values) and pd.to_numeric(values, errors="coerce").notna().all():
-            out.append(c)
-    return out
 
 
 def _encode_categories(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> dict[str, int]:
@@ -201,7 +182,7 @@ def metadata_features(spec: Competition, data_dir: str | Path) -> FeatureTable:
     test_base = pd.DataFrame({"id": test_ids["id"].to_numpy(),
                               "group": test_ids["group"].to_numpy() if "group" in test_ids else test_ids["id"]})
     train, test = _table(labels, raw_train, spec, columns), _table(test_base, raw_test, spec, columns)
-    numeric = _numeric_columns(train, columns)
+    numeric = numeric_columns(train, columns)
     categorical = [c for c in columns if c not in numeric]
     for df in (train, test):
         df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
