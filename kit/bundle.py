@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 
 from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
-from kit.io import write_text_atomic
+from kit.io import read_json_file, write_text_atomic
 from kit.rundir import LOCK_FILE, RunDir
 
 __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePush", "build_kit_wheel", "bundle_slug",
@@ -331,13 +331,9 @@ class BundlePush:
 
 def _read_metadata(folder: Path) -> dict:
     path = folder / METADATA
-    if not path.is_file():
-        raise KitError(f"{folder} is not a bundle folder (no {METADATA}): make one with kit bundle build RUN_DIR --owner USER")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise KitError(f"{path} is not valid JSON (line {e.lineno})") from None
-    if not isinstance(meta, dict) or "id" not in meta:
+    meta = read_json_file(path, f"{folder} is not a bundle folder (no {METADATA}): make one with kit bundle build "
+                                "RUN_DIR --owner USER")
+    if "id" not in meta:
         raise KitError(f"{path} has no \"id\" (OWNER/SLUG)")
     check_dataset_ref(str(meta["id"]), f"the id in {path}")
     return meta
