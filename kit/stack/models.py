@@ -170,7 +170,7 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def load_model(name: str, data: bytes, source: str | Path) -> Predictor:
-    """A predictor ``X -> P(positive)`` from the bytes of a model ``name`` saved by ``save`` (read from ``source``);
+    """A predictor ``X -> P(positive)`` (in the dtype its library predicts, as the fitted model) from the bytes of a model ``name`` saved by ``save`` (read from ``source``);
     bytes the library cannot read raise DataError naming ``source``."""
     name = GBDTS.canonical(name)
     lib = require(name)
@@ -179,14 +179,14 @@ def load_model(name: str, data: bytes, source: str | Path) -> Predictor:
     try:
         if name == "lgbm":
             booster = lib.Booster(model_str=data.decode())
-            return lambda X: np.asarray(booster.predict(X), dtype=np.float64)
+            return lambda X: np.asarray(booster.predict(X))
         if name == "xgb":
             xgb_booster = lib.Booster()
             xgb_booster.load_model(bytearray(data))
-            return lambda X: np.asarray(xgb_booster.inplace_predict(X), dtype=np.float64)
+            return lambda X: np.asarray(xgb_booster.inplace_predict(X))
         model = lib.CatBoostClassifier()
         model.load_model(stream=io.BytesIO(data))
-        return lambda X: np.asarray(model.predict_proba(X)[:, 1], dtype=np.float64)
+        return lambda X: np.asarray(model.predict_proba(X)[:, 1])
     except (errors, UnicodeDecodeError, ValueError) as e:
         said = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise DataError(f"{source}: {FORMATS[name][2]} that {PACKAGES[name][1]} cannot read ({said})") from None
