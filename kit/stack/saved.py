@@ -27,8 +27,8 @@ from kit.rundir import RunDir
 from kit.stack.features import FeatureRecipe, image_feature_names, image_score_features, rebuild_test_features
 from kit.stack.models import FORMATS, Predictor, load_model
 
-__all__ = ["SAVED_FORMAT", "STACK_INFO", "SavedStack", "image_test_scores", "is_stack", "open_stack", "predict_folds",
-           "predict_test", "save_models"]
+__all__ = ["RUNS", "SAVED_FORMAT", "STACK_INFO", "SavedStack", "image_test_scores", "is_stack", "load_models",
+           "open_stack", "predict_folds", "predict_test", "save_models"]
 
 STACK_INFO = "stack.json"
 SAVED_FORMAT = 1
