@@ -9,6 +9,10 @@ A bundle is a folder that ``kaggle datasets create`` understands::
         simplejpeg-...-cp311-...whl, simplejpeg-...-cp312-...whl
         checkpoints/               config.yaml, folds.csv, scores.json, run.json, fold{k}/best.pt, fold{k}/result.json
 
+A bundle of a stack folder (``kit bundle build STACK``, ISIC 2024) holds ``stack/`` instead of ``checkpoints/``:
+stack.json, scores.json, each fold's saved GBDT files, and ``runs/<feature name>/``, the checkpoints of every image
+run the stack takes its scores from, laid out as ``checkpoints/`` is.
+
 An offline kernel (:mod:`kit.kernel`) installs kit from the wheels with ``pip install --no-index`` and predicts with
 the checkpoints. :func:`push_bundle` uploads it with ``dir_mode="zip"``: the client's default, "skip", silently
 leaves out every subfolder, and the checkpoints live in one.
@@ -34,7 +38,7 @@ from typing import Iterable, Sequence
 
 from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
-from kit.io import write_text_atomic
+from kit.io import read_json_file, write_text_atomic
 from kit.rundir import LOCK_FILE, RunDir
 
 __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePush", "build_kit_wheel", "bundle_slug",
@@ -45,7 +49,8 @@ __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePu
 # tifffile, h5py, optuna 4.8, kaggle 2.0 ...). A bundle carries wheels of the second list only; a dependency in
 # neither list stops `kit bundle` so that adding one to pyproject.toml forces the question.
 KAGGLE_IMAGE_HAS = ("torch", "torchvision", "timm", "albumentations", "scikit-learn", "pandas", "numpy", "tifffile",
-                    "h5py", "pillow", "optuna", "kaggle", "six", "pyyaml", "tqdm", "matplotlib")
+                    "h5py", "pillow", "optuna", "kaggle", "six", "pyyaml", "tqdm", "matplotlib",
+                    "lightgbm", "xgboost", "catboost")  # the last three: kit[stack], which a stack bundle's kernel runs
 KAGGLE_IMAGE_LACKS = ("simplejpeg",)
 # The image's Python has moved (3.10 in 2024, 3.11, then 3.12): one wheel per version costs a few hundred KB and
 # lets pip pick the one that fits the image the kernel runs on.
@@ -53,6 +58,7 @@ KAGGLE_PYTHONS = ("3.11", "3.12")
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35): wheels for glibc <= 2.28 run there.
 KAGGLE_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
 CHECKPOINTS = "checkpoints"
+STACK = "stack"
 METADATA = "dataset-metadata.json"
 MANIFEST = "bundle.json"
 WHEELS_SLUG = "kit-wheels"  # the default wheels-only dataset, which training kernels attach
@@ -253,26 +259,53 @@ def _replace_dir(staged: Path, out: Path) -> None:
         os.replace(staged, out)
 
 
+def _copy_stack(stack_dir: Path, folds: Sequence[int] | None, dest: Path) -> dict[str, dict]:
+    """The stack folder a kernel predicts with: stack.json, scores.json, its model files (checked), and
+    ``runs/<name>/`` for each image run it names; each run's chosen folds, by name."""
+    from kit.stack.saved import RUNS, STACK_INFO, load_models, open_stack
+
+    stack = open_stack(stack_dir)
+    load_models(stack)  # a missing, changed or unreadable model file stops here, not on Kaggle
+    runs = {name: RunDir.open(stack.run_dir(name)) for name in stack.images}
+    chosen = {name: _chosen_folds(run, folds) for name, run in runs.items()}
+    dest.mkdir(parents=True)
+    for path in [stack_dir / STACK_INFO, stack_dir / "scores.json", *(stack_dir / m.file for m in stack.models)]:
+        (dest / path.relative_to(stack_dir)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / path.relative_to(stack_dir))
+    for name, run in runs.items():
+        _copy_checkpoints(run, chosen[name], dest / RUNS / name)
+    return {name: {"run": runs[name].name, "folds": chosen[name], "checkpoints": f"{STACK}/{RUNS}/{name}"}
+            for name in runs}
+
+
 def make_bundle(run_dir: str | os.PathLike, owner: str, slug: str | None = None, folds: Sequence[int] | None = None,
                 out: str | os.PathLike | None = None, wheel_cache: str | os.PathLike | None = None,
                 kit_source: str | os.PathLike | None = None, license_name: str = DEFAULT_LICENSE,
                 pythons: Sequence[str] = KAGGLE_PYTHONS) -> Path:
-    """Write the dataset folder of a run: metadata, kit's wheel, the wheels Kaggle lacks, the chosen folds."""
+    """Write the dataset folder of a run: metadata, kit's wheel, the wheels Kaggle lacks, the chosen folds. A stack
+    folder (stack.json) brings its saved models and the image runs it names (``folds`` then apply to each run)."""
+    from kit.stack.saved import is_stack
+
     run = RunDir.open(run_dir)
     competition = run.competition().name
-    chosen = _chosen_folds(run, folds)
+    stacked = is_stack(run.path)
+    chosen = None if stacked else _chosen_folds(run, folds)
     slug = slug or bundle_slug(competition)
     ref = check_dataset_ref(f"{check_owner(owner)}/{slug}")
 
     def fill(staged: Path, kit_wheel: Path, wheels: list[Path]) -> None:
-        _copy_checkpoints(run, chosen, staged / CHECKPOINTS)
+        if stacked:
+            inside = {"stack": STACK, "runs": _copy_stack(run.path, folds, staged / STACK)}
+        else:
+            _copy_checkpoints(run, chosen, staged / CHECKPOINTS)
+            inside = {"folds": chosen, "checkpoints": CHECKPOINTS}
         cv = _cv_text(run)
         write_text_atomic(staged / METADATA, json.dumps(_metadata(ref, competition, run.name, cv,
                                                                   license_name), indent=2))
         write_text_atomic(staged / MANIFEST, json.dumps({
-            "id": ref, "competition": competition, "run": run.name, "folds": chosen, "cv": cv,
-            "kit_wheel": kit_wheel.name, "wheels": sorted(w.name for w in wheels), "pythons": list(pythons),
-            "checkpoints": CHECKPOINTS}, indent=2))
+            "id": ref, "competition": competition, "run": run.name, "cv": cv, **inside,
+            "kit_wheel": kit_wheel.name, "wheels": sorted(w.name for w in wheels), "pythons": list(pythons)},
+            indent=2))
 
     return _write_bundle(out if out is not None else Path("bundles") / slug, fill, wheel_cache, kit_source, pythons)
 
@@ -331,13 +364,9 @@ class BundlePush:
 
 def _read_metadata(folder: Path) -> dict:
     path = folder / METADATA
-    if not path.is_file():
-        raise KitError(f"{folder} is not a bundle folder (no {METADATA}): make one with kit bundle build RUN_DIR --owner USER")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise KitError(f"{path} is not valid JSON (line {e.lineno})") from None
-    if not isinstance(meta, dict) or "id" not in meta:
+    meta = read_json_file(path, f"{folder} is not a bundle folder (no {METADATA}): make one with kit bundle build "
+                                "RUN_DIR --owner USER")
+    if "id" not in meta:
         raise KitError(f"{path} has no \"id\" (OWNER/SLUG)")
     check_dataset_ref(str(meta["id"]), f"the id in {path}")
     return meta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -56,6 +57,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def read_json_file(path: str | os.PathLike, missing: str) -> dict:
+    """The JSON object in ``path``; a missing file raises KitError(``missing``), bad JSON one line naming the file."""
+    from kit.errors import KitError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(missing)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise KitError(f"{path} is not valid JSON (line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise KitError(f"{path} holds no JSON object")
+    return data
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike, **kwargs) -> Path:

@@ -5,7 +5,8 @@ Kaggle, with the internet off, that script finds the attached competition data a
 wheels dataset (``pip install --no-index``) and calls ``kit kernel run``, which is :func:`run_kernel`:
 :func:`kit.predict.predict_run` on the attached fold checkpoints (test images only, with TTA), the folds averaged
 (:func:`kit.ensemble.blend_folds`), then ``submission.csv`` in the working folder, validated against the
-competition's test ids. The datasets come from ``kit bundle`` (:mod:`kit.bundle`).
+competition's test ids. With a stack bundle (ISIC 2024), the image runs' test scores and the test metadata then go
+through the stack's saved GBDTs (:mod:`kit.stack.saved`). The datasets come from ``kit bundle`` (:mod:`kit.bundle`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from kit.bundle import bundle_slug, check_dataset_ref, check_owner, run_competition
-from kit.competitions import get_competition
+from kit.competitions import Competition, get_competition
 from kit.errors import ConfigError, KaggleError, KitError
-from kit.io import atomic_path, write_text_atomic
+from kit.io import atomic_path, read_json_file, write_text_atomic
 
 __all__ = ["KernelPush", "build_kernel", "fill_template", "kernel_metadata", "kernel_slug", "kernel_status",
            "push_kernel", "render_script", "run_kernel"]
@@ -137,34 +140,70 @@ def _stage(checkpoints: Path, run_dir: Path) -> Path:
     return run_dir
 
 
-def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str | os.PathLike,
-               working: str | os.PathLike = DEFAULT_WORKING, tta: str = "8", device: str = "auto") -> Path:
-    """Predict the test images with every fold in ``weights_dir`` and TTA; write ``working``/submission.csv."""
-    from kit.decision import apply_saved_weights
+def _predict_images(run_dir: Path, data_dir: Path, tta: str, device: str) -> tuple[list[str], np.ndarray]:
+    """(test ids, the test scores of the staged run ``run_dir``): every fold with TTA, the folds averaged."""
     from kit.ensemble import blend_folds
     from kit.predict import predict_run
+
+    predict_run(run_dir, data_dir, tta=tta, device=device, with_oof=False)
+    test_ids, test = blend_folds(run_dir, "mean")
+    return [str(i) for i in test_ids], test
+
+
+def _predict_stack(spec: Competition, data_dir: Path, stack_dir: Path, working: Path, tta: str,
+                   device: str) -> tuple[list[str], np.ndarray, str]:
+    """(test ids, the stack's prediction, what it is): each image run the stack names predicts the test images,
+    then the saved GBDTs predict from the test metadata's features and those scores."""
+    import pandas as pd
+
+    from kit.stack.saved import open_stack, predict_test
+
+    stack = open_stack(stack_dir)
+    if stack.competition != spec.name:
+        raise KitError(f"the stack in {stack_dir} was made for {stack.competition}, not {spec.name}: attach the "
+                       f"{spec.name} bundle")
+    scores = {}
+    for name in stack.images:
+        run_dir = _stage(stack.run_dir(name), working / f"{STAGED_RUN}-{name}")
+        ids, test = _predict_images(run_dir, data_dir, tta, device)
+        scores[name] = pd.Series(test, index=ids)
+    ids, pred = predict_test(stack_dir, data_dir, scores)
+    runs = ", ".join(stack.images) or "no image run"
+    return [str(i) for i in ids], pred, f"the stack's GBDTs over {len(stack.folds())} folds on {runs}"
+
+
+def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str | os.PathLike,
+               working: str | os.PathLike = DEFAULT_WORKING, tta: str = "8", device: str = "auto") -> Path:
+    """Predict the test images with every fold in ``weights_dir`` and TTA; write ``working``/submission.csv. A
+    stack folder as ``weights_dir`` (a stack bundle's ``stack/``) predicts with its GBDTs on the test metadata and
+    the test scores of the image runs it names."""
+    from kit.decision import apply_saved_weights
+    from kit.stack.saved import is_stack
     from kit.submission import validate_file, write_submission
 
     spec = get_competition(competition)
     data_dir, weights_dir, working = Path(data_dir), Path(weights_dir), Path(working)
     if not data_dir.is_dir():
         raise KitError(f"competition data folder {data_dir} not found")
-    trained_for = run_competition(weights_dir)
-    if trained_for != spec.name:
-        raise KitError(f"the checkpoints in {weights_dir} were trained for {trained_for}, not {spec.name}: attach "
-                       f"the {spec.name} bundle")
-    run_dir = _stage(weights_dir, working / STAGED_RUN)
-    result = predict_run(run_dir, data_dir, tta=tta, device=device, with_oof=False)
-    test_ids, test = blend_folds(run_dir, "mean")
-    test = apply_saved_weights(run_dir, test)  # balanced accuracy: the decision weights kit predict fitted, if any
-    expected = [str(i) for i in test_ids]
-    submission = write_submission(spec, expected, test, STAGED_RUN, run_dir / "submissions", expected_ids=expected)
+    if is_stack(weights_dir):
+        expected, test, what = _predict_stack(spec, data_dir, weights_dir, working, tta, device)
+        out_dir = working / f"{STAGED_RUN}-stack"
+    else:
+        trained_for = run_competition(weights_dir)
+        if trained_for != spec.name:
+            raise KitError(f"the checkpoints in {weights_dir} were trained for {trained_for}, not {spec.name}: "
+                           f"attach the {spec.name} bundle")
+        run_dir = _stage(weights_dir, working / STAGED_RUN)
+        expected, test = _predict_images(run_dir, data_dir, tta, device)
+        test = apply_saved_weights(run_dir, test)  # balanced accuracy: the decision weights kit predict fitted
+        out_dir, what = run_dir / "submissions", "the mean of the folds"
+    submission = write_submission(spec, expected, test, STAGED_RUN, out_dir, expected_ids=expected)
     final = working / "submission.csv"
     with atomic_path(final) as tmp:
         shutil.copyfile(submission, tmp)
         tmp.chmod(0o644)  # a temporary file is private to its owner; Kaggle's collector reads the output folder
     rows = validate_file(spec, final, data_dir)  # what is on disk, against the test ids of this data folder
-    print(f"wrote {final}: {rows} rows, the mean of folds {result.folds}, TTA {tta}")
+    print(f"wrote {final}: {rows} rows, {what}, TTA {tta}")
     return final
 
 
@@ -182,13 +221,8 @@ class KernelPush:
 
 def _read_metadata(folder: Path) -> dict:
     path = folder / METADATA
-    if not path.is_file():
-        raise KitError(f"{folder} is not a kernel folder (no {METADATA}): make one with kit kernel build")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise KitError(f"{path} is not valid JSON (line {e.lineno})") from None
-    if not isinstance(meta, dict) or "/" not in str(meta.get("id", "")):
+    meta = read_json_file(path, f"{folder} is not a kernel folder (no {METADATA}): make one with kit kernel build")
+    if "/" not in str(meta.get("id", "")):
         raise KitError(f"{path} has no \"id\" of the form OWNER/SLUG")
     code = folder / str(meta.get("code_file", ""))
     if not meta.get("code_file") or not code.is_file():

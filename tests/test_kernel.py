@@ -18,18 +18,21 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fake_kaggle_server import Dataset, FakeKaggle, Kernel
-from fake_wheels import fake_wheel
+from fake_wheels import fake_wheel, installed_wheel
 
 from kit.bundle import make_bundle
 from kit.cli import main
+from kit.errors import KitError
 from kit.kernel import build_kernel, render_script
 from kit.submission import validate_file
 
 REPO = Path(__file__).resolve().parents[1]
 HCD = "histopathologic-cancer-detection"
+ISIC = "isic-2024-challenge"
 OWNER = "kit-test-user"  # FakeKaggle's user: push and status act for it
 WEIGHTS = f"{OWNER}/kit-{HCD}-weights"
 WHEELS = f"{OWNER}/kit-wheels"
@@ -83,27 +86,43 @@ def tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path, trained):
-    data, run = trained
+def wheel_cache(tmp_path: Path, real: bool = False) -> Path:
+    """Wheels of what Kaggle's image lacks, of the installed versions (kit bundle pins them): stand-ins, or with
+    ``real`` the installed packages themselves (ISIC 2024's images are JPEGs that simplejpeg decodes)."""
     cache = tmp_path / "wheel-cache"
-    fake_wheel(cache, "simplejpeg", importlib.metadata.version("simplejpeg"))  # kit bundle pins the installed one
-    bundle = make_bundle(run, OWNER, folds=None, out=tmp_path / "bundle", wheel_cache=cache, kit_source=REPO)
-    kernel = build_kernel(HCD, OWNER, wheels_dataset=WHEELS, tta="8", out=tmp_path / "kernel")
+    if real:
+        installed_wheel(cache, "simplejpeg")
+    else:
+        fake_wheel(cache, "simplejpeg", importlib.metadata.version("simplejpeg"))
+    return cache
 
-    # /kaggle/input as Kaggle mounts it (newer layout): the competition, a wheels dataset, the weights dataset
+
+def kaggle_inputs(tmp_path: Path, competition: str, data: Path, bundle: Path) -> tuple[Path, dict[str, str]]:
+    """/kaggle/input as Kaggle mounts it (newer layout): the competition, a wheels dataset, the weights dataset; the
+    Python of a Kaggle-like image and its environment (no index, inputs and working folder moved here)."""
     inputs, working = tmp_path / "input", tmp_path / "working"
-    shutil.copytree(data, inputs / "competitions" / HCD)
+    shutil.copytree(data, inputs / "competitions" / competition)
     wheels = inputs / "datasets" / OWNER / "kit-wheels"
     wheels.mkdir(parents=True)
     for wheel in bundle.glob("*.whl"):
         shutil.move(wheel, wheels / wheel.name)
-    shutil.copytree(bundle, inputs / "datasets" / WEIGHTS)
+    shutil.copytree(bundle, inputs / "datasets" / OWNER / f"kit-{competition}-weights")
     for name in ("home", "tmp", "working"):
         (tmp_path / name).mkdir(exist_ok=True)
     python = kaggle_like_python(tmp_path)
     env = {"PATH": f"{python.parent}:/usr/bin:/bin", "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp"),
            "PYTHONNOUSERSITE": "1", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "PIP_CONFIG_FILE": os.devnull,
            "OMP_NUM_THREADS": "1", "KIT_KAGGLE_INPUT": str(inputs), "KIT_KAGGLE_WORKING": str(working)}
+    return python, env
+
+
+def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path, trained):
+    data, run = trained
+    bundle = make_bundle(run, OWNER, folds=None, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path),
+                         kit_source=REPO)
+    kernel = build_kernel(HCD, OWNER, wheels_dataset=WHEELS, tta="8", out=tmp_path / "kernel")
+    python, env = kaggle_inputs(tmp_path, HCD, data, bundle)
+    inputs, working = tmp_path / "input", tmp_path / "working"
 
     assert "No module named 'kit'" in python_says(python, "import kit", env, working).stderr
     assert "No module named 'simplejpeg'" in python_says(python, "import simplejpeg", env, working).stderr
@@ -132,6 +151,85 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
     assert tree(inputs) == inputs_before  # nothing was written into the (read-only on Kaggle) inputs
 
 
+@pytest.fixture(scope="module")
+def stacked(demo_data, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(data, run, stack): a two-fold test_resnet run on synthetic ISIC 2024 data (hdf5 images, metadata),
+    predicted with 2 TTA views, and kit stack's LightGBM on its scores and the metadata (1 seed, few trees)."""
+    pytest.importorskip("lightgbm")
+    from kit.config import load_config
+    from kit.predict import predict_run
+    from kit.stack import StackSettings, run_stack
+    from kit.train import train_folds
+
+    data = demo_data(ISIC, n=120)
+    root = tmp_path_factory.mktemp("kernel-stack")
+    train_folds(load_config(ISIC, overrides=TINY + ["model.pretrained=false"]), data, root / "img")
+    predict_run(root / "img", data, tta="2", device="cpu")
+    stack = run_stack(ISIC, None, [root / "img"], root / "stack", StackSettings(models=["lgbm"], seeds=1, trees=20))
+    return data, root / "img", stack.path
+
+
+def test_the_isic_2024_kernel_runs_the_image_models_then_the_stack(tmp_path, stacked):
+    from kit.stack.saved import image_test_scores, predict_folds
+
+    data, run, stack = stacked
+    bundle = make_bundle(stack, OWNER, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path, real=True),
+                         kit_source=REPO)
+    inside = json.loads((bundle / "bundle.json").read_text())
+    assert inside["stack"] == "stack" and inside["runs"] == {
+        "img_img": {"run": "img", "folds": [0, 1], "checkpoints": "stack/runs/img_img"}}
+    assert sorted(str(p.relative_to(bundle / "stack")) for p in (bundle / "stack").rglob("*") if p.is_file()) == [
+        "fold0/lgbm_seed0.txt", "fold1/lgbm_seed0.txt", "runs/img_img/config.yaml", "runs/img_img/fold0/best.pt",
+        "runs/img_img/fold0/result.json", "runs/img_img/fold1/best.pt", "runs/img_img/fold1/result.json",
+        "runs/img_img/folds.csv", "runs/img_img/run.json", "runs/img_img/scores.json", "scores.json", "stack.json"]
+    kernel = build_kernel(ISIC, OWNER, wheels_dataset=WHEELS, tta="2", out=tmp_path / "kernel")
+    python, env = kaggle_inputs(tmp_path, ISIC, data, bundle)
+    working = tmp_path / "working"
+
+    p = subprocess.run([str(python), str(kernel / "kernel.py")], env=env, cwd=working, capture_output=True,
+                       text=True, timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "the 17 modules it imports are there" in p.stdout  # kit.stack.saved and lightgbm too
+    assert "the stack's GBDTs over 2 folds on img_img, TTA 2" in p.stdout
+
+    submission = pd.read_csv(working / "submission.csv", dtype={"isic_id": str})
+    assert list(submission.columns) == ["isic_id", "target"]
+    assert validate_file(ISIC, working / "submission.csv", data) == len(submission) > 1
+    # what the local stack predicts for the same test rows, from the run's own test predictions (the same TTA)
+    ids, per_fold = predict_folds(stack, data, {"img_img": image_test_scores(run)})
+    local = np.mean(list(per_fold.values()), axis=0)
+    assert submission["isic_id"].tolist() == [str(i) for i in ids]
+    assert submission["target"].to_numpy() == pytest.approx(local, abs=1e-6)
+    assert submission["target"].nunique() > 1
+    written = np.mean([pd.read_csv(stack / f"test_fold{k}.csv")["pred"] for k in (0, 1)], axis=0)
+    assert local == pytest.approx(written, abs=1e-12)  # = the stack's own test predictions
+
+
+def test_kernel_run_on_a_stack_bundle_names_a_changed_model_file(tmp_path, stacked, capsys):
+    data, _, stack = stacked
+    bundle = make_bundle(stack, OWNER, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path), kit_source=REPO)
+    model = bundle / "stack" / "fold1" / "lgbm_seed0.txt"
+    model.write_text(model.read_text() + "\n")
+    rc = main(["kernel", "run", "--competition", ISIC, "--data", str(data), "--weights", str(bundle / "stack"),
+               "--working", str(tmp_path / "working"), "--tta", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"model file {model} differs from the one kit stack saved" in err
+    assert not (tmp_path / "working" / "submission.csv").exists()
+
+
+def test_a_stack_with_a_missing_model_file_is_not_bundled(tmp_path, stacked):
+    _, _, stack = stacked
+    copy = tmp_path / "stack"
+    shutil.copytree(stack, copy)
+    (copy / "fold0" / "lgbm_seed0.txt").unlink()
+    with pytest.raises(KitError) as e:
+        make_bundle(copy, OWNER, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path), kit_source=REPO)
+    assert str(e.value) == (f"model file {copy / 'fold0' / 'lgbm_seed0.txt'} is missing: the stack folder (or its "
+                            "bundle) is incomplete")
+    assert not (tmp_path / "bundle").exists()
+
+
 def load_script(tmp_path: Path, monkeypatch, **datasets: str):
     """The rendered kernel script as a module, its input root in ``tmp_path / 'input'``."""
     path = tmp_path / "kernel.py"
@@ -158,9 +256,15 @@ def test_the_script_finds_its_inputs_in_both_layouts(tmp_path, monkeypatch, layo
     looked: list[str] = []
     assert next(p for p in script.mounts(HCD) if p.is_dir()) == data
     assert script.find(WEIGHTS, "kit-*.whl", looked) == weights / "kit-0.1.0-py3-none-any.whl"
-    assert script.find_checkpoints(looked) == weights / "checkpoints"
-    assert looked == ([] if layout == "classic" else [f"{root / slug}/**/kit-*.whl",
-                                                       f"{root / slug}/**/run.json with fold*/best.pt beside it"])
+    assert script.find_weights(looked) == weights / "checkpoints"
+    assert looked == ([] if layout == "classic" else [f"{root / slug}/**/kit-*.whl", f"{root / slug}/**/stack.json, "
+                                                       "or run.json with fold*/best.pt beside it"])
+    (weights / "stack" / "runs" / "img_a" / "fold0").mkdir(parents=True)  # a stack bundle: the stack, not its runs
+    (weights / "stack" / "runs" / "img_a" / "run.json").write_text("{}")
+    (weights / "stack" / "runs" / "img_a" / "fold0" / "best.pt").write_bytes(b"w")
+    (weights / "stack" / "stack.json").write_text('{"models": ["lgbm", "cat"]}')
+    assert script.find_weights([]) == weights / "stack"
+    assert script.needed_modules(weights / "stack")[-3:] == ("kit.stack.saved", "lightgbm", "catboost")
 
 
 def test_the_script_installs_the_highest_version_of_kit_not_the_last_name(tmp_path, monkeypatch):
@@ -197,7 +301,7 @@ def test_missing_inputs_are_all_named_with_where_the_script_looked(tmp_path):
             f"attach {HCD}, {WHEELS} and {WEIGHTS} to this kernel") in p.stderr
     root = tmp_path / "input"
     for looked in (root / HCD, root / "competitions" / HCD, f"{root / 'datasets' / OWNER / 'kit-wheels'}/**/kit-*.whl",
-                   f"{root / 'datasets' / WEIGHTS}/**/run.json with fold*/best.pt beside it"):
+                   f"{root / 'datasets' / WEIGHTS}/**/stack.json, or run.json with fold*/best.pt beside it"):
         assert str(looked) in p.stderr
 
 

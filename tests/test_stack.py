@@ -246,3 +246,110 @@ def test_a_run_folder_is_not_overwritten(data, image_run, tmp_path):
     shutil.copytree(image_run, target)
     with pytest.raises(KitError, match="is a kit run folder, not a stack"):
         run_stack(ISIC, data, [], target, StackSettings(**FAST, n_folds=2))
+
+
+# --- the saved models: what the offline kernel predicts a hidden test set with ------------------------------------
+
+def saved_copy(stack: Path, dest: Path) -> tuple[Path, dict]:
+    """A copy of a stack folder and its stack.json."""
+    shutil.copytree(stack, dest)
+    return dest, json.loads((dest / "stack.json").read_text())
+
+
+def test_the_saved_models_repredict_each_folds_test_predictions(full_stack, image_run, data):
+    from kit.stack.saved import image_test_scores, predict_folds, predict_test
+
+    info = json.loads((full_stack.path / "stack.json").read_text())
+    [run] = info["runs"]
+    assert info["saved"]["images"] == ["img_img"] and run["name"] == "img_img"
+    assert [m["file"] for m in info["saved"]["models"]] == ["fold0/lgbm_seed0.txt", "fold1/lgbm_seed0.txt",
+                                                            "fold2/lgbm_seed0.txt"]
+    scores = {"img_img": image_test_scores(image_run)}
+    ids, per_fold = predict_folds(full_stack.path, data, scores)
+    assert sorted(per_fold) == [0, 1, 2]
+    for k, pred in per_fold.items():
+        written = pd.read_csv(full_stack.path / f"test_fold{k}.csv", dtype={"isic_id": str})
+        assert list(ids) == written["isic_id"].tolist()
+        assert np.array_equal(pred, written["pred"].to_numpy())  # repr-exact CSV: the same numbers, bit for bit
+    assert np.array_equal(predict_test(full_stack.path, data, scores)[1], np.mean(list(per_fold.values()), axis=0))
+    # the image scores are features: other scores give other predictions
+    shifted = {"img_img": scores["img_img"].rank(pct=True) ** 3}
+    assert not np.allclose(predict_folds(full_stack.path, data, shifted)[1][0], per_fold[0])
+
+
+@pytest.mark.parametrize("model", ["lgbm", "xgb", "cat"])
+def test_every_gbdt_is_saved_in_its_own_format_and_repredicts(data, tmp_path, model):
+    from kit.stack.models import FORMATS
+    from kit.stack.saved import predict_folds
+
+    pytest.importorskip({"lgbm": "lightgbm", "xgb": "xgboost", "cat": "catboost"}[model])
+    result = run_stack(ISIC, data, [], tmp_path / "s", StackSettings(models=[model], seeds=2, trees=8, n_folds=2))
+    suffix, magic, _ = FORMATS[model]
+    files = sorted(str(p.relative_to(result.path)) for p in result.path.glob("fold*/*") if p.suffix == suffix)
+    assert files == [f"fold{k}/{model}_seed{s}{suffix}" for k in (0, 1) for s in (0, 1)]
+    assert all((result.path / f).read_bytes().startswith(magic) for f in files)
+    ids, per_fold = predict_folds(result.path, data, {})
+    for k, pred in per_fold.items():
+        written = pd.read_csv(result.path / f"test_fold{k}.csv")["pred"].to_numpy()
+        assert pred.dtype == written.dtype or pred.dtype == np.float32  # XGBoost predicts float32
+        assert np.array_equal(pred, written.astype(pred.dtype))  # the CSV holds the shortest repr of each value
+
+
+def test_test_features_need_no_training_metadata(meta_stack, data, tmp_path):
+    from kit.stack.saved import predict_test
+
+    copy = copy_data(data, tmp_path / "data")
+    (copy / "train-metadata.csv").unlink()  # the recipe saved in stack.json carries what training taught
+    ids, pred = predict_test(meta_stack.path, copy, {})
+    blended = np.mean([pd.read_csv(meta_stack.path / f"test_fold{k}.csv")["pred"] for k in range(3)], axis=0)
+    assert np.allclose(pred, blended, rtol=0, atol=1e-15)
+
+
+def test_a_changed_or_missing_model_file_is_named_in_one_line(full_stack, image_run, data, tmp_path):
+    from kit.stack.saved import image_test_scores, predict_test
+
+    stack, _ = saved_copy(full_stack.path, tmp_path / "s")
+    scores = {"img_img": image_test_scores(image_run)}
+    model = stack / "fold1" / "lgbm_seed0.txt"
+    model.write_text(model.read_text().replace("shrinkage=", "shrinkage=9", 1))
+    with pytest.raises(DataError) as e:
+        predict_test(stack, data, scores)
+    assert one_line(e) == (f"model file {model} differs from the one kit stack saved (SHA-256 mismatch with "
+                           f"{stack / 'stack.json'}): refused")
+    model.unlink()
+    with pytest.raises(KitError) as e:
+        predict_test(stack, data, scores)
+    assert one_line(e) == f"model file {model} is missing: the stack folder (or its bundle) is incomplete"
+
+
+def test_a_pickle_where_a_model_belongs_is_refused_unread(full_stack, image_run, data, tmp_path):
+    import hashlib
+    import pickle
+
+    from kit.stack.saved import image_test_scores, predict_test
+
+    class Trap:  # unpickling it would create the marker file
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "unpickled",))
+
+    stack, info = saved_copy(full_stack.path, tmp_path / "s")
+    model = stack / "fold0" / "lgbm_seed0.txt"
+    model.write_bytes(pickle.dumps(Trap()))
+    info["saved"]["models"][0]["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()  # even with a new checksum
+    (stack / "stack.json").write_text(json.dumps(info))
+    with pytest.raises(DataError) as e:
+        predict_test(stack, data, {"img_img": image_test_scores(image_run)})
+    assert one_line(e) == (f"model file {model} is a pickle, which kit never loads: refused (kit stack writes "
+                           "LightGBM model texts only)")
+    assert not (tmp_path / "unpickled").exists()
+
+
+def test_a_stack_without_saved_models_says_to_run_kit_stack_again(full_stack, data, tmp_path):
+    from kit.stack.saved import predict_test
+
+    stack, info = saved_copy(full_stack.path, tmp_path / "s")
+    del info["saved"]
+    (stack / "stack.json").write_text(json.dumps(info))
+    with pytest.raises(KitError, match="records no saved models .* run kit stack again") as e:
+        predict_test(stack, data, {})
+    one_line(e)

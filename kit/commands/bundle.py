@@ -19,8 +19,10 @@ def add_parser(sub):
                            "Kaggle's image lacks (KAGGLE_IMAGE_LACKS in kit/bundle.py: simplejpeg) for the CPython "
                            "versions of KAGGLE_PYTHONS, and checkpoints/ (config.yaml, folds.csv, scores.json, "
                            "run.json, fold*/best.pt). Upload it with kit bundle push DIR.")
-    b.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
-    b.add_argument("--folds", default=None, help="comma-separated folds to include (default: every finished fold)")
+    b.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train, or a stack folder written "
+                   "by kit stack (ISIC 2024): stack/ then holds its saved GBDTs and the image runs it names")
+    b.add_argument("--folds", default=None, help="comma-separated folds to include (default: every finished fold; "
+                   "of a stack, of each image run)")
     _build_options(b, "dataset slug (default kit-<competition>-weights, which kit kernel build attaches by default)")
     b.set_defaults(func=_build)
 

@@ -51,7 +51,8 @@ def add_parser(sub):
                            "validate it against the competition's test ids.")
     add_competition(r, required=True)
     r.add_argument("--data", required=True, help="the competition data folder")
-    r.add_argument("--weights", required=True, help="a bundle's checkpoints folder (run.json, fold*/best.pt)")
+    r.add_argument("--weights", required=True, help="a bundle's checkpoints folder (run.json, fold*/best.pt), or "
+                   "a stack bundle's stack folder (stack.json: the image runs, then the stack's saved GBDTs)")
     r.add_argument("--out", "--working", dest="working", default="/kaggle/working",
                    help="where submission.csv goes (default /kaggle/working)")
     r.add_argument("--tta", default="8", help="TTA view set: 1, 2, 4 or 8 (default 8)")

@@ -25,7 +25,8 @@ from kit.data.columns import feature_columns, numeric_columns, test_metadata_pat
 from kit.data.labels import load_test_table, load_train_table, read_csv
 from kit.errors import ConfigError, DataError
 
-__all__ = ["ENGINEERED", "FeatureTable", "add_image_score", "metadata_features", "patient_normalise"]
+__all__ = ["ENGINEERED", "FeatureRecipe", "FeatureTable", "add_image_score", "fit_recipe",
+           "image_feature_names", "image_score_features", "metadata_features", "patient_normalise", "rebuild_test_features"]
 
 EPS = 1e-6
 
@@ -85,6 +86,7 @@ class FeatureTable:
     unknown: dict[str, int] = field(default_factory=dict)
     """Test values unseen in training, per categorical column (coded as missing)."""
     test_source: str = ""
+    recipe: FeatureRecipe | None = None
 
     def matrices(self) -> tuple[np.ndarray, np.ndarray]:
         """(train X, test X) as float arrays in ``features`` order (NaN for missing)."""
@@ -119,30 +121,28 @@ def _raw_columns(spec: Competition, train: pd.DataFrame, test: pd.DataFrame, tes
     return columns
 
 
-def _encode_categories(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> dict[str, int]:
-    """Code each category by its training vocabulary, in place; unseen test values become missing ('unknown')."""
+def _encode_categories(df: pd.DataFrame, categories: dict[str, list[str]], report: bool) -> dict[str, int]:
+    """Code each category by its training vocabulary, in place; values outside it become missing ('unknown')."""
     unknown = {}
-    for c in columns:
-        vocab = sorted(train[c].dropna().astype(str).unique())
-        test_values = test[c].astype("string")
-        unseen = test_values.notna() & ~test_values.isin(vocab)
+    for c, vocab in categories.items():
+        values = df[c].astype("string")
+        unseen = values.notna() & ~values.isin(vocab)
         if unseen.any():
             unknown[c] = int(unseen.sum())
-            seen = ", ".join(repr(v) for v in test_values[unseen].unique()[:3])
-            print(f"warning: {unknown[c]} test rows have a '{c}' unseen in training ({seen}); coded as unknown")
-        for df in (train, test):
-            values = df[c].astype("string")
-            codes = pd.Categorical(values.where(values.isin(vocab)), categories=vocab).codes.astype(np.float64)
-            df[c] = np.where(codes < 0, np.nan, codes)
+            if report:
+                seen = ", ".join(repr(v) for v in values[unseen].unique()[:3])
+                print(f"warning: {unknown[c]} test rows have a '{c}' unseen in training ({seen}); coded as unknown")
+        codes = pd.Categorical(values.where(values.isin(vocab)), categories=vocab).codes.astype(np.float64)
+        df[c] = np.where(codes < 0, np.nan, codes)
     return unknown
 
 
-def engineer(df: pd.DataFrame) -> dict[str, pd.Series]:
-    """The engineered features whose columns exist in ``df``, by name."""
+def engineer(df: pd.DataFrame, names: list[str] | None = None) -> dict[str, pd.Series]:
+    """The engineered features ``names`` (default: all whose columns exist in ``df``), by name."""
     added = {}
     with np.errstate(divide="ignore", invalid="ignore"):
         for name, (formula, needs) in ENGINEERED.items():
-            if all(c in df.columns for c in needs):
+            if (name in names) if names is not None else all(c in df.columns for c in needs):
                 added[name] = pd.Series(formula(df), index=df.index).replace([np.inf, -np.inf], np.nan)
     return added
 
@@ -170,6 +170,69 @@ def _table(base: pd.DataFrame, raw: pd.DataFrame, spec: Competition, columns: li
                       raw.reindex(base["id"].to_numpy())[columns].reset_index(drop=True)], axis=1)
 
 
+@dataclass
+class FeatureRecipe:
+    """How the metadata features are made from raw metadata rows: fitted on the training rows, then applied alike
+    to them and to any test rows (the stack's own, or a hidden test set in the offline kernel). Saved in stack.json,
+    so the features of new rows never depend on the training metadata being at hand."""
+
+    numeric: list[str]
+    """Raw columns read as numbers."""
+    categories: dict[str, list[str]]
+    """Raw categorical columns and their training vocabulary (a value's code is its position)."""
+    engineered: list[str]
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw metadata columns the recipe reads."""
+        return self.numeric + list(self.categories)
+
+    @property
+    def features(self) -> list[str]:
+        normed = [f"{c}_pnorm" for c in self.numeric + self.engineered]
+        return self.numeric + self.engineered + list(self.categories) + normed + ["patient_lesion_count"]
+
+    def apply(self, df: pd.DataFrame, report: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
+        """``df`` (id, group and the raw columns) with every feature; the count of unknown categories per column."""
+        df = df.copy()
+        df[self.numeric] = df[self.numeric].apply(pd.to_numeric, errors="coerce")
+        unknown = _encode_categories(df, self.categories, report)
+        df = _with(df, engineer(df, self.engineered))
+        numeric = self.numeric + self.engineered
+        lesions = df.groupby("group", sort=False)["id"].transform("size").astype(np.float64)
+        return _with(df, {**patient_normalise(df, numeric), "patient_lesion_count": lesions}), unknown
+
+    def to_json(self) -> dict:
+        return {"numeric": self.numeric, "categories": self.categories, "engineered": self.engineered}
+
+    @classmethod
+    def from_json(cls, data: dict, source: str | Path) -> FeatureRecipe:
+        try:
+            recipe = cls([str(c) for c in data["numeric"]], {str(c): [str(v) for v in vocab]
+                                                             for c, vocab in data["categories"].items()},
+                         [str(c) for c in data["engineered"]])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{source}: the feature recipe is incomplete or malformed ({e!r})") from None
+        unknown = sorted(set(recipe.engineered) - set(ENGINEERED))
+        if unknown:
+            raise DataError(f"{source}: engineered features {', '.join(unknown)} are unknown to this kit")
+        return recipe
+
+
+def fit_recipe(train: pd.DataFrame, columns: list[str]) -> FeatureRecipe:
+    """The recipe of the training rows' raw ``columns``: which are numbers, the categories' vocabularies."""
+    numeric = numeric_columns(train, columns)
+    categories = {c: sorted(train[c].dropna().astype(str).unique()) for c in columns if c not in numeric}
+    engineered = [name for name, (_, needs) in ENGINEERED.items() if all(c in columns for c in needs)]
+    return FeatureRecipe(numeric, categories, engineered)
+
+
+def _test_base(spec: Competition, data_dir: Path) -> pd.DataFrame:
+    test_ids = load_test_table(spec, data_dir)
+    return pd.DataFrame({"id": test_ids["id"].to_numpy(),
+                         "group": test_ids["group"].to_numpy() if "group" in test_ids else test_ids["id"]})
+
+
 def metadata_features(spec: Competition, data_dir: str | Path) -> FeatureTable:
     """The metadata part of the feature table of ``spec``'s data under ``data_dir``."""
     check_supported(spec)
@@ -178,41 +241,50 @@ def metadata_features(spec: Competition, data_dir: str | Path) -> FeatureTable:
     raw_train = read_csv(data_dir / spec.labels_file, [spec.id_col], what="labels file")
     raw_test, test_path = _test_metadata(spec, data_dir)
     columns = _raw_columns(spec, raw_train, raw_test, test_path)
-    test_ids = load_test_table(spec, data_dir)
-    test_base = pd.DataFrame({"id": test_ids["id"].to_numpy(),
-                              "group": test_ids["group"].to_numpy() if "group" in test_ids else test_ids["id"]})
-    train, test = _table(labels, raw_train, spec, columns), _table(test_base, raw_test, spec, columns)
-    numeric = numeric_columns(train, columns)
-    categorical = [c for c in columns if c not in numeric]
-    for df in (train, test):
-        df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
-    unknown = _encode_categories(train, test, categorical)
-    train, test = (_with(df, engineer(df)) for df in (train, test))
-    numeric = numeric + list(engineer(train.head(1)))
-    train, test = (_with(df, {**patient_normalise(df, numeric), "patient_lesion_count": df.groupby(
-        "group", sort=False)["id"].transform("size").astype(np.float64)}) for df in (train, test))
-    normed = [f"{c}_pnorm" for c in numeric]
-    features = numeric + categorical + normed + ["patient_lesion_count"]
-    return FeatureTable(train, test, features, categorical, unknown, str(test_path))
+    train, test = _table(labels, raw_train, spec, columns), _table(_test_base(spec, data_dir), raw_test, spec, columns)
+    recipe = fit_recipe(train, columns)
+    train, _ = recipe.apply(train)
+    test, unknown = recipe.apply(test, report=True)
+    return FeatureTable(train, test, recipe.features, list(recipe.categories), unknown, str(test_path), recipe)
+
+
+def rebuild_test_features(spec: Competition, data_dir: str | Path, recipe: FeatureRecipe) -> pd.DataFrame:
+    """The metadata features of the test rows under ``data_dir`` made by a saved ``recipe`` (no training data)."""
+    data_dir = Path(data_dir)
+    raw_test, test_path = _test_metadata(spec, data_dir)
+    missing = [c for c in recipe.columns if c not in raw_test.columns]
+    if missing:
+        raise DataError(f"{test_path}: column {', '.join(repr(c) for c in missing)} of the stack's features "
+                        f"missing from the test metadata; found {list(raw_test.columns)}")
+    test, _ = recipe.apply(_table(_test_base(spec, data_dir), raw_test, spec, recipe.columns), report=True)
+    return test
 
 
 def add_image_score(table: FeatureTable, name: str, oof: pd.Series, test: pd.Series, fold: np.ndarray) -> list[str]:
-    """Add an image run's scores (``oof``, ``test``: indexed by id) as ``<name>``, its per-patient normalised
-    ``<name>_pnorm`` and ``<name>_rank``, its percentile rank among the rows one model predicted (each fold's rows for
-    the OOF, the test rows for the fold-blended test scores: each fold's model has its own calibration, which the
-    rank removes); every labelled and test row must have a score."""
-    frames = []
-    for df, scores, what, part in ((table.train, oof, "out-of-fold", fold),
-                                   (table.test, test, "test", np.zeros(len(table.test)))):
-        values = scores.reindex(df["id"].to_numpy())
-        if values.isna().any():
-            missing = df["id"][values.isna().to_numpy()]
-            raise DataError(f"run {name}: no {what} prediction for {len(missing)} of {len(df)} rows (first: "
-                            f"{', '.join(map(str, missing[:3]))}); predict every fold of the run")
-        df = _with(df, {name: pd.Series(values.to_numpy(dtype=np.float64), index=df.index)})
-        rank = df[name].groupby(np.asarray(part), sort=False).rank(pct=True)
-        frames.append(_with(df, {**patient_normalise(df, [name]), f"{name}_rank": rank}))
-    table.train, table.test = frames
-    added = [name, f"{name}_pnorm", f"{name}_rank"]
+    """Add an image run's scores (``oof``, ``test``: indexed by id) as the features :func:`image_score_features`
+    makes, to the labelled rows (ranked within each fold) and the test rows (ranked all together)."""
+    table.train = image_score_features(table.train, name, oof, "out-of-fold", fold)
+    table.test = image_score_features(table.test, name, test, "test", np.zeros(len(table.test)))
+    added = image_feature_names(name)
     table.features.extend(added)
     return added
+
+
+def image_feature_names(name: str) -> list[str]:
+    """The feature columns an image run named ``name`` feeds, in the table's order."""
+    return [name, f"{name}_pnorm", f"{name}_rank"]
+
+
+def image_score_features(df: pd.DataFrame, name: str, scores: pd.Series, what: str, part: np.ndarray) -> pd.DataFrame:
+    """``df`` with an image run's ``scores`` (indexed by id) as ``<name>``, its per-patient normalised
+    ``<name>_pnorm`` and ``<name>_rank``, its percentile rank among the rows one model predicted (``part``: each
+    fold's rows for the OOF, all test rows for the fold-blended test scores: each fold's model has its own
+    calibration, which the rank removes); every row must have a score."""
+    values = scores.reindex(df["id"].to_numpy())
+    if values.isna().any():
+        missing = df["id"][values.isna().to_numpy()]
+        raise DataError(f"run {name}: no {what} prediction for {len(missing)} of {len(df)} rows (first: "
+                        f"{', '.join(map(str, missing[:3]))}); predict every fold of the run")
+    df = _with(df, {name: pd.Series(values.to_numpy(dtype=np.float64), index=df.index)})
+    rank = df[name].groupby(np.asarray(part), sort=False).rank(pct=True)
+    return _with(df, {**patient_normalise(df, [name]), f"{name}_rank": rank})

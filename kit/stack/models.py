@@ -4,25 +4,33 @@ Each entry of ``GBDTS`` is a factory ``(params, seed) -> model`` with ``fit(X, y
 ``predict(X) -> P(positive)`` (shape N). ``params`` override the entry's defaults; the libraries are imported only
 when a model is built, and a missing one stops with one line telling how to install it. ``X_val`` is used only for
 early stopping when the params ask for it (``early_stopping_rounds``); the stack never passes its held-out fold.
+
+A fitted model is saved in its library's own format, never a pickle (``save(path)``): LightGBM's model text,
+XGBoost's JSON, CatBoost's ``.cbm``; :func:`load_model` reads such bytes back into a predictor without executing any
+code from them.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from kit.errors import ConfigError
+from kit.errors import ConfigError, DataError
 from kit.registry import Registry
 
-__all__ = ["DEFAULTS", "GBDTS", "GBDT", "build_model", "importances", "require"]
+__all__ = ["DEFAULTS", "FORMATS", "GBDTS", "GBDT", "build_model", "importances", "load_model", "require"]
 
 
 class GBDT(Protocol):
     def fit(self, X, y, X_val=None, y_val=None) -> GBDT: ...
 
     def predict(self, X) -> np.ndarray: ...
+
+    def save(self, path: Path) -> None: ...
 
     @property
     def feature_importances_(self) -> np.ndarray: ...
@@ -39,6 +47,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "colsample_bytree": 0.6, "reg_lambda": 1.0, "reg_alpha": 0.0, "n_jobs": 2},
     "cat": {"iterations": 200, "learning_rate": 0.06, "depth": 6, "l2_leaf_reg": 3.0, "thread_count": 2},
 }
+FORMATS: dict[str, tuple[str, bytes, str]] = {
+    "lgbm": (".txt", b"tree\n", "LightGBM model text"),
+    "xgb": (".json", b"{", "XGBoost JSON model"),
+    "cat": (".cbm", b"CBM1", "CatBoost .cbm model"),
+}
+"""Each model's saved file: (suffix, the bytes it starts with, what it is)."""
 PACKAGES = {"lgbm": ("lightgbm", "lightgbm"), "xgb": ("xgboost", "xgboost"), "cat": ("catboost", "catboost")}
 
 
@@ -76,6 +90,12 @@ class _Sklearn:
 
     def predict(self, X) -> np.ndarray:
         return self.estimator.predict_proba(X)[:, 1]
+
+    def save(self, path: Path) -> None:
+        if self.kind == "lgbm":
+            self.estimator.booster_.save_model(str(path))
+        else:  # the JSON of XGBoost's save_model, whatever the file's suffix (save_model picks the format by it)
+            Path(path).write_bytes(bytes(self.estimator.get_booster().save_raw("json")))
 
     @property
     def feature_importances_(self) -> np.ndarray:
@@ -118,6 +138,9 @@ class _CatBoost:
     def predict(self, X) -> np.ndarray:
         return self.model.predict_proba(X)[:, 1]
 
+    def save(self, path: Path) -> None:
+        self.model.save_model(str(path), format="cbm")
+
     @property
     def feature_importances_(self) -> np.ndarray:
         return np.asarray(self.model.get_feature_importance(), dtype=float)
@@ -141,3 +164,29 @@ def importances(model: GBDT) -> np.ndarray:
     values = np.nan_to_num(np.asarray(model.feature_importances_, dtype=float))
     total = values.sum()
     return values / total if total > 0 else values
+
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def load_model(name: str, data: bytes, source: str | Path) -> Predictor:
+    """A predictor ``X -> P(positive)`` (in the dtype its library predicts, as the fitted model) from the bytes of a model ``name`` saved by ``save`` (read from ``source``);
+    bytes the library cannot read raise DataError naming ``source``."""
+    name = GBDTS.canonical(name)
+    lib = require(name)
+    errors = {"lgbm": lambda: lib.basic.LightGBMError, "xgb": lambda: lib.core.XGBoostError,
+              "cat": lambda: lib.CatBoostError}[name]()
+    try:
+        if name == "lgbm":
+            booster = lib.Booster(model_str=data.decode())
+            return lambda X: np.asarray(booster.predict(X))
+        if name == "xgb":
+            xgb_booster = lib.Booster()
+            xgb_booster.load_model(bytearray(data))
+            return lambda X: np.asarray(xgb_booster.inplace_predict(X))
+        model = lib.CatBoostClassifier()
+        model.load_model(stream=io.BytesIO(data))
+        return lambda X: np.asarray(model.predict_proba(X)[:, 1])
+    except (errors, UnicodeDecodeError, ValueError) as e:
+        said = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise DataError(f"{source}: {FORMATS[name][2]} that {PACKAGES[name][1]} cannot read ({said})") from None

@@ -12,6 +12,7 @@ them, and the trees that predict them never saw them either; the ids each fold t
         oof.csv, scores.json                           stack OOF (id, fold, target, pred) and its CV
         test_fold{k}.csv, predict.json                 each fold's test predictions; blend_folds / load_member read them
         fold{k}/train_ids.csv                          the ids fold k's trees trained on
+        fold{k}/{model}_seed{s}.txt|.json|.cbm         each fitted GBDT in its library's format (kit/stack/saved.py)
         importance.csv, report/importance.png          feature importances (normalised, mean over folds and seeds)
 
 ``config.yaml`` holds the competition's default kit config: RunDir.open needs it and ``RunDir.competition()`` reads
@@ -30,17 +31,17 @@ import pandas as pd
 from kit.competitions import Competition, get_competition
 from kit.config import load_config
 from kit.data.folds import make_folds
-from kit.ensemble import blend_folds, check_same_folds
+from kit.ensemble import check_same_folds
 from kit.errors import ConfigError, DataError, KitError
 from kit.metrics import get_metric
 from kit.oof import prediction_frame, prediction_values
 from kit.rundir import RunDir
 from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
 from kit.stack.models import DEFAULTS, GBDTS, build_model, importances, require
+from kit.stack.saved import STACK_INFO, image_test_scores, save_models, saved_info
 
 __all__ = ["STACK_INFO", "StackResult", "StackSettings", "run_stack"]
 
-STACK_INFO = "stack.json"
 IMPORTANCE = "importance.csv"
 
 
@@ -123,8 +124,7 @@ def _add_run(spec: Competition, run: RunDir, table: FeatureTable, fold: np.ndarr
     if moved.any():
         raise DataError(f"{run.path / source}: {int(moved.sum())} rows carry another fold than in "
                         f"{run.folds_path} (first: {table.train['id'][moved].iloc[0]})")
-    test_ids, test = blend_folds(run.path, "mean")
-    add_image_score(table, name, scores, pd.Series(test, index=[str(i) for i in test_ids]), fold)
+    add_image_score(table, name, scores, image_test_scores(run.path), fold)
     metric = get_metric(spec.metric)
     cv = metric(table.train["target"].to_numpy(), table.train[name].to_numpy())
     return {"name": name, "path": str(run.path.resolve()), "oof": source, "cv": cv}
@@ -189,18 +189,19 @@ def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: n
     held = inputs.fold == k
     train_idx = np.flatnonzero(~held)
     params = _fold_params(inputs, settings, X, train_idx, k)
-    val, test, imp, used = {}, {}, {}, set()
+    val, test, imp, used, fitted = {}, {}, {}, set(), {}
     for m in settings.models:
         val[m], test[m], imp[m] = [], [], []
         for s in range(settings.seeds):
             rows = _training_rows(y, train_idx, settings.neg_per_pos, 1000 * k + s)
             used.update(rows.tolist())
             model = build_model(m, params[m], seed=s, trees=settings.trees).fit(X[rows], y[rows])
+            fitted[(m, s)] = model
             val[m].append(model.predict(X[held]))
             test[m].append(model.predict(X_test))
             imp[m].append(importances(model))
     ids = inputs.table.train["id"].to_numpy()
-    return {"k": k, "held": held, "params": params, "train_ids": ids[sorted(used)],
+    return {"k": k, "held": held, "params": params, "train_ids": ids[sorted(used)], "models": fitted,
             "val": {m: np.mean(v, axis=0) for m, v in val.items()},
             "test": {m: np.mean(v, axis=0) for m, v in test.items()},
             "importance": {m: np.mean(v, axis=0) for m, v in imp.items()}}
@@ -271,13 +272,14 @@ def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: 
     stack.write_json(stack.predict_info_path, {"folds": folds, "data": str(inputs.data_dir.resolve()),
                                                "oof": stack.OOF, "stack": True})
     _write_importance(stack, table.features, fits, settings.models)
+    saved = saved_info(table.recipe, inputs.runs, save_models(stack, fits))
     stack.write_json(stack.path / STACK_INFO, {
         "competition": spec.name, "metric": spec.metric, **asdict(settings),
         "defaults": {m: DEFAULTS[m] for m in settings.models}, "runs": inputs.runs, "features": table.features,
         "categorical": table.categorical, "unknown_categories": table.unknown, "test_metadata": table.test_source,
         "fold_params": {str(f["k"]): f["params"] for f in fits},
         "tuning": "nested: Optuna on each outer fold's training part, scored by an inner grouped CV"
-        if settings.tune else None})
+        if settings.tune else None, "saved": saved})
     return scores
 
 
