@@ -59,6 +59,11 @@ class Competition:
     """Extra per-image metadata joined on ``metadata_key`` (for example HAM10000's lesion ids)."""
     metadata_key: str | None = None
     has_metadata: bool = False
+    diagnoses: tuple[str, ...] = ()
+    """Each class as a diagnosis of the skin-lesion list DIAGNOSES (binary: the positive class's): what lets rows of
+    another competition train this one (kit.data.targets). Empty: its rows have no diagnosis."""
+    diagnosis_col: str | None = None
+    """A binary competition's column of free-text diagnoses (mapped to DIAGNOSES), for a finer training target."""
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
@@ -128,6 +133,8 @@ register(Competition(
     sample_submission="sample_submission.csv",
     group_col="patient_id",
     has_metadata=True,
+    diagnoses=("MEL",),
+    diagnosis_col="diagnosis",
     metric="auc",
     submission_columns=("image_name", "target"),
     aliases=("isic-2020",),
@@ -152,6 +159,8 @@ register(Competition(
 ))
 
 ISIC_2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+DIAGNOSES = ISIC_2019_CLASSES
+"""The skin-lesion diagnoses every ISIC competition's rows map into: the ISIC 2019 classes (UNK: none of the others)."""
 register(Competition(
     name="isic-2019",
     title="ISIC 2019 skin lesion classification (9 classes incl. UNK)",
@@ -166,6 +175,7 @@ register(Competition(
     metadata_key="image",
     group_col="lesion_id",
     has_metadata=True,
+    diagnoses=ISIC_2019_CLASSES,
     metric="balanced_accuracy",
     submission_columns=("image", *ISIC_2019_CLASSES),
     notes="lesion_id is missing for many images: each such image is its own group",
@@ -185,6 +195,7 @@ register(Competition(
     metadata_key="image_id",
     group_col="lesion_id",
     has_metadata=True,
+    diagnoses=("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC"),  # AKIEC: actinic keratosis / intraepithelial carcinoma
     metric="balanced_accuracy",
     submission_columns=("image", *ISIC_2018_CLASSES),
     aliases=("isic-2018", "ham10000"),

@@ -1,7 +1,8 @@
 """Load a competition's labels (and metadata, and groups) into one tidy table.
 
 Columns of the table: ``id``, ``target`` (0/1, or the class index for multiclass), ``group`` (patient or lesion,
-or the id itself where the competition has none), and when the competition has metadata ``sex``, ``age``, ``site``.
+or the id itself where the competition has none), when the competition has metadata ``sex``, ``age``, ``site``, and
+where its labels file has one, the free-text ``diagnosis``.
 Every check names the file, line and column at fault. Line numbers count the header as line 1, as an editor does.
 """
 
@@ -93,7 +94,7 @@ def _metadata(df: pd.DataFrame) -> pd.DataFrame:
 
 def _table_columns(spec: Competition) -> set[str]:
     """The columns a training table is made of: ids, labels, the group and every spelling of sex / age / site."""
-    keys = {spec.id_col, *spec.classes, spec.group_col, spec.metadata_key}
+    keys = {spec.id_col, *spec.classes, spec.group_col, spec.metadata_key, spec.diagnosis_col}
     return {c for c in keys if c} | {alias for aliases in META_ALIASES.values() for alias in aliases}
 
 
@@ -144,6 +145,8 @@ def load_train_table(competition: str | Competition, data_dir: str | Path) -> pd
         table["group"] = table["id"]
     if spec.has_metadata:
         table = pd.concat([table, _metadata(df).reset_index(drop=True)], axis=1)
+    if spec.diagnosis_col and spec.diagnosis_col in df.columns:  # the finer target of train.target=diagnosis
+        table["diagnosis"] = df[spec.diagnosis_col].to_numpy()
     return table
 
 
