@@ -312,13 +312,14 @@ def _check_together(cfg: Config) -> None:
         raise ConfigError(f"config key train.min_lr={t.min_lr} is not valid; it must be at most train.lr ({t.lr})")
     spec = get_competition(cfg.competition)
     space = _target_space(cfg)
+    what = spec.name if t.target == "competition" else f"{spec.name} with train.target={t.target}"
     try:
         resolve_loss(t.loss, space.task)
     except ConfigError as e:
-        raise ConfigError(f"config key {e} ({spec.name} with train.target={t.target} is {space.task})") from None
+        raise ConfigError(f"config key {e} ({what} is {space.task})") from None
     if t.negatives_per_positive and space.task != "binary":
         raise ConfigError(f"config key train.negatives_per_positive={t.negatives_per_positive} is not valid; "
-                          f"{spec.name} with train.target={t.target} is {space.task}, it needs a binary target")
+                          f"{what} is {space.task}, it needs a binary target")
     if t.negatives_per_positive and t.balanced_sampler:
         raise ConfigError("config keys train.negatives_per_positive and train.balanced_sampler are two ways to "
                           "rebalance the classes: set one of them")
