@@ -83,12 +83,19 @@ class Checkpoint:
     training: TrainingState | None = None
     """Only in ``last.pt``."""
     extra: dict = field(default_factory=dict)
+    scored: str | None = None
+    """A model trained on a finer target (``classes``, multiclass) for a binary competition: the class whose
+    probability is the competition's prediction. None: the outputs are the competition's own."""
 
     def build_model(self) -> nn.Module:
         """The network with this checkpoint's weights, on the CPU, in eval mode."""
         model = self.model.build()
         model.load_state_dict(self.model_state)
         return model.eval()
+
+    def competition_probs(self, probs: np.ndarray) -> np.ndarray:
+        """The competition's predictions from this model's probabilities (the scored class's column, if any)."""
+        return probs if self.scored is None else probs[:, self.classes.index(self.scored)]
 
 
 class CheckpointWriteError(KitError):
@@ -188,7 +195,7 @@ def _from_payload(path: Path, payload: dict) -> Checkpoint:
             std=list(payload["std"]), config=payload["config"], meta_encoder=payload["meta_encoder"],
             fold=int(payload["fold"]), epoch=int(payload["epoch"]), metric=float(payload["metric"]),
             model_state=payload["model_state"], training=TrainingState(**training) if training else None,
-            extra=payload.get("extra") or {})
+            extra=payload.get("extra") or {}, scored=payload.get("scored"))
     except (KeyError, TypeError) as e:
         raise KitError(f"{path}: a damaged kit checkpoint ({type(e).__name__}: {e})") from None
 

@@ -62,6 +62,11 @@ class Competition:
     train_only_columns: tuple[str, ...] = ()
     """Metadata columns that are never features: they give the label away (the diagnosis) or the test lacks them by
     design. Identifiers and label columns are never features either (``kit.data.columns`` owns the rule)."""
+    diagnoses: tuple[str, ...] = ()
+    """Each class as a diagnosis of the skin-lesion list DIAGNOSES (binary: the positive class's): what lets rows of
+    another competition train this one (kit.data.targets). Empty: its rows have no diagnosis."""
+    diagnosis_col: str | None = None
+    """A binary competition's column of free-text diagnoses (mapped to DIAGNOSES), for a finer training target."""
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
@@ -133,6 +138,8 @@ register(Competition(
     has_metadata=True,
     # tfrecord: the shard number in the widely used resized copies of the data (train.csv with width, height)
     train_only_columns=("diagnosis", "benign_malignant", "tfrecord"),
+    diagnoses=("MEL",),
+    diagnosis_col="diagnosis",
     metric="auc",
     submission_columns=("image_name", "target"),
     aliases=("isic-2020",),
@@ -159,6 +166,8 @@ register(Competition(
 ))
 
 ISIC_2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+DIAGNOSES = ISIC_2019_CLASSES
+"""The skin-lesion diagnoses every ISIC competition's rows map into: the ISIC 2019 classes (UNK: none of the others)."""
 register(Competition(
     name="isic-2019",
     title="ISIC 2019 skin lesion classification (9 classes incl. UNK)",
@@ -173,6 +182,7 @@ register(Competition(
     metadata_key="image",
     group_col="lesion_id",
     has_metadata=True,
+    diagnoses=ISIC_2019_CLASSES,
     metric="balanced_accuracy",
     submission_columns=("image", *ISIC_2019_CLASSES),
     notes="lesion_id is missing for many images: each such image is its own group",
@@ -193,6 +203,7 @@ register(Competition(
     group_col="lesion_id",
     has_metadata=True,
     train_only_columns=("dx", "dx_type"),  # the diagnosis and how it was confirmed: the label itself
+    diagnoses=("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC"),  # AKIEC: actinic keratosis / intraepithelial carcinoma
     metric="balanced_accuracy",
     submission_columns=("image", *ISIC_2018_CLASSES),
     aliases=("isic-2018", "ham10000"),

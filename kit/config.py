@@ -25,14 +25,17 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def _f(default: Any, help: str, *, choices: Any = None, check: Callable[[str, Any], None] | None = None,
-       valid: str | None = None, **bounds: float) -> Any:
+       valid: str | None = None, factory: Callable[[], Any] | None = None, **bounds: float) -> Any:
     """A config field with its one-line help and what values it takes.
 
+    ``factory``: builds a mutable default (a list) instead of ``default``;
     ``choices``: a tuple of strings, or a function returning a list or registry of them (imported when checked);
     ``check(key, value)``: raises for an invalid value, ``valid`` describes the valid values then;
     ``bounds``: ``ge``/``gt``/``le``/``lt`` for numbers (None always passes).
     """
     meta = {"help": help, "choices": choices, "check": check, "valid": valid, "bounds": bounds}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -76,6 +79,28 @@ def _check_optimizer(key: str, value: str) -> None:
     if parts[-1] in known and (len(parts) == 1 or parts[:-1] == ["lookahead"]):
         return
     raise _not_one_of(key, value, known, " (optionally prefixed lookahead_)")
+
+
+def _check_extra(key: str, value: Any) -> None:
+    from kit.competitions import get_competition
+
+    entries_ok = isinstance(value, list) and all(
+        isinstance(e, dict) and set(e) == {"competition", "data"} and all(isinstance(v, str) for v in e.values())
+        for e in value)
+    if not entries_ok:
+        raise ConfigError(f"config key {key}={value} is not valid; expected a list of {{competition: NAME, data: DIR}} "
+                          "(or kit train --extra-data NAME=DIR)")
+    for entry in value:
+        try:
+            get_competition(entry["competition"])
+        except ConfigError as e:
+            raise ConfigError(f"config key {key}: {e}") from None
+
+
+def _targets() -> tuple[str, ...]:
+    from kit.data.targets import TARGETS
+
+    return TARGETS
 
 
 def _check_device(key: str, value: str) -> None:
@@ -135,6 +160,9 @@ class TrainConfig:
     class_weights: bool = _f(False, "weight the loss by inverse class frequency (pos_weight for bce)")
     balanced_sampler: bool = _f(False, "sample training images with inverse class-frequency weights instead of "
                                        "shuffling")
+    target: str = _f("competition", "what the model learns: competition (its own target) or diagnosis (one output "
+                                    "per ISIC 2019 class, the 2020 diagnoses mapped to them; the competition's class "
+                                    "is scored: siim-isic-melanoma-classification)", choices=_targets)
     negatives_per_positive: float = _f(0.0, "binary only: each epoch trains on every positive and this many "
                                             "negatives per positive, a fresh random subset each epoch (ISIC 2024 "
                                             "winners used 3 to 20); 0 = every image", ge=0.0)
@@ -163,6 +191,14 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    extra: list[dict] = _f(None, "labelled data of other competitions added to the training part of every fold only "
+                                 "(never validated, never in oof.csv or the CV): a list of {competition: NAME, data: "
+                                 "DIR}; kit train --extra-data NAME=DIR", factory=list, check=_check_extra,
+                           valid="a list of {competition: NAME, data: DIR}")
+
+
+@dataclass(frozen=True)
 class Config:
     competition: str = _f("histopathologic-cancer-detection", "competition name or alias (see `kit competitions`)",
                           choices=_competitions)
@@ -171,12 +207,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": ModelConfig, "aug": AugConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "aug": AugConfig, "train": TrainConfig, "data": DataConfig}
 
 
 def key_fields() -> dict[str, dataclasses.Field]:
@@ -275,13 +312,15 @@ def _check_together(cfg: Config) -> None:
     if t.min_lr > t.lr:
         raise ConfigError(f"config key train.min_lr={t.min_lr} is not valid; it must be at most train.lr ({t.lr})")
     spec = get_competition(cfg.competition)
+    space = _target_space(cfg)
+    what = spec.name if t.target == "competition" else f"{spec.name} with train.target={t.target}"
     try:
-        resolve_loss(t.loss, spec.task)
+        resolve_loss(t.loss, space.task)
     except ConfigError as e:
-        raise ConfigError(f"config key {e} ({spec.name} is {spec.task})") from None
-    if t.negatives_per_positive and not spec.is_binary:
+        raise ConfigError(f"config key {e} ({what} is {space.task})") from None
+    if t.negatives_per_positive and space.task != "binary":
         raise ConfigError(f"config key train.negatives_per_positive={t.negatives_per_positive} is not valid; "
-                          f"{spec.name} is {spec.task}, it needs a binary target")
+                          f"{what} is {space.task}, it needs a binary target")
     if t.negatives_per_positive and t.balanced_sampler:
         raise ConfigError("config keys train.negatives_per_positive and train.balanced_sampler are two ways to "
                           "rebalance the classes: set one of them")
@@ -293,6 +332,18 @@ def _check_together(cfg: Config) -> None:
         if cfg.aug.preset not in BATCH_PRESETS:
             raise ConfigError(f"config key aug.on_device=true is not valid with aug.preset={cfg.aug.preset}; presets "
                               f"that run on the device: {', '.join(BATCH_PRESETS.names())}")
+
+
+def _target_space(cfg: Config):
+    """The run's target space; raises when train.target or an extra source does not fit the competition."""
+    from kit.competitions import get_competition
+    from kit.data.targets import check_extra, target_space
+
+    spec = get_competition(cfg.competition)
+    space = target_space(spec, cfg.train.target)
+    for entry in cfg.data.extra:
+        check_extra(space, spec, get_competition(entry["competition"]))
+    return space
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -327,7 +378,7 @@ def describe_keys() -> list[dict[str, str]]:
     """Every key with its type, default, help and valid values (closed set or range; empty when open)."""
     out = []
     for key, f in key_fields().items():
-        default = f.default
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         choices, bounds = _choices(f), f.metadata.get("bounds")
         valid = (f"one of {', '.join(choices)}" if choices is not None else f.metadata.get("valid")

@@ -12,6 +12,7 @@ writing the submission the submission module's; ``kit predict`` chains the three
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,7 @@ class _RunPredictor:
             meta = _encoded_meta(ckpt, rows)[pd.Index(rows["id"]).get_indexer(ids)]
         dataset = self.train.dataset(ids, ckpt.input_size, _cached(ckpt), meta)
         with self.bar(f"{len(ids)} out-of-fold images", len(ids), tta) as bar:
-            probs = predict_dataset(model, dataset, rt, tta, bs, workers, bar)
+            probs = ckpt.competition_probs(predict_dataset(model, dataset, rt, tta, bs, workers, bar))
         return prediction_frame(self.spec, ids, probs, fold=k, target=oof["target"].to_numpy())
 
     def test_probs(self, model: nn.Module, ckpt: Checkpoint, rt: Runtime, tta: TTA, bs: int,
@@ -214,7 +215,7 @@ class _RunPredictor:
         meta = _encoded_meta(ckpt, self.test_rows()) if rt.use_meta else None
         dataset = self.test.dataset(self.test_table["id"], ckpt.input_size, _cached(ckpt), meta)
         with self.bar(f"{len(dataset)} test images", len(dataset), tta) as bar:
-            return predict_dataset(model, dataset, rt, tta, bs, workers, bar)
+            return ckpt.competition_probs(predict_dataset(model, dataset, rt, tta, bs, workers, bar))
 
 
 def _cached(ckpt: Checkpoint) -> bool:
@@ -257,9 +258,10 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
             bs = batch_size or max(1, 2 * ckpt.config["train"]["batch_size"]
                                    // default_views_per_forward(dev, len(fold_tta.views)))
             n_workers = default_workers(ckpt.config["train"]["num_workers"], dev) if workers is None else workers
+            model_tta = dataclasses.replace(fold_tta, task=ckpt.task)  # a finer target: TTA over all its classes
             if with_oof:
-                oof_frames.append(images.oof(k, model, ckpt, rt, fold_tta, bs, n_workers))
-            probs = images.test_probs(model, ckpt, rt, fold_tta, bs, n_workers)
+                oof_frames.append(images.oof(k, model, ckpt, rt, model_tta, bs, n_workers))
+            probs = images.test_probs(model, ckpt, rt, model_tta, bs, n_workers)
             test_files[k] = run.write_csv(run.test_path(k),
                                           prediction_frame(spec, images.test_table["id"].to_numpy(), probs))
             oof_note = f"{len(oof_frames[-1])} out-of-fold + " if with_oof else ""

@@ -37,13 +37,15 @@ from kit.checkpoint import (
 )
 from kit.competitions import Competition, get_competition
 from kit.config import Config
-from kit.data.dataset import ImageDataset
+from kit.data.dataset import ImageDataset, JoinedImages, StoreImages
+from kit.data.extra import ExtraSource, load_extra_sources
 from kit.data.folds import make_folds, read_folds, write_folds
 from kit.data.labels import load_train_table
 from kit.data.meta import MetaEncoder
 from kit.data.pack import split_pack
 from kit.data.readers import check_images_exist, open_store
 from kit.data.sampling import subsample_negatives
+from kit.data.targets import TargetSpace, run_targets, target_space
 from kit.distributed import EpochSampler, current_group
 from kit.errors import ConfigError, KitError
 from kit.gpu_augment import build_batch_augment, on_device
@@ -84,6 +86,8 @@ class TrainingError(KitError):
 class EpochStats:
     loss: float
     images_per_s: float
+    images: int = 0
+    """The epoch's training rows (with data.extra: the fold's own and every extra one; subsampled: those drawn)."""
 
 
 def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime,
@@ -135,8 +139,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndarray,
              metric: Callable[[np.ndarray, np.ndarray], float],
              progress: Progress | None = None,
-             gather: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, np.ndarray]:
-    """The metric and probabilities of ``loader``; ``gather`` joins the parts of several processes first."""
+             gather: Callable[[np.ndarray], np.ndarray] | None = None,
+             scored: int | None = None) -> tuple[float, np.ndarray]:
+    """The metric and probabilities of ``loader``; ``gather`` joins the parts of several processes first; a model
+    trained on a finer target is scored on its column ``scored`` (the competition's class)."""
     probs = predict_loader(model, loader, rt, progress)
     if gather is not None:
         probs = gather(probs)
@@ -144,6 +150,8 @@ def validate(model: nn.Module, loader: DataLoader, rt: Runtime, targets: np.ndar
     if bad:  # diverged weights can give a finite epoch loss but NaN outputs; the metric would fail obscurely
         raise TrainingError(f"{bad} of {probs.size} validation predictions are not finite: the weights diverged; "
                             f"lower train.lr or set train.grad_clip")
+    if scored is not None:
+        probs = probs[:, scored]
     return metric(targets, probs), probs
 
 
@@ -202,19 +210,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
 class RunData:
     spec: Competition
     table: pd.DataFrame
+    """The competition's own rows: folds, validation, OOF and CV are over these alone."""
     fold: np.ndarray
     dataset: ImageDataset
-    """Every row of ``table`` (no transform yet): folds and epochs are index views of it (``ImageDataset.subset``)."""
+    """The rows of ``table``, then those of the extra sources (no transform yet): folds and epochs are index views of
+    it (``ImageDataset.subset``)."""
     meta_encoder: MetaEncoder | None
     input_size: int
     native_size: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
     model: ModelDescription
+    space: TargetSpace
+    """What the model outputs: the competition's target, or a finer one of which it scores one class."""
+    train_targets: np.ndarray
+    """The training target in ``space`` of every row of ``dataset``."""
     fold_source: Path | None = None
     """The folds file the folds came from (None: made here); copied into the run as folds.csv."""
     weights: WeightsSource | None = None
     """Where the initial weights came from (recorded in config.yaml as a name and sha256, not a path)."""
+    extra: list[ExtraSource] = field(default_factory=list)
+    """``data.extra``: sources whose rows (``dataset`` rows len(table) on) join every fold's training part only."""
+
+    @property
+    def extra_rows(self) -> np.ndarray:
+        """The ``dataset`` rows of the extra sources."""
+        return np.arange(len(self.table), len(self.dataset.ids))
 
 
 def _assign_folds(cfg: Config, spec: Competition, table: pd.DataFrame, run: RunDir,
@@ -238,6 +259,7 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
                  exclude: list[str] | None = None) -> RunData:
     """Labels, folds, metadata and (cached) images of a run, and its model built once: nothing is written here."""
     spec = get_competition(cfg.competition)
+    space = target_space(spec, cfg.train.target)
     # every feature column of the metadata only where the metadata branch takes them: they are ~40 on ISIC 2024
     table = load_train_table(spec, data_dir, features=cfg.model.use_metadata)
     all_ids = table["id"].tolist()  # the pack covers the whole split, whatever this run leaves out
@@ -245,39 +267,52 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
         table = table[~table["id"].isin(set(exclude))].reset_index(drop=True)
     store = open_store(spec, data_dir, "train")
     check_images_exist(store, list(table["id"]))
+    targets = run_targets(space, spec, table, data_dir / spec.labels_file)
+    extra = load_extra_sources(cfg.data.extra, space, spec)
     fold, fold_source = _assign_folds(cfg, spec, table, run, folds_file)
     meta_encoder = meta = None
     if cfg.model.use_metadata:
         if not spec.has_metadata:
             raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
-        meta_encoder = MetaEncoder.fit(table)
-        meta = meta_encoder.transform(table)
+        meta_encoder = MetaEncoder.fit(table)  # the competition's own rows: extra rows are encoded with its fit
+        meta = np.concatenate([meta_encoder.transform(t) for t in [table, *(e.table for e in extra)]])
         print(f"metadata branch: {meta_encoder.size} features from {len(meta_encoder.columns)} columns", flush=True)
     n_meta = 0 if meta is None else meta.shape[1]
     # built once with its weights file before anything is written: a bad name, size or file fails here
     weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
     print(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE to "
           "start from ImageNet weights" if weights.kind == "scratch" else ""), flush=True)
-    probe = build_model(cfg.model.name, spec.num_outputs, cfg.model.weights, cfg.model.img_size,
+    probe = build_model(cfg.model.name, space.num_outputs, cfg.model.weights, cfg.model.img_size,
                         cfg.model.drop_rate, n_meta, cfg.model.pretrained)
     dcfg = data_config(probe, cfg.model.img_size)
     del probe
     size = dcfg["input_size"][-1]
-    dataset = _run_dataset(cfg, spec, data_dir, table, all_ids, store, size, meta)
-    description = ModelDescription(cfg.model.name, spec.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
-    return RunData(spec, table, fold, dataset, meta_encoder, size, size if dataset.images is not None else None,
-                   dcfg["mean"], dcfg["std"], description, fold_source, weights)
+    all_targets = np.concatenate([targets, *(e.targets for e in extra)])
+    dataset = _run_dataset(cfg, spec, data_dir, table, all_ids, store, size, meta, all_targets, extra)
+    description = ModelDescription(cfg.model.name, space.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
+    return RunData(spec, table, fold, dataset, meta_encoder, size, size if cfg.train.cache_images else None,
+                   dcfg["mean"], dcfg["std"], description, space, all_targets, fold_source, weights, extra)
 
 
 def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataFrame, all_ids: list[str],
-                 store, size: int, meta: np.ndarray | None) -> ImageDataset:
-    """The run's rows over the split's pack (built on first use, then reused by every fold, run and trial at this
-    size), or over the image files when ``train.cache_images`` is off."""
-    ids, targets = table["id"].to_numpy(dtype=str), table["target"].to_numpy()
-    if not cfg.train.cache_images:
+                 store, size: int, meta: np.ndarray | None, targets: np.ndarray,
+                 extra: list[ExtraSource]) -> ImageDataset:
+    """The run's rows, then the extra sources' rows, over the split's pack (built on first use, then reused by every
+    fold, run and trial at this size) and each source's own, or over the image files when ``train.cache_images`` is
+    off."""
+    ids, cached = table["id"].to_numpy(dtype=str), cfg.train.cache_images
+    if cached:
+        pack = split_pack(spec, data_dir, "train", size, all_ids)
+        own = (pack.rows, pack.index(ids))
+    elif not extra:
         return ImageDataset(ids, None, store=store, targets=targets, meta=meta)
-    pack = split_pack(spec, data_dir, "train", size, all_ids)
-    return ImageDataset(ids, None, images=pack.rows, image_rows=pack.index(ids), targets=targets, meta=meta)
+    else:
+        own = (StoreImages(store, ids), np.arange(len(ids)))
+    if not extra:
+        return ImageDataset(ids, None, images=own[0], image_rows=own[1], targets=targets, meta=meta)
+    images = JoinedImages([own, *(e.images(size, cached) for e in extra)])
+    all_ids = np.concatenate([ids, *(e.table["id"].to_numpy(dtype=str) for e in extra)])
+    return ImageDataset(all_ids, None, images=images, targets=targets, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -329,8 +364,10 @@ class FoldTrainer:
         self.dist = current_group()  # rank 0 of 1 outside torchrun
         device = self.dist.device(resolve_device(t.device))
         self.workers = default_workers(t.num_workers, device)
-        self.train_idx, self.val_idx = np.flatnonzero(data.fold != k), np.flatnonzero(data.fold == k)
-        self.targets = data.table["target"].to_numpy()
+        # the extra sources' rows train every fold and validate none
+        self.train_idx = np.concatenate([np.flatnonzero(data.fold != k), data.extra_rows])
+        self.val_idx = np.flatnonzero(data.fold == k)
+        self.targets = data.table["target"].to_numpy()  # the competition's: what validation scores
         if len(np.unique(self.targets[self.val_idx])) < 2:
             raise ConfigError(f"fold {k} has a single class in its validation part; use fewer folds or more data")
         # aug.on_device: the CPU side only resizes, the preset runs per batch on the device
@@ -342,9 +379,9 @@ class FoldTrainer:
         self.val_ds = self._subset(self.dist.shard(self.val_idx),
                                    build_eval_transform(data.input_size, data.native_size))
         seed_everything(t.seed + k)  # the same initial weights for a fold, whatever ran before it
-        self.rt = Runtime.create(device, t.amp, t.channels_last, data.mean, data.std, spec.is_binary,
+        self.rt = Runtime.create(device, t.amp, t.channels_last, data.mean, data.std, data.space.task == "binary",
                                  data.model.n_meta > 0)
-        self.model = self.rt.place(build_model(cfg.model.name, spec.num_outputs, cfg.model.weights,
+        self.model = self.rt.place(build_model(cfg.model.name, data.space.num_outputs, cfg.model.weights,
                                                cfg.model.img_size, cfg.model.drop_rate, data.model.n_meta,
                                                cfg.model.pretrained))
         if t.sync_bn:  # before the optimizer: it replaces the BatchNorm modules
@@ -358,9 +395,9 @@ class FoldTrainer:
         return self.data.dataset.subset(idx).with_transform(transform)
 
     def _build_optimisation(self) -> None:
-        t, spec, device = self.cfg.train, self.data.spec, self.rt.device
-        n_classes = 2 if spec.is_binary else len(spec.classes)
-        train_targets = self.targets[self.train_idx]
+        t, device = self.cfg.train, self.rt.device
+        n_classes = self.data.space.n_classes
+        train_targets = self.data.train_targets[self.train_idx]
         self.loss_fn = build_loss(t.loss, n_classes, train_targets, t.class_weights, t.focal_gamma,
                                   t.label_smoothing).to(device)
         self.sample_weights = None
@@ -385,7 +422,7 @@ class FoldTrainer:
         t = self.cfg.train
         if not t.negatives_per_positive:
             return self.train_ds
-        rows = subsample_negatives(self.train_idx, self.targets, t.negatives_per_positive,
+        rows = subsample_negatives(self.train_idx, self.data.train_targets, t.negatives_per_positive,
                                    epoch_seed(t.seed, self.k, epoch))
         return self.train_ds.subset(rows)
 
@@ -393,8 +430,8 @@ class FoldTrainer:
     def _checkpoint(self, epoch: int, metric: float, model: nn.Module,
                     training: TrainingState | None = None) -> Checkpoint:
         d, spec = self.data, self.data.spec
-        return Checkpoint(model=d.model, competition=spec.name, task=spec.task, classes=list(spec.classes),
-                          input_size=d.input_size, mean=list(d.mean), std=list(d.std), config=self.cfg.to_dict(),
+        return Checkpoint(model=d.model, competition=spec.name, task=d.space.task, classes=list(d.space.classes),
+                          scored=d.space.scored, input_size=d.input_size, mean=list(d.mean), std=list(d.std), config=self.cfg.to_dict(),
                           meta_encoder=d.meta_encoder.to_dict() if d.meta_encoder else None, fold=self.k,
                           epoch=epoch, metric=metric, model_state=model.state_dict(), training=training)
 
@@ -450,7 +487,7 @@ class FoldTrainer:
                       overall_weight=1 / max(len(loader), 1)) as bar:
             stats = train_one_epoch(d.wrap(self.model, self.rt.device), loader, self.optimizer, self.loss_fn, self.rt,
                                     self.scheduler, self.ema, t.grad_clip, epoch, bar)
-        stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world)
+        stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world, len(dataset))
         if not math.isfinite(stats.loss):
             raise TrainingError(f"fold {self.k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
                                 f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
@@ -464,13 +501,15 @@ class FoldTrainer:
         with Progress(len(self.val_ds), f"fold {self.k} epoch {epoch + 1} validation", unit="img",
                       enabled=self.show_progress and self.dist.is_main) as bar:
             val_metric, val_probs = validate(eval_model, self.val_loader, self.rt, val_targets, self.metric, bar,
-                                             lambda part: self.dist.gather_rows(part, len(self.val_idx)))
+                                             lambda part: self.dist.gather_rows(part, len(self.val_idx)),
+                                             self.data.space.scored_index)
         val_loss = log_loss(val_targets, val_probs)
         if self.scheduler is not None:
             self.scheduler.step(epoch + 1, val_metric)
         lr = self.optimizer.param_groups[0]["lr"]
         self.progress.history.append({"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
-                                      spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s})
+                                      spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s,
+                                      "train_images": stats.images})
         print(f"fold {self.k} epoch {epoch + 1}/{self.cfg.train.epochs}: loss {stats.loss:.4f}  val_loss "
               f"{val_loss:.4f}  {spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s"
               + (f"  (run ETA {self.overall.eta()})" if self.overall is not None else ""), flush=True)
@@ -630,11 +669,13 @@ def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str
     device = resolve_device(cfg.train.device)
     amp, _ = resolve_amp(cfg.train.amp, device)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp]
-    images = "from the pack" if data.dataset.images is not None else "decoded from the files each epoch"
+    images = "from the pack" if cfg.train.cache_images else "decoded from the files each epoch"
     weights = f"weights {Path(cfg.model.weights).name}" if cfg.model.weights else "from scratch"
-    return (f"kit train {run.path}: {device}, {precision}; {len(data.table)} images ({images}, "
+    extra = "".join(f" + {e.describe()} (training only)" for e in data.extra)
+    target = f"; trains on {len(data.space.classes)} classes, scores {data.space.scored}" if data.space.scored else ""
+    return (f"kit train {run.path}: {device}, {precision}; {len(data.table)} images{extra} ({images}, "
             f"{data.input_size} px); folds {','.join(map(str, folds))} of {cfg.n_folds}; {cfg.train.epochs} epochs; "
-            f"{cfg.model.name}, {weights}")
+            f"{cfg.model.name}, {weights}{target}")
 
 
 def resume_config(run_dir: Path) -> tuple[Config, Path, list[int]]:

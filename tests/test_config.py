@@ -34,6 +34,8 @@ CLOSED_SETS = {
     "train.amp": ("fp32", "bf16"),
     "train.channels_last": ("maybe", "on"),
     "train.device": ("gpu", "cuda:N"),
+    "train.target": ("diagnosiss", "diagnosis"),
+    "data.extra": ("isic-2019", "competition: NAME"),
 }
 
 

@@ -37,7 +37,7 @@ def test_label_table_columns_per_competition(demo_data):
     assert list(hcd.columns) == ["id", "target", "group"]
     assert (hcd["group"] == hcd["id"]).all()
     siim = load_train_table(SIIM, demo_data(SIIM))
-    assert list(siim.columns) == ["id", "target", "group", "sex", "age", "site"]
+    assert list(siim.columns) == ["id", "target", "group", "sex", "age", "site", "diagnosis"]
     raw = pd.read_csv(demo_data(SIIM) / "train.csv", dtype=str)
     assert list(siim["group"]) == list(raw["patient_id"])
     assert list(siim["site"]) == list(raw["anatom_site_general_challenge"])  # the 2020 spelling of 'site'

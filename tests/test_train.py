@@ -44,7 +44,8 @@ def test_run_folder_has_every_artifact(tiny_run):
         for name in ("best.pt", "last.pt", "history.csv", "oof.csv", "result.json"):
             assert (run / f"fold{k}" / name).is_file(), f"fold{k}/{name}"
         history = pd.read_csv(run / f"fold{k}" / "history.csv")
-        assert list(history.columns) == ["epoch", "train_loss", "val_loss", "auc", "lr", "images_per_s"]
+        assert list(history.columns) == ["epoch", "train_loss", "val_loss", "auc", "lr", "images_per_s",
+                                         "train_images"]
         assert len(history) == 2
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["name"] == "test_resnet"

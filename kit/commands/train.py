@@ -19,6 +19,10 @@ def add_parser(sub):
                    "made on the fly)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--extra-data", action="append", default=[], metavar="COMPETITION=DIR",
+                   help="add another competition's labelled data to the training part of every fold only (never "
+                   "validated, never in oof.csv or the CV), e.g. isic-2019=data/isic-2019 for a 2020 run "
+                   "(repeatable; sets data.extra)")
     p.add_argument("--exclude", default=None, metavar="CSV",
                    help="ids to leave out (the bad-image list of `kit check-data --skip-bad-images`)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
@@ -47,9 +51,9 @@ def run(args) -> int:
     progress = not args.no_progress  # a bar in a terminal, a line every KIT_PROGRESS_EVERY s in a log
     only = None
     if args.resume:
-        if args.overrides or args.config or args.overwrite:
-            raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite are not "
-                              "allowed")
+        if args.overrides or args.config or args.overwrite or args.extra_data:
+            raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite/"
+                              "--extra-data are not allowed")
         cfg, data_dir, folds = resume_config(Path(args.resume))
         out = Path(args.resume)
         data_dir = Path(args.data) if args.data else data_dir
@@ -58,7 +62,7 @@ def run(args) -> int:
         missing = [f"--{n}" for n in ("competition", "data", "out") if not getattr(args, n)]
         if missing:
             raise ConfigError(f"missing {', '.join(missing)} (or use --resume RUN_DIR)")
-        cfg = with_folds_file(load_config(args.competition, args.config, args.overrides), args.folds_file)
+        cfg = with_folds_file(load_config(args.competition, args.config, _overrides(args)), args.folds_file)
         out, data_dir = Path(args.out), Path(args.data)
         folds = parse_folds(args.folds) if args.folds else None
     exclude = None
@@ -103,6 +107,19 @@ def _train(cfg, data_dir, out, folds, exclude, progress, args, started, *, only,
     if written:
         print(f"report: {len(written)} plots in {out / 'report'}")
     return 0
+
+
+def _overrides(args) -> dict:
+    """``--set`` pairs, with ``--extra-data`` entries appended to data.extra."""
+    from kit.config import parse_overrides
+    from kit.data.extra import parse_extra
+
+    overrides = parse_overrides(args.overrides)
+    if args.extra_data:
+        data = overrides.setdefault("data", {})
+        given = data.get("extra") or []  # a malformed --set value is left for the config check to name
+        data["extra"] = (given if isinstance(given, list) else [given]) + [parse_extra(t) for t in args.extra_data]
+    return overrides
 
 
 def _budget(seconds, cfg, folds, started):

@@ -4,11 +4,13 @@ A Dataset holds the whole split's arrays (the pack's rows, targets, metadata) an
 them: a fold's training and validation sets, and each epoch's subsample, are index arrays over the same arrays, never
 copies. Ids are a fixed-width numpy string array, not a list of Python strings: DataLoader workers forked from the
 process then share its pages instead of copying each one they touch (reference counts; PyTorch issue 13246).
+Extra training data (``data.extra``) joins the run's rows the same way: :class:`JoinedImages` reads each source's
+own pack in place.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,3 +66,33 @@ class ImageDataset(Dataset):
         if self.meta is not None:
             item["meta"] = self.meta[row]
         return item
+
+
+class StoreImages:
+    """A store's images in the order of ``ids``, decoded on access: the ``images`` of a run read from the files."""
+
+    def __init__(self, store: ImageStore, ids: np.ndarray):
+        self.store, self.ids = store, np.asarray(ids, dtype=str)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.store.read(str(self.ids[i]))
+
+
+class JoinedImages:
+    """Several image arrays end to end, each seen through its own index array (row ``i`` of part ``p`` is
+    ``array[index[i]]``): a competition's pack and an extra source's pack as one ``images``, nothing copied."""
+
+    def __init__(self, parts: list[tuple[Sequence[np.ndarray], np.ndarray]]):
+        self.parts = [(array, np.asarray(index, dtype=np.int64)) for array, index in parts]
+        self.ends = np.cumsum([len(index) for _, index in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        p = int(np.searchsorted(self.ends, i, side="right"))
+        array, index = self.parts[p]
+        return array[int(index[i - (self.ends[p - 1] if p else 0)])]

@@ -2,7 +2,8 @@
 
 Columns of the table: ``id``, ``target`` (0/1, or the class index for multiclass), ``group`` (patient or lesion,
 or the id itself where the competition has none), and when the competition has metadata ``sex``, ``age``, ``site``;
-with ``features=True`` also every feature column of the metadata (:mod:`kit.data.columns`), for the metadata branch.
+with ``features=True`` also every feature column of the metadata (:mod:`kit.data.columns`), for the metadata branch;
+and where its labels file has one, the free-text ``diagnosis``.
 Every check names the file, line and column at fault. Line numbers count the header as line 1, as an editor does.
 """
 
@@ -95,7 +96,7 @@ def _metadata(df: pd.DataFrame) -> pd.DataFrame:
 
 def _table_columns(spec: Competition) -> set[str]:
     """The columns a training table is made of: ids, labels, the group and every spelling of sex / age / site."""
-    keys = {spec.id_col, *spec.classes, spec.group_col, spec.metadata_key}
+    keys = {spec.id_col, *spec.classes, spec.group_col, spec.metadata_key, spec.diagnosis_col}
     return {c for c in keys if c} | {alias for aliases in META_ALIASES.values() for alias in aliases}
 
 
@@ -164,6 +165,8 @@ def load_train_table(competition: str | Competition, data_dir: str | Path, featu
         table = pd.concat([table, _metadata(df).reset_index(drop=True)], axis=1)
         if features:
             table = _train_features(spec, data_dir, table)
+    if spec.diagnosis_col and spec.diagnosis_col in df.columns:  # the finer target of train.target=diagnosis
+        table["diagnosis"] = df[spec.diagnosis_col].to_numpy()
     return table
 
 

@@ -30,8 +30,8 @@ from kit.errors import KitError
 __all__ = ["CategoricalColumn", "MetaEncoder", "NumericColumn", "load_encoder"]
 
 FORMAT = 2
-TABLE_KEYS = ("id", "target", "group")
-"""Columns of a kit table that are not metadata."""
+TABLE_KEYS = ("id", "target", "group", "diagnosis")
+"""Columns of a kit table that are not metadata (``diagnosis``: the free-text label of train.target=diagnosis)."""
 
 
 def _warn(message: str) -> None:

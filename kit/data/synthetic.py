@@ -218,7 +218,10 @@ def write_siim_isic(spec: Competition, out: Path, n: int, seed: int, n_test: int
         for id_, img in zip(df["id"], df["image"], strict=True):
             _write_bytes(out / "jpeg" / split / f"{id_}.jpg", _encode_jpeg(img))
     cols = {"id": "image_name", "patient": "patient_id", "site": "anatom_site_general_challenge", "age": "age_approx"}
-    train = train.assign(diagnosis="unknown", benign_malignant=np.where(train["target"] == 1, "malignant", "benign"))
+    # diagnoses as the real file spells them: every positive a melanoma, the negatives mostly unknown or nevus
+    benign = np.array(["unknown", "unknown", "nevus", "unknown", "seborrheic keratosis"])[np.arange(len(train)) % 5]
+    train = train.assign(diagnosis=np.where(train["target"] == 1, "melanoma", benign),
+                         benign_malignant=np.where(train["target"] == 1, "malignant", "benign"))
     write_csv_atomic(train.drop(columns="image").rename(columns=cols)[
         ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
          "benign_malignant", "target"]], out / "train.csv")
