@@ -118,14 +118,18 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
 
 
 def _portable(ckpt: Checkpoint) -> Checkpoint:
-    """The checkpoint with its config's ``model.weights`` reduced to the file's name, its SHA-256 in ``extra``: a
-    checkpoint travels (Kaggle datasets) and must not carry the user's paths."""
-    weights = (ckpt.config.get("model") or {}).get("weights")
-    if not weights:
-        return ckpt
-    config = {**ckpt.config, "model": {**ckpt.config["model"], "weights": Path(weights).name}}
-    digest = sha256_file(weights) if Path(weights).is_file() else None
-    return dataclasses.replace(ckpt, config=config, extra={**ckpt.extra, "weights_sha256": digest})
+    """The checkpoint with its config's paths reduced to names (``model.weights`` to the file's name, its SHA-256 in
+    ``extra``; ``data.extra``'s folders to theirs): a checkpoint travels (Kaggle datasets) and must not carry the
+    user's paths."""
+    config, extra = dict(ckpt.config), dict(ckpt.extra)
+    weights = (config.get("model") or {}).get("weights")
+    if weights:
+        config["model"] = {**config["model"], "weights": Path(weights).name}
+        extra["weights_sha256"] = sha256_file(weights) if Path(weights).is_file() else None
+    sources = (config.get("data") or {}).get("extra")
+    if sources:
+        config["data"] = {**config["data"], "extra": [{**e, "data": Path(e["data"]).name} for e in sources]}
+    return dataclasses.replace(ckpt, config=config, extra=extra)
 
 
 def _write_failure(path: Path, err: Exception, ckpt: Checkpoint) -> str:

@@ -195,6 +195,9 @@ class RunDir:
             found = resolve_stored_path(cfg.model.weights, self.path)
             if found.is_file():
                 cfg = replace(cfg, model=replace(cfg.model, weights=str(found)))
+        if cfg.data.extra:  # relative to the run folder, as run.json's data folder
+            extra = [{**e, "data": str(resolve_stored_path(e["data"], self.path))} for e in cfg.data.extra]
+            cfg = replace(cfg, data=replace(cfg.data, extra=extra))
         return cfg
 
     def competition(self) -> Competition:
@@ -324,7 +327,7 @@ class RunDir:
         raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
 
     def write_config(self, cfg: Config, extra: dict[str, Any] | None = None) -> Path:
-        """config.yaml: the config with ``model.weights`` relative to the folder, and the provenance (git SHA,
+        """config.yaml: the config with ``model.weights`` and ``data.extra``'s folders relative to the folder, and the provenance (git SHA,
         versions, ``extra``: the initial weights' source, a pretrained tag or a file's name, with its SHA-256)."""
         self._check_writer()
         extra = dict(extra or {})
@@ -332,6 +335,9 @@ class RunDir:
             weights = Path(cfg.model.weights)
             extra.setdefault("weights", {"source": f"file:{weights.name}", "sha256": sha256_file(weights)})
             cfg = replace(cfg, model=replace(cfg.model, weights=portable_path(weights, self.path)))
+        if cfg.data.extra:
+            sources = [{**e, "data": portable_path(e["data"], self.path)} for e in cfg.data.extra]
+            cfg = replace(cfg, data=replace(cfg.data, extra=sources))
         return write_text_atomic(self.config_path, config_to_yaml(cfg, extra=extra))
 
     def write_info(self, data_dir: Path, folds: list[int]) -> Path:

@@ -217,3 +217,15 @@ def test_the_diagnosis_is_a_label_never_a_metadata_feature(sources):
     encoder = MetaEncoder.fit(table)
     assert not any(name.startswith("diagnosis") for name in encoder.feature_names)
     assert {c.name for c in encoder.columns} == {"sex", "age", "site"}
+
+
+def test_the_extra_folders_are_stored_relative_to_the_run_and_as_names_in_checkpoints(run, sources):
+    import os
+
+    from kit.rundir import RunDir
+
+    _, extra = sources
+    text = (run / "config.yaml").read_text()
+    assert str(extra.resolve()) not in text and os.path.relpath(extra.resolve(), run.resolve()) in text
+    assert RunDir(run).config().data.extra[0]["data"] == str(extra.resolve())  # what --resume trains with
+    assert load_checkpoint(run / "fold0" / "best.pt").config["data"]["extra"][0]["data"] == extra.name
