@@ -140,6 +140,7 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
 
     submission = working / "submission.csv"
     assert validate_file(HCD, submission, data) == 10
+    assert "packing 10 images" in p.stdout + p.stderr and not (working / "kit-cache").exists()  # not kernel output
     # the kernel's numbers are kit predict's: each fold's best.pt with 8 TTA views, folds averaged
     from kit.commands.predict import predict_and_submit
 
