@@ -327,8 +327,9 @@ class RunDir:
         raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
 
     def write_config(self, cfg: Config, extra: dict[str, Any] | None = None) -> Path:
-        """config.yaml: the config with ``model.weights`` and ``data.extra``'s folders relative to the folder, and the provenance (git SHA,
-        versions, ``extra``: the initial weights' source, a pretrained tag or a file's name, with its SHA-256)."""
+        """config.yaml: the config with ``model.weights`` and ``data.extra``'s folders relative to the folder, and the
+        provenance (git SHA, versions, ``extra``: the initial weights' source, a pretrained tag or a file's name, with
+        its SHA-256)."""
         self._check_writer()
         extra = dict(extra or {})
         if cfg.model.weights:

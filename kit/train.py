@@ -431,7 +431,8 @@ class FoldTrainer:
                     training: TrainingState | None = None) -> Checkpoint:
         d, spec = self.data, self.data.spec
         return Checkpoint(model=d.model, competition=spec.name, task=d.space.task, classes=list(d.space.classes),
-                          scored=d.space.scored, input_size=d.input_size, mean=list(d.mean), std=list(d.std), config=self.cfg.to_dict(),
+                          scored=d.space.scored, input_size=d.input_size, mean=list(d.mean), std=list(d.std),
+                          config=self.cfg.to_dict(),
                           meta_encoder=d.meta_encoder.to_dict() if d.meta_encoder else None, fold=self.k,
                           epoch=epoch, metric=metric, model_state=model.state_dict(), training=training)
 

@@ -26,7 +26,8 @@ from kit.data.labels import load_test_table, load_train_table, read_csv
 from kit.errors import ConfigError, DataError
 
 __all__ = ["ENGINEERED", "FeatureRecipe", "FeatureTable", "add_image_score", "fit_recipe",
-           "image_feature_names", "image_score_features", "metadata_features", "patient_normalise", "rebuild_test_features"]
+           "image_feature_names", "image_score_features", "metadata_features", "patient_normalise",
+           "rebuild_test_features"]
 
 EPS = 1e-6
 

@@ -170,8 +170,9 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def load_model(name: str, data: bytes, source: str | Path) -> Predictor:
-    """A predictor ``X -> P(positive)`` (in the dtype its library predicts, as the fitted model) from the bytes of a model ``name`` saved by ``save`` (read from ``source``);
-    bytes the library cannot read raise DataError naming ``source``."""
+    """A predictor ``X -> P(positive)`` (in the dtype its library predicts, as the fitted model) from the bytes of a
+    model ``name`` saved by ``save`` (read from ``source``); bytes the library cannot read raise DataError naming
+    ``source``."""
     name = GBDTS.canonical(name)
     lib = require(name)
     errors = {"lgbm": lambda: lib.basic.LightGBMError, "xgb": lambda: lib.core.XGBoostError,

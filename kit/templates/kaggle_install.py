@@ -70,7 +70,8 @@ def install(wheel: Path, dataset: str) -> None:
     print("+ " + " ".join(pip), flush=True)
     if subprocess.call(pip) != 0:
         sys.exit(f"kit kernel: pip could not install {wheel.name} offline (its message is above): a wheel in "
-                 f"{dataset} does not fit this image's Python; rebuild the bundle for it (kit bundle build --python X.Y)")
+                 f"{dataset} does not fit this image's Python; rebuild the bundle for it "
+                 "(kit bundle build --python X.Y)")
 
 
 CHECK = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
