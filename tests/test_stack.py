@@ -353,3 +353,13 @@ def test_a_stack_without_saved_models_says_to_run_kit_stack_again(full_stack, da
     with pytest.raises(KitError, match="records no saved models .* run kit stack again") as e:
         predict_test(stack, data, {})
     one_line(e)
+
+
+def test_the_stack_stores_its_paths_relative_to_its_folder(full_stack, image_run, data):
+    """stack.json and predict.json travel in a bundle: no absolute path of this machine in them."""
+    from kit.stack.saved import open_stack
+
+    stack = full_stack.path
+    for name in ("stack.json", "predict.json"):
+        assert str(Path(data).resolve().parent) not in (Path(stack) / name).read_text()
+    assert open_stack(stack).run_dir(open_stack(stack).images[0]).resolve() == Path(image_run).resolve()

@@ -22,7 +22,7 @@ import pandas as pd
 
 from kit.competitions import get_competition
 from kit.errors import DataError, KitError
-from kit.io import atomic_path, read_json_file, sha256_file
+from kit.io import atomic_path, read_json_file, resolve_stored_path, sha256_file
 from kit.rundir import RunDir
 from kit.stack.features import FeatureRecipe, image_feature_names, image_score_features, rebuild_test_features
 from kit.stack.models import FORMATS, Predictor, load_model
@@ -63,7 +63,7 @@ class SavedStack:
     def run_dir(self, name: str) -> Path:
         """The image run feeding the features ``name``: its copy in a bundled stack, else where kit stack found it."""
         bundled = self.path / RUNS / name
-        return bundled if bundled.is_dir() else Path(self.runs[name]["path"])
+        return bundled if bundled.is_dir() else resolve_stored_path(self.runs[name]["path"], self.path)
 
 
 def is_stack(folder: str | Path) -> bool:

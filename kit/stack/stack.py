@@ -33,6 +33,7 @@ from kit.config import load_config
 from kit.data.folds import make_folds
 from kit.ensemble import check_same_folds
 from kit.errors import ConfigError, DataError, KitError
+from kit.io import portable_path
 from kit.metrics import get_metric
 from kit.oof import prediction_frame, prediction_values
 from kit.rundir import RunDir
@@ -269,14 +270,17 @@ def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: 
         stack.write_csv(stack.fold_dir(f["k"]) / "train_ids.csv", pd.DataFrame({spec.id_col: f["train_ids"]}))
     scores = _scores(inputs, fits, pred, settings.models)
     stack.write_json(stack.scores_path, scores)
-    stack.write_json(stack.predict_info_path, {"folds": folds, "data": str(inputs.data_dir.resolve()),
+    stack.write_json(stack.predict_info_path, {"folds": folds, "data": portable_path(inputs.data_dir, stack.path),
                                                "oof": stack.OOF, "stack": True})
     _write_importance(stack, table.features, fits, settings.models)
     saved = saved_info(table.recipe, inputs.runs, save_models(stack, fits))
     stack.write_json(stack.path / STACK_INFO, {
         "competition": spec.name, "metric": spec.metric, **asdict(settings),
-        "defaults": {m: DEFAULTS[m] for m in settings.models}, "runs": inputs.runs, "features": table.features,
-        "categorical": table.categorical, "unknown_categories": table.unknown, "test_metadata": table.test_source,
+        "defaults": {m: DEFAULTS[m] for m in settings.models}, "features": table.features,
+        # paths relative to the stack folder, as a run's: stack.json travels in a bundle without the user's home
+        "runs": [{**r, "path": portable_path(r["path"], stack.path)} for r in inputs.runs],
+        "categorical": table.categorical, "unknown_categories": table.unknown,
+        "test_metadata": portable_path(table.test_source, stack.path),
         "fold_params": {str(f["k"]): f["params"] for f in fits},
         "tuning": "nested: Optuna on each outer fold's training part, scored by an inner grouped CV"
         if settings.tune else None, "saved": saved})
