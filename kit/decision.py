@@ -17,15 +17,14 @@ the test set, are fitted on all OOF. They are applied by default only where the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from kit.errors import ConfigError, DataError
 from kit.oof import prediction_values
+from kit.records import Decision, PredictInfo
 from kit.rundir import RunDir
 
 __all__ = ["DECISION_METRICS", "DECISION_MODES", "DecisionFit", "apply_saved_weights", "apply_weights",
@@ -148,16 +147,16 @@ def decide_run(run_dir: str | Path, mode: str = "auto") -> np.ndarray | None:
     spec = run.competition()
     if mode == "off" or spec.metric not in DECISION_METRICS:
         return None
-    info = run.predict_info()
-    path = run.path / (info.get("oof") or run.OOF_TTA)
+    path = run.path / (run.load(PredictInfo).oof or run.OOF_TTA)
     if not path.is_file():
         raise DataError(f"{path} is missing: decision weights are fitted on the OOF predictions of kit predict")
-    oof = pd.read_csv(path, dtype={spec.id_col: str})
+    oof = run.predictions(path)
     fit = fit_nested(prediction_values(spec, oof, path), oof["target"].to_numpy(dtype=int), oof["fold"].to_numpy())
     applied = fit.helps or mode == "on"
     with run.writing():
-        run.write_json(run.decision_path, {**fit.to_dict(), "classes": list(spec.classes), "applied": applied,
-                                           "mode": mode, "oof": path.name})
+        run.save(Decision(fit.weights, list(spec.classes), applied, mode, path.name, fit.cv_before, fit.cv_after,
+                          fit.mean_before, fit.mean_after, fit.folds_before, fit.folds_after, fit.in_sample,
+                          fit.helps))
     print(format_fit(fit, list(spec.classes)) + (" (applied: --decision on)" if applied and not fit.helps else ""))
     return np.asarray(fit.weights) if applied else None
 
@@ -166,12 +165,10 @@ def apply_saved_weights(run_dir: str | Path, probs: np.ndarray) -> np.ndarray:
     """``probs`` with the decision weights of the run's ``decision.json`` applied where kit predict applied them
     (a Kaggle kernel has no OOF to fit on); unchanged when there is none."""
     run = RunDir(run_dir)
-    if not run.decision_path.is_file():
+    saved = run.load(Decision, optional=True)
+    if saved is None or not saved.applied:
         return probs
-    saved = json.loads(run.decision_path.read_text())
-    if not saved.get("applied"):
-        return probs
-    if len(saved["weights"]) != np.asarray(probs).shape[1]:
-        raise DataError(f"{run.decision_path}: {len(saved['weights'])} weights for {np.asarray(probs).shape[1]} "
+    if len(saved.weights) != np.asarray(probs).shape[1]:
+        raise DataError(f"{run.record_path(Decision)}: {len(saved.weights)} weights for {np.asarray(probs).shape[1]} "
                         "classes")
-    return apply_weights(probs, np.asarray(saved["weights"]))
+    return apply_weights(probs, np.asarray(saved.weights))

@@ -21,11 +21,13 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from kit.competitions import Competition
+from kit.data.folds import load_folds
 from kit.data.labels import load_test_table
 from kit.errors import ConfigError, DataError, KitError
 from kit.io import resolve_stored_path, write_text_atomic
 from kit.metrics import get_metric
 from kit.oof import prediction_values
+from kit.records import PredictInfo
 from kit.registry import Registry
 from kit.rundir import RunDir
 
@@ -214,7 +216,7 @@ def blend_folds(run_dir: str | Path, method: str = "mean") -> tuple[np.ndarray, 
     blend = get_fold_blend(method)
     run = RunDir.open(run_dir)
     spec = run.competition()
-    folds = [int(k) for k in run.predict_info()["folds"]]
+    folds = run.load(PredictInfo).folds
     test_ids, preds = None, []
     for k in folds:
         df = run.test_predictions(k)
@@ -235,16 +237,16 @@ def load_member(run_dir: str | Path, fold_blend: str = "mean") -> Member:
     blended by :func:`blend_folds`."""
     run = RunDir.open(run_dir)
     spec = run.competition()
-    info = run.predict_info()
-    oof_path = run.path / (info.get("oof") or run.OOF_TTA)
+    info = run.load(PredictInfo)
+    oof_path = run.path / (info.oof or run.OOF_TTA)
     if not oof_path.is_file():
         raise KitError(f"{oof_path} is missing: run `kit predict {run.path}` again")
-    oof = pd.read_csv(oof_path, dtype={spec.id_col: str})
+    oof = run.predictions(oof_path)
     test_ids, test = blend_folds(run.path, fold_blend)
-    data = resolve_stored_path(info["data"], run.path) if info.get("data") else None  # relative to the run
+    data = resolve_stored_path(info.data, run.path) if info.data else None  # relative to the run
     return Member(run.path.name, run.path, spec, oof[spec.id_col].to_numpy(), oof["fold"].to_numpy(dtype=int),
                   oof["target"].to_numpy(dtype=int), prediction_values(spec, oof, oof_path), oof_path.name, test_ids,
-                  test, [int(k) for k in info["folds"]], data)
+                  test, info.folds, data)
 
 
 def check_same_folds(run_dirs: Sequence[Path]) -> None:
@@ -267,10 +269,7 @@ def check_same_folds(run_dirs: Sequence[Path]) -> None:
 
 def _read_folds(run_dir: Path) -> pd.Series:
     run = RunDir.open(run_dir)
-    if not run.folds_path.is_file():
-        raise KitError(f"{run.folds_path} is missing: {run_dir} is not a complete kit run folder")
-    df = pd.read_csv(run.folds_path, dtype=str)
-    return pd.Series(df["fold"].to_numpy(), index=df.iloc[:, 0].to_numpy())
+    return load_folds(run.folds_path, run.competition().id_col)
 
 
 def _align(members: list[Member]) -> None:

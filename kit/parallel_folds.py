@@ -76,7 +76,7 @@ def _child(run_path: str, k: int, device: str, exclude: list[str] | None, thread
             torch.set_num_threads(threads)
         try:
             cfg = run.config()
-            data = prepare_data(cfg, run.info()["data"], run, exclude=exclude)
+            data = prepare_data(cfg, run.data_dir(), run, exclude=exclude)
             train_fold(cfg, data, k, run)
         except KitError as e:
             print(f"kit train: error: fold {k}: {e}", flush=True)

@@ -44,7 +44,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import pandas as pd
 
@@ -60,8 +60,10 @@ from kit.io import (
     write_csv_atomic,
     write_text_atomic,
 )
+from kit.records import FoldResult, PredictInfo, Record, RunInfo, Scores, TtaScores, read_record, record_text
 
 __all__ = ["RunDir", "RunLockedError"]
+R = TypeVar("R", bound=Record)
 
 LOCK_FILE = ".kit-lock"
 _HELD: dict[Path, list] = {}  # resolved run path -> [fd, depth]: this process's locks
@@ -74,10 +76,8 @@ class RunLockedError(KitError):
 class RunDir:
     """Every path and reader of a run folder, and the lock its writers hold."""
 
-    CONFIG, INFO, FOLDS, AUGMENTATION = "config.yaml", "run.json", "folds.csv", "augmentation.yaml"
-    OOF, SCORES = "oof.csv", "scores.json"
-    OOF_TTA, SCORES_TTA, PREDICT_INFO = "oof_tta.csv", "scores_tta.json", "predict.json"
-    DECISION = "decision.json"
+    CONFIG, INFO, FOLDS, AUGMENTATION = "config.yaml", RunInfo.FILE, "folds.csv", "augmentation.yaml"
+    OOF, OOF_TTA = "oof.csv", "oof_tta.csv"
     REPORT, LOG = "report", "train.log"
 
     def __init__(self, path: str | os.PathLike):
@@ -94,7 +94,7 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------ what a run is
     def is_run(self) -> bool:
-        return (self.path / self.CONFIG).is_file() and (self.path / self.INFO).is_file()
+        return (self.path / self.CONFIG).is_file() and self.record_path(RunInfo).is_file()
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
@@ -114,10 +114,6 @@ class RunDir:
         return self.path / self.CONFIG
 
     @property
-    def info_path(self) -> Path:
-        return self.path / self.INFO
-
-    @property
     def folds_path(self) -> Path:
         return self.path / self.FOLDS
 
@@ -130,29 +126,12 @@ class RunDir:
         return self.path / self.OOF
 
     @property
-    def scores_path(self) -> Path:
-        return self.path / self.SCORES
-
-    @property
     def oof_tta_path(self) -> Path:
         return self.path / self.OOF_TTA
 
     @property
-    def scores_tta_path(self) -> Path:
-        return self.path / self.SCORES_TTA
-
-    @property
-    def predict_info_path(self) -> Path:
-        return self.path / self.PREDICT_INFO
-
-    @property
     def log_path(self) -> Path:
         return self.path / self.LOG
-
-    @property
-    def decision_path(self) -> Path:
-        """decision.json: the balanced-accuracy decision weights kit predict fitted (kit.decision)."""
-        return self.path / self.DECISION
 
     @property
     def report_dir(self) -> Path:
@@ -174,7 +153,7 @@ class RunDir:
         return self.fold_dir(k) / "oof.csv"
 
     def result_path(self, k: int) -> Path:
-        return self.fold_dir(k) / "result.json"
+        return self.record_path(FoldResult, k)
 
     def fold_log_path(self, k: int) -> Path:
         """The output of a fold trained in a process of its own (kit train --devices)."""
@@ -205,11 +184,28 @@ class RunDir:
             self._spec = get_competition(self.config().competition)
         return self._spec
 
-    def info(self) -> dict[str, Any]:
-        """run.json: ``data`` (the data folder, a Path) and ``folds`` (of the last kit train call)."""
-        info = _read_json(self.info_path)
-        return {**info, "data": resolve_stored_path(info["data"], self.path) if info.get("data") else None,
-                "folds": [int(k) for k in info.get("folds", [])]}
+    def load(self, record: type[R], fold: int | None = None, optional: bool = False) -> R | None:
+        """The record file ``record`` of this run (of fold ``fold``); a missing one raises one line saying which
+        command writes it, or gives None when ``optional``."""
+        path = self.record_path(record, fold)
+        if optional and not path.is_file():
+            return None
+        return read_record(record, path, self._missing(record, path))
+
+    def record_path(self, record: type[Record], fold: int | None = None) -> Path:
+        return (self.path if fold is None else self.fold_dir(fold)) / record.FILE
+
+    def _missing(self, record: type[Record], path: Path) -> str:
+        if record is PredictInfo:
+            return f"{self.path} has no test predictions (no {path.name}): run `kit predict {self.path}` first"
+        if record is FoldResult:
+            return f"{path} is missing: the fold has not finished; continue it with `kit train --resume {self.path}`"
+        return f"{path} is missing: {self.path} is not a complete kit run folder"
+
+    def data_dir(self) -> Path | None:
+        """run.json's data folder (stored relative to the run folder), or None when it names none."""
+        info = self.load(RunInfo)
+        return resolve_stored_path(info.data, self.path) if info.data else None
 
     def fold_numbers(self) -> list[int]:
         """Every fold folder's number, finished or not."""
@@ -219,27 +215,21 @@ class RunDir:
         """Folds whose training ended (result.json is written last)."""
         return [k for k in self.fold_numbers() if self.result_path(k).is_file()]
 
-    def unfinished_folds(self) -> list[int]:
-        """Folds with a checkpoint but no result.json: interrupted, resumable."""
-        return [k for k in self.fold_numbers() if not self.result_path(k).is_file() and self.last_path(k).is_file()]
-
-    def fold_result(self, k: int) -> dict[str, Any]:
-        return _read_json(self.result_path(k))
-
     def history(self, k: int) -> pd.DataFrame:
         path = self.history_path(k)
         if not path.is_file():
             raise KitError(f"{path} is missing: fold {k} of {self.path} has not trained an epoch")
         return pd.read_csv(path)
 
-    def _read_predictions(self, path: Path) -> pd.DataFrame:
+    def predictions(self, path: Path) -> pd.DataFrame:
+        """A prediction frame of this run (kit.oof's schema), ids as strings."""
         return pd.read_csv(path, dtype={self.competition().id_col: str})
 
     def fold_oof(self, k: int) -> pd.DataFrame:
         path = self.fold_oof_path(k)
         if not path.is_file():
             raise KitError(f"{path} is missing: fold {k} of {self.path} has not finished")
-        return self._read_predictions(path)
+        return self.predictions(path)
 
     def collect_oof(self, folds: list[int]) -> pd.DataFrame:
         """The out-of-fold predictions of ``folds``, from each fold's own oof.csv."""
@@ -248,39 +238,25 @@ class RunDir:
     def oof(self) -> pd.DataFrame:
         """The run's pooled oof.csv, or the folds' own while the run has not finished."""
         if self.oof_path.is_file():
-            return self._read_predictions(self.oof_path)
+            return self.predictions(self.oof_path)
         folds = [k for k in self.fold_numbers() if self.fold_oof_path(k).is_file()]
         if not folds:
             raise KitError(f"{self.path} has no out-of-fold predictions (no oof.csv, no fold*/oof.csv)")
         return self.collect_oof(folds)
 
     def oof_tta(self) -> pd.DataFrame | None:
-        return self._read_predictions(self.oof_tta_path) if self.oof_tta_path.is_file() else None
+        return self.predictions(self.oof_tta_path) if self.oof_tta_path.is_file() else None
 
     def test_predictions(self, k: int) -> pd.DataFrame:
         path = self.test_path(k)
         if not path.is_file():
             raise KitError(f"{path} is missing: run `kit predict {self.path}` again")
-        return self._read_predictions(path)
-
-    def predict_info(self) -> dict[str, Any]:
-        if not self.predict_info_path.is_file():
-            raise KitError(f"{self.path} has no test predictions (no {self.PREDICT_INFO}): run "
-                           f"`kit predict {self.path}` first")
-        return _read_json(self.predict_info_path)
-
-    def scores(self) -> dict[str, Any] | None:
-        return _read_json(self.scores_path) if self.scores_path.is_file() else None
-
-    def scores_tta(self) -> dict[str, Any] | None:
-        return _read_json(self.scores_tta_path) if self.scores_tta_path.is_file() else None
+        return self.predictions(path)
 
     def cv(self) -> tuple[float | None, float | None]:
         """(CV without TTA, CV with TTA), None where the run has not been scored or predicted yet."""
-        scores, tta = self.scores(), self.scores_tta()
-        plain = scores.get("cv") if scores else None
-        with_tta = tta["cv"].get("tta") if tta and isinstance(tta.get("cv"), dict) else None
-        return plain, with_tta
+        scores, tta = self.load(Scores, optional=True), self.load(TtaScores, optional=True)
+        return (scores.cv if scores else None), (tta.cv.get("tta") if tta else None)
 
     # ----------------------------------------------------------------------------------------------- writers
     @contextmanager
@@ -341,14 +317,15 @@ class RunDir:
             cfg = replace(cfg, data=replace(cfg.data, extra=sources))
         return write_text_atomic(self.config_path, config_to_yaml(cfg, extra=extra))
 
-    def write_info(self, data_dir: Path, folds: list[int]) -> Path:
-        """run.json: the data folder (relative to this folder) and the folds of the last kit train call."""
-        return self.write_json(self.info_path, {"data": portable_path(data_dir, self.path), "folds": list(folds)})
-
-    def write_json(self, path: Path, data: Any) -> Path:
-        """Write one of this run's JSON files (``path`` from one of the path properties)."""
+    def save(self, record: Record, fold: int | None = None) -> Path:
+        """Write a record file of this run (of fold ``fold``), with its format version."""
+        path = self.record_path(type(record), fold)
         self._check_writer(path)
-        return write_text_atomic(path, json.dumps(data, indent=2, default=float))
+        return write_text_atomic(path, json.dumps(record_text(record), indent=2, default=float))
+
+    def save_info(self, data_dir: Path, folds: list[int]) -> Path:
+        """run.json: the data folder (relative to this folder) and the folds of the last kit train call."""
+        return self.save(RunInfo(portable_path(data_dir, self.path), [int(k) for k in folds]))
 
     def write_csv(self, path: Path, df: pd.DataFrame) -> Path:
         """Write one of this run's CSV files (``path`` from one of the path properties)."""
@@ -380,15 +357,6 @@ class RunDir:
         finally:
             if state["file"] is not None:
                 state["file"].close()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KitError(f"{path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise KitError(f"{path} is not valid JSON (line {e.lineno})") from None
 
 
 def _holder(fd: int) -> str:

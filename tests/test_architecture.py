@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("kit.data",)),
     ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
-    ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
+    ("contracts", ("kit.records", "kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
     ("train", ("kit.train", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),

@@ -33,7 +33,7 @@ HCD = "histopathologic-cancer-detection"
 
 
 def _data_dir(result) -> str:
-    return RunDir(result.run_dir).info()["data"]  # run.json holds it relative to the run folder
+    return RunDir(result.run_dir).data_dir()  # run.json holds it relative to the run folder
 
 
 # ---------------------------------------------------------------------------------------------- on real runs

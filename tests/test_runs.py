@@ -14,6 +14,7 @@ from test_kaggle_submit import base_env, key_env, kit_submit
 from kit.cli import main
 from kit.config import load_config
 from kit.kaggle import LOG_COLUMNS, SubmissionResult, append_log
+from kit.records import Scores, TtaScores
 from kit.rundir import RunDir
 
 HCD = "histopathologic-cancer-detection"
@@ -24,11 +25,12 @@ def make_run(path: Path, model: str, cv: float | None, cv_tta: float | None = No
     cfg = load_config(HCD, overrides=[f"model.name={model}", f"train.epochs={epochs}", "model.img_size=64"])
     with run.writing():
         run.write_config(cfg)
-        run.write_info(path, [0, 1])
+        run.save_info(path, [0, 1])
         if cv is not None:
-            run.write_json(run.scores_path, {"metric": "auc", "cv": cv})
+            run.save(Scores("auc", cv, cv, {0: cv, 1: cv}))
         if cv_tta is not None:
-            run.write_json(run.scores_tta_path, {"metric": "auc", "cv": {"no_tta": cv, "tta": cv_tta, "gain": 0}})
+            run.save(TtaScores("auc", {"views": ["id"], "merge": "mean"}, {}, {"no_tta": cv, "tta": cv_tta, "gain": 0},
+                               {}))
     return run
 
 

@@ -17,6 +17,7 @@ from kit.data.labels import load_test_table, load_train_table
 from kit.data.synthetic import ISIC_2024_TEST_COLUMNS, ISIC_2024_TRAIN_ONLY
 from kit.errors import ConfigError, DataError, KitError
 from kit.oof import prediction_frame
+from kit.records import PredictInfo, Scores
 from kit.rundir import RunDir
 from kit.stack import StackSettings, run_stack
 
@@ -39,7 +40,7 @@ def fake_run(path: Path, data: Path, fold_seed: int = 0, n_folds: int = 3, compe
     run = RunDir(path)
     with run.writing():
         run.write_config(load_config(competition, overrides=TINY_CFG))
-        run.write_info(data, list(range(n_folds)))
+        run.save_info(data, list(range(n_folds)))
         run.write_csv(run.folds_path, pd.DataFrame({spec.id_col: ids, "fold": fold}))
         oof = prediction_frame(spec, ids, score, fold=fold, target=y)
         run.write_csv(run.oof_path, oof)
@@ -48,8 +49,7 @@ def fake_run(path: Path, data: Path, fold_seed: int = 0, n_folds: int = 3, compe
             for k in range(n_folds):
                 run.write_csv(run.test_path(k), prediction_frame(spec, test["id"].to_numpy(),
                                                                  rng.uniform(0, 1, len(test))))
-            run.write_json(run.predict_info_path, {"folds": list(range(n_folds)), "data": str(data),
-                                                   "tta": {"views": ["id"], "merge": "mean"}, "oof": run.OOF_TTA})
+            run.save(PredictInfo(list(range(n_folds)), str(data), run.OOF_TTA, {"views": ["id"], "merge": "mean"}))
     return path
 
 
@@ -111,9 +111,9 @@ def test_metadata_only_stack_is_a_run_folder(meta_stack, data):
     # patient-grouped folds of its own
     patients = pd.read_csv(data / "train-metadata.csv").set_index("isic_id")["patient_id"]
     assert oof.groupby(oof["isic_id"].map(patients))["fold"].nunique().max() == 1
-    scores = stack.scores()
-    assert scores["metric"] == "pauc80" and 0.1 < scores["cv"] <= 0.2 and scores["cv"] == meta_stack.cv
-    assert sorted(stack.predict_info()["folds"]) == [0, 1, 2]
+    scores = stack.load(Scores)
+    assert scores.metric == "pauc80" and 0.1 < scores.cv <= 0.2 and scores.cv == meta_stack.cv
+    assert sorted(stack.load(PredictInfo).folds) == [0, 1, 2] and stack.load(PredictInfo).kind == "stack"
     assert (stack.report_dir / "importance.png").stat().st_size > 1000
     test = pd.read_csv(stack.test_path(0))
     assert list(test["isic_id"]) == list(pd.read_csv(data / "test-metadata.csv")["isic_id"])

@@ -30,12 +30,13 @@ import pandas as pd
 
 from kit.competitions import Competition, get_competition
 from kit.config import load_config
-from kit.data.folds import make_folds
+from kit.data.folds import load_folds, make_folds
 from kit.ensemble import check_same_folds
 from kit.errors import ConfigError, DataError, KitError
 from kit.io import portable_path
 from kit.metrics import get_metric
 from kit.oof import prediction_frame, prediction_values
+from kit.records import PredictInfo, Scores
 from kit.rundir import RunDir
 from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
 from kit.stack.models import DEFAULTS, GBDTS, build_model, importances, require
@@ -92,7 +93,7 @@ def _open_runs(spec: Competition, run_dirs: list[Path]) -> list[RunDir]:
             raise ConfigError(f"{run.path} is a {other} run; the stack is for {spec.name}")
         if not run.folds_path.is_file():
             raise KitError(f"{run.folds_path} is missing: {run.path} is not a complete kit run folder")
-        run.predict_info()  # not predicted: one line saying to run kit predict first
+        run.load(PredictInfo)  # not predicted: one line saying to run kit predict first
     if len(runs) > 1:
         check_same_folds([r.path for r in runs])
     return runs
@@ -100,8 +101,7 @@ def _open_runs(spec: Competition, run_dirs: list[Path]) -> list[RunDir]:
 
 def _run_folds(spec: Competition, run: RunDir, table: FeatureTable) -> np.ndarray:
     """The fold of each labelled row from the run's folds.csv; rows it lacks (excluded images) leave the table."""
-    folds = pd.read_csv(run.folds_path, dtype={spec.id_col: str})
-    mapping = pd.Series(folds["fold"].to_numpy(dtype=int), index=folds[spec.id_col].to_numpy())
+    mapping = load_folds(run.folds_path, spec.id_col)
     unknown = mapping.index.difference(pd.Index(table.train["id"]))
     if len(unknown):
         raise DataError(f"{run.folds_path}: {len(unknown)} ids are not in the competition's training metadata "
@@ -140,7 +140,7 @@ def load_inputs(competition: str, data_dir: str | Path | None, run_dirs: list[Pa
     if data_dir is None:
         if not runs:
             raise ConfigError("kit stack needs --data DIR (the competition folder) when no run is given")
-        data_dir = runs[0].info()["data"]
+        data_dir = runs[0].data_dir()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data folder not found: {data_dir}")
@@ -238,7 +238,7 @@ def _prepare_folder(stack: RunDir) -> None:
         shutil.rmtree(stack.fold_dir(k), ignore_errors=True)
 
 
-def _scores(inputs: _Inputs, fits: list[dict], pred: np.ndarray, models: list[str]) -> dict:
+def _scores(inputs: _Inputs, fits: list[dict], pred: np.ndarray, models: list[str]) -> Scores:
     spec, y = inputs.spec, inputs.table.train["target"].to_numpy()
     metric = get_metric(spec.metric)
     per_fold = {f["k"]: metric(y[f["held"]], pred[f["held"]]) for f in fits}
@@ -248,12 +248,11 @@ def _scores(inputs: _Inputs, fits: list[dict], pred: np.ndarray, models: list[st
         for f in fits:
             p[f["held"]] = f["val"][m]
         per_model[m] = metric(y, p)
-    return {"metric": spec.metric, "cv": metric(y, pred), "mean_of_folds": float(np.mean(list(per_fold.values()))),
-            "folds": {str(k): v for k, v in per_fold.items()}, "models": per_model,
-            "inputs": {r["name"]: r["cv"] for r in inputs.runs}}
+    return Scores(spec.metric, metric(y, pred), float(np.mean(list(per_fold.values()))), per_fold, per_model,
+                  {r["name"]: r["cv"] for r in inputs.runs})
 
 
-def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: list[dict]) -> dict:
+def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: list[dict]) -> Scores:
     spec, table = inputs.spec, inputs.table
     ids, y = table.train["id"].to_numpy(), table.train["target"].to_numpy()
     pred = np.empty(len(ids))
@@ -261,7 +260,7 @@ def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: 
         pred[f["held"]] = np.mean([f["val"][m] for m in settings.models], axis=0)
     folds = [f["k"] for f in fits]
     stack.write_config(load_config(spec.name))
-    stack.write_info(inputs.data_dir, folds)
+    stack.save_info(inputs.data_dir, folds)
     stack.write_csv(stack.folds_path, pd.DataFrame({spec.id_col: ids, "fold": inputs.fold}))
     stack.write_csv(stack.oof_path, prediction_frame(spec, ids, pred, fold=inputs.fold, target=y))
     for f in fits:
@@ -269,9 +268,8 @@ def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: 
         stack.write_csv(stack.test_path(f["k"]), prediction_frame(spec, table.test["id"].to_numpy(), test))
         stack.write_csv(stack.fold_dir(f["k"]) / "train_ids.csv", pd.DataFrame({spec.id_col: f["train_ids"]}))
     scores = _scores(inputs, fits, pred, settings.models)
-    stack.write_json(stack.scores_path, scores)
-    stack.write_json(stack.predict_info_path, {"folds": folds, "data": portable_path(inputs.data_dir, stack.path),
-                                               "oof": stack.OOF, "stack": True})
+    stack.save(scores)
+    stack.save(PredictInfo(folds, portable_path(inputs.data_dir, stack.path), stack.OOF, kind="stack"))
     _write_importance(stack, table.features, fits, settings.models)
     saved = saved_info(table.recipe, inputs.runs, save_models(stack, fits))
     stack.write_json(stack.path / STACK_INFO, {
@@ -333,8 +331,8 @@ def run_stack(competition: str, data_dir: str | Path | None, run_dirs: list[str 
     with stack.writing():
         _prepare_folder(stack)
         scores = _write_stack(stack, inputs, settings, fits)
-    return StackResult(stack.path, scores["metric"], scores["cv"], {int(k): v for k, v in scores["folds"].items()},
-                       scores["models"], scores["inputs"], inputs.table.features)
+    return StackResult(stack.path, scores.metric, scores.cv, scores.folds, scores.models, scores.inputs,
+                       inputs.table.features)
 
 
 def format_result(result: StackResult) -> str:
