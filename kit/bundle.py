@@ -40,7 +40,7 @@ from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
 from kit.io import read_json_file, write_text_atomic
 from kit.records import Decision, RunInfo, Scores
-from kit.rundir import LOCK_FILE, RunDir
+from kit.rundir import LOCK_FILE, PredictionSource, RunDir, open_source
 
 __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePush", "build_kit_wheel", "bundle_slug",
            "check_dataset_ref", "check_owner", "make_bundle", "make_wheels_bundle", "push_bundle", "run_competition"]
@@ -91,8 +91,8 @@ def check_dataset_ref(ref: str, what: str = "dataset") -> str:
 
 # ---------------------------------------------------------------------------------------------------- the run
 def run_competition(run_dir: Path) -> str:
-    """The competition a run folder was trained for (from its config.yaml; no checkpoint is read)."""
-    return RunDir.open(run_dir).competition().name
+    """The competition a run (from its config.yaml; no checkpoint is read) or a stack folder is for."""
+    return open_source(run_dir).competition().name
 
 
 def _chosen_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
@@ -243,7 +243,7 @@ def _metadata(ref: str, competition: str, run_name: str, cv: str, license_name: 
     }
 
 
-def _cv_text(run: RunDir) -> str:
+def _cv_text(run: PredictionSource) -> str:
     scores = run.load(Scores, optional=True)
     return f"CV {scores.metric} {scores.cv:.4f}" if scores else "no CV score"
 
@@ -285,11 +285,10 @@ def make_bundle(run_dir: str | os.PathLike, owner: str, slug: str | None = None,
                 pythons: Sequence[str] = KAGGLE_PYTHONS) -> Path:
     """Write the dataset folder of a run: metadata, kit's wheel, the wheels Kaggle lacks, the chosen folds. A stack
     folder (stack.json) brings its saved models and the image runs it names (``folds`` then apply to each run)."""
-    from kit.stack.saved import is_stack
 
-    run = RunDir.open(run_dir)
+    run = open_source(run_dir)
     competition = run.competition().name
-    stacked = is_stack(run.path)
+    stacked = run.kind == "stack"
     chosen = None if stacked else _chosen_folds(run, folds)
     slug = slug or bundle_slug(competition)
     ref = check_dataset_ref(f"{check_owner(owner)}/{slug}")

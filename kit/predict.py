@@ -13,6 +13,7 @@ writing the submission the submission module's; ``kit predict`` chains the three
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from kit.tta import TTA, default_views_per_forward, get_view_set
 
 __all__ = ["PredictResult", "format_tta_scores", "load_fold_model", "predict_dataset", "predict_run",
            "resolve_folds"]
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -111,10 +114,14 @@ def resolve_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
         unfinished = [f"fold{k}" for k in run.fold_numbers()
                       if run.best_path(k).is_file() and not run.result_path(k).is_file()]
         if unfinished:
-            print(f"note: {', '.join(unfinished)} not finished (no result.json): left out")
+            log.info(f"note: {', '.join(unfinished)} not finished (no result.json): left out; continue "
+                     f"{'them' if len(unfinished) > 1 else 'it'} with `kit train --resume {run.path}`")
         folds = run.finished_folds()
         if not folds:
-            raise KitError(f"{run.path} has no finished fold (no fold*/result.json): train it with kit train first")
+            started = [f"fold{k}" for k in run.fold_numbers()]
+            what = f"{', '.join(started)} did not finish" if started else "no fold has trained an epoch"
+            raise KitError(f"{run.path} has no finished fold (no fold*/result.json; {what}): continue it with "
+                           f"`kit train --resume {run.path}`")
     chosen = [int(k) for k in folds]
     if not chosen:
         raise ConfigError("no folds to predict")
@@ -250,8 +257,8 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
         test_files, oof_frames = {}, []
         images.start(chosen, len(fold_tta.views))
         also = " and each fold's out-of-fold images" if with_oof else ""
-        print(f"kit predict {run.path}: {dev}; folds {','.join(map(str, chosen))}; {len(images.test_table)} test "
-              f"images{also}; TTA x{len(fold_tta.views)} ({merge})", flush=True)
+        log.info(f"kit predict {run.path}: {dev}; folds {','.join(map(str, chosen))}; {len(images.test_table)} test "
+              f"images{also}; TTA x{len(fold_tta.views)} ({merge})")
         for i, k in enumerate(chosen):
             start, images.label = time.perf_counter(), f"fold {k} ({i + 1}/{len(chosen)})"
             model, ckpt, rt = load_fold_model(run.best_path(k), dev)
@@ -267,8 +274,8 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
             test_files[k] = run.write_csv(run.test_path(k),
                                           prediction_frame(spec, images.test_table["id"].to_numpy(), probs))
             oof_note = f"{len(oof_frames[-1])} out-of-fold + " if with_oof else ""
-            print(f"fold {k}: {oof_note}{len(images.test_table)} test images, TTA x{len(fold_tta.views)} "
-                  f"({merge}) in {time.perf_counter() - start:.1f}s", flush=True)
+            log.info(f"fold {k}: {oof_note}{len(images.test_table)} test images, TTA x{len(fold_tta.views)} "
+                  f"({merge}) in {time.perf_counter() - start:.1f}s")
         oof_path, scores = _write_oof_scores(run, spec, chosen, oof_frames, fold_tta) if with_oof else (None, None)
         run.save(PredictInfo(chosen, portable_path(folder, run.path), oof_path.name if oof_path else None,
                              {"views": list(fold_tta.views), "merge": merge}))
@@ -281,6 +288,6 @@ def _write_oof_scores(run: RunDir, spec: Competition, folds: list[int], frames: 
     path = run.write_csv(run.oof_tta_path, oof_tta)
     scores = tta_scores(spec, run.collect_oof(folds), oof_tta, tta)
     run.save(scores)
-    print(format_tta_scores(scores))
+    log.info(format_tta_scores(scores))
     return path, scores
 

@@ -14,10 +14,11 @@ file                    record              written by
 ``scores_tta.json``     :class:`TtaScores`  kit predict
 ``predict.json``        :class:`PredictInfo` kit predict, kit stack
 ``decision.json``       :class:`Decision`   kit predict (balanced accuracy)
+``stack.json``          :class:`StackInfo`  kit stack (its ``saved`` models read by kit.stack.saved)
 ======================  ==================  =====================================
 
-``folds.csv`` is owned by :mod:`kit.data.folds` (``load_folds`` / ``write_folds``), the prediction frames by
-:mod:`kit.oof`, ``stack.json`` by :mod:`kit.stack.saved`.
+``folds.csv`` is owned by :mod:`kit.data.folds` (``load_folds`` / ``write_folds``); the prediction frames' schema by
+:mod:`kit.oof`, their reading by :meth:`kit.rundir.Folder.predictions`.
 
 >>> info = run.load(PredictInfo)          # a RunDir hands out records
 >>> run.save(replace(info, folds=[0, 1]))
@@ -33,7 +34,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 from kit.errors import DataError
 from kit.io import read_json_file
 
-__all__ = ["RECORDS", "Decision", "FoldResult", "PredictInfo", "Record", "RunInfo", "Scores", "TtaScores",
+__all__ = ["RECORDS", "Decision", "FoldResult", "PredictInfo", "Record", "RunInfo", "Scores", "StackInfo", "TtaScores",
            "read_record", "record_text"]
 
 VERSION_KEY = "version"
@@ -237,5 +238,35 @@ class Decision(Record):
                    f.get("folds_after", _fold_scores, {}), f.get("in_sample", float, 0.0), f.get("helps", bool, False))
 
 
-RECORDS: tuple[type[Record], ...] = (RunInfo, FoldResult, Scores, TtaScores, PredictInfo, Decision)
+# ---------------------------------------------------------------------------------------------------- kit stack
+@dataclass(frozen=True)
+class StackInfo(Record):
+    """stack.json: what makes a folder a stack: its competition, the image runs it stacks (``runs``: name, path
+    relative to the stack, OOF file, CV), its features, the saved models (``saved``, read by kit.stack.saved) and
+    its settings (models, seeds, parameters per fold, ...)."""
+
+    FILE: ClassVar[str] = "stack.json"
+    competition: str
+    metric: str
+    features: list[str]
+    runs: list[dict]
+    saved: dict | None = None
+    settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, f: _Fields) -> StackInfo:
+        known = {"competition", "metric", "features", "runs", "saved", VERSION_KEY}
+        return cls(f.get("competition", str), f.get("metric", str), f.get("features", list), f.get("runs", list, []),
+                   f.get("saved", _dict, None), {k: v for k, v in f.data.items() if k not in known})
+
+    def to_json(self) -> dict:
+        return {"competition": self.competition, "metric": self.metric, **self.settings, "features": self.features,
+                "runs": self.runs, "saved": self.saved}
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.settings.get("models", []))
+
+
+RECORDS: tuple[type[Record], ...] = (RunInfo, FoldResult, Scores, TtaScores, PredictInfo, Decision, StackInfo)
 """Every record file of a run folder (the test of one reader and one writer per file goes over them)."""

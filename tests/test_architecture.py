@@ -22,9 +22,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),
+    ("blend", ("kit.blend",)),
     ("ensemble", ("kit.ensemble", "kit.decision")),
     ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
+    ("pipeline", ("kit.pipeline",)),
     ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel", "kit.kernel_train")),
     ("commands", ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")),
 ]

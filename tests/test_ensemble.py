@@ -12,7 +12,6 @@ import pytest
 from scipy.stats import rankdata
 
 from kit.cli import main
-from kit.commands.ensemble import ensemble_and_submit
 from kit.competitions import get_competition
 from kit.ensemble import (
     Member,
@@ -26,6 +25,7 @@ from kit.ensemble import (
 )
 from kit.errors import ConfigError, DataError, KitError
 from kit.metrics import auc, get_metric
+from kit.pipeline import ensemble_and_submit
 from kit.rundir import RunDir
 from kit.submission import read_submission, validate_file
 

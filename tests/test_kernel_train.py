@@ -187,7 +187,7 @@ def output_of(working: Path) -> dict[str, bytes]:
 
 
 def test_pull_makes_a_local_run_that_predict_and_bundle_accept(sessions, tmp_path):
-    from kit.commands.predict import predict_and_submit
+    from kit.pipeline import predict_and_submit
     from kit.submission import validate_file
 
     working = sessions["root"] / "working-v2"

@@ -139,7 +139,7 @@ def test_an_image_run_lifts_the_stack_above_metadata_alone(full_stack, meta_stac
 
 def test_kit_ensemble_and_kit_submit_take_the_stack(full_stack, image_run, data, tmp_path):
     from kit.cli import main
-    from kit.commands.ensemble import ensemble_and_submit
+    from kit.pipeline import ensemble_and_submit
 
     result, path, _ = ensemble_and_submit([full_stack.path, image_run], method="fit", out_dir=tmp_path)
     assert {m.name for m in result.members} == {full_stack.path.name, "img"}
