@@ -47,8 +47,8 @@ def test_each_method_blends_two_runs_into_a_valid_submission(predicted_runs, tmp
     names = [r.name for r in result.scores]
     assert names == ["hcd_a", "hcd_b", "blend mean", "blend rank", "blend gmean", "blend fit"]
     # the members' CVs are those kit predict measured with TTA
-    assert result.scores[0].cv == pytest.approx(a.scores["cv"]["tta"])
-    assert result.scores[1].cv == pytest.approx(b.scores["cv"]["tta"])
+    assert result.scores[0].cv == pytest.approx(a.scores.cv["tta"])
+    assert result.scores[1].cv == pytest.approx(b.scores.cv["tta"])
     fit = result.scores[-1]
     assert fit.nested and fit.in_sample is not None and "nested" in fit.note
     assert not any(r.nested for r in result.scores[:-1])
