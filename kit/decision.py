@@ -143,12 +143,17 @@ def format_fit(fit: DecisionFit, classes: list[str]) -> str:
 def decide_run(run_dir: str | Path, mode: str = "auto") -> np.ndarray | None:
     """Fit decision weights on a predicted run's OOF (``oof_tta.csv``: the same TTA as its test predictions), print
     the nested CV before and after, write ``decision.json``; the weights to apply to the test set, or None (not a
-    balanced-accuracy competition, ``mode`` off, or auto without a nested gain)."""
+    balanced-accuracy competition, ``mode`` off, or auto without a nested gain). A decision.json of an earlier
+    kit predict is removed first: the kernel applies what it says to these predictions."""
     if mode not in DECISION_MODES:
         raise ConfigError(f"--decision {mode} is not valid; expected one of {', '.join(DECISION_MODES)}")
     run = RunDir.open(run_dir)
     spec = run.competition()
-    if mode == "off" or spec.metric not in DECISION_METRICS:
+    if spec.metric not in DECISION_METRICS:
+        return None
+    with run.writing():  # an earlier kit predict's weights no longer match these predictions (a kernel reads them)
+        run.record_path(Decision).unlink(missing_ok=True)
+    if mode == "off":
         return None
     path = run.path / (run.load(PredictInfo).oof or run.OOF_TTA)
     if not path.is_file():

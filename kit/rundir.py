@@ -1,4 +1,8 @@
-"""The run folder: the contract between the stages, owned here and nowhere else.
+"""The run folder and the stack folder: the contract between the stages, owned here and nowhere else.
+
+A run (:class:`RunDir`, what ``kit train`` writes) and a stack (:class:`StackDir`, what ``kit stack`` writes) are two
+kinds of :class:`PredictionSource`; :func:`open_source` gives the right one. The JSON files are typed records
+(:mod:`kit.records`): ``folder.load(PredictInfo)`` reads one, ``folder.save(record)`` writes it under the lock.
 
 ::
 
@@ -18,8 +22,12 @@
         test_fold{k}.csv     each fold's test predictions (with TTA)                    kit predict
         oof_tta.csv, scores_tta.json, predict.json                                      kit predict
         report/*.png                                                                    kit report
+        decision.json        balanced accuracy: per-class decision weights              kit predict
         train.log            everything kit train printed into this folder (appended)   kit train
         .kit-lock            held by the process writing the folder
+
+    STACK/                   stack.json, folds.csv, oof.csv, scores.json, test_fold{k}.csv, predict.json,
+                             fold{k}/ (saved GBDTs), report/ (kit.stack: no config.yaml, no run.json)
 
 Readers need no lock. Writers work inside ``with run.writing():``, an exclusive ``flock`` on ``.kit-lock``; a second
 writer stops at once with one line naming the holder's pid and command. A fold's files are also covered by the

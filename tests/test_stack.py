@@ -18,7 +18,7 @@ from kit.data.synthetic import ISIC_2024_TEST_COLUMNS, ISIC_2024_TRAIN_ONLY
 from kit.errors import ConfigError, DataError, KitError
 from kit.oof import prediction_frame
 from kit.records import PredictInfo, Scores
-from kit.rundir import RunDir
+from kit.rundir import RunDir, StackDir, open_source
 from kit.stack import StackSettings, run_stack
 
 pytest.importorskip("lightgbm")
@@ -97,9 +97,11 @@ def test_synthetic_isic_2024_metadata_has_the_real_layout_and_signal(data, share
 
 
 # ------------------------------------------------------------------------------------------------ the folder
-def test_metadata_only_stack_is_a_run_folder(meta_stack, data):
-    stack = RunDir.open(meta_stack.path)
-    assert stack.competition().name == ISIC
+def test_metadata_only_stack_is_a_stack_folder(meta_stack, data):
+    stack = open_source(meta_stack.path)
+    assert isinstance(stack, StackDir) and stack.competition().name == ISIC
+    assert not (stack.path / "config.yaml").exists() and not (stack.path / "run.json").exists()  # no fake run
+    assert stack.summary()["kind"] == "stack" and stack.summary()["inputs"] == "metadata"
     info = json.loads((stack.path / "stack.json").read_text())
     assert info["runs"] == [] and info["models"] == ["lgbm"]
     features = set(info["features"])
@@ -120,7 +122,7 @@ def test_metadata_only_stack_is_a_run_folder(meta_stack, data):
 
 
 def test_each_oof_row_comes_from_trees_that_never_saw_it(full_stack, image_run):
-    stack = RunDir.open(full_stack.path)
+    stack = open_source(full_stack.path)
     folds = pd.read_csv(stack.folds_path)
     assert folds.equals(pd.read_csv(RunDir(image_run).folds_path))  # the image run's own folds
     oof = pd.read_csv(stack.oof_path)
