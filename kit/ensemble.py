@@ -1,4 +1,5 @@
-"""Blending predictions: the folds of one run, and several runs into one submission.
+"""Ensembling several prediction sources (runs, stacks) into one submission, each source's folds blended first
+(:mod:`kit.blend`, which holds the blend strategies).
 
 A blend is a strategy with two steps: ``weights`` (equal, or fitted on out-of-fold predictions) and ``combine``
 (arithmetic mean, mean of percentile ranks, geometric mean). Weights fitted on the OOF that also reports the score

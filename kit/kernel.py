@@ -2,10 +2,10 @@
 
 A kernel folder is ``kernel-metadata.json`` plus ``kernel.py``, rendered from ``kit/templates/kaggle_kernel.py``. On
 Kaggle, with the internet off, that script finds the attached competition data and datasets, installs kit from the
-wheels dataset (``pip install --no-index``) and calls ``kit kernel run``, which is :func:`run_kernel`:
-:func:`kit.predict.predict_run` on the attached fold checkpoints (test images only, with TTA), the folds averaged
-(:func:`kit.ensemble.blend_folds`), then ``submission.csv`` in the working folder, validated against the
-competition's test ids. With a stack bundle (ISIC 2024), the image runs' test scores and the test metadata then go
+wheels dataset (``pip install --no-index``) and calls ``kit kernel run``, which is :func:`run_kernel`: kit
+predict's own chain (:func:`kit.pipeline.predict_and_submit`, test images only, with TTA: the folds averaged, the
+decision weights kit predict saved) on the attached fold checkpoints, then ``submission.csv`` in the working folder,
+validated against the competition's test ids: byte for byte the submission of ``kit predict``. With a stack bundle (ISIC 2024), the image runs' test scores and the test metadata then go
 through the stack's saved GBDTs (:mod:`kit.stack.saved`). The datasets come from ``kit bundle`` (:mod:`kit.bundle`).
 """
 

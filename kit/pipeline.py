@@ -16,7 +16,6 @@ before decision weights are fitted, and a request that cannot be met fails only 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +25,7 @@ from kit.blend import blend_folds, get_fold_blend
 from kit.errors import KitError
 from kit.rundir import RunDir, StackDir, open_source
 
-__all__ = ["Predicted", "collect_runs", "ensemble_and_submit", "predict_and_submit", "stack_and_submit",
+__all__ = ["collect_runs", "ensemble_and_submit", "predict_and_submit", "stack_and_submit",
            "submit_folds"]
 
 log = logging.getLogger(__name__)
@@ -47,14 +46,6 @@ def submit_folds(source_dir: str | Path, fold_merge: str = "mean", weights: np.n
     ids = [str(i) for i in test_ids]
     return write_submission(source.competition(), ids, test, name or source.name, out_dir,
                             expected_ids=list(expected_ids) if expected_ids is not None else ids)
-
-
-@dataclass
-class Predicted:
-    """What :func:`predict_and_submit` did: the prediction (kit.predict.PredictResult) and the submission."""
-
-    result: object
-    submission: Path
 
 
 def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, batch_size=None, fold_merge="mean",

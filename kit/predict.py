@@ -6,8 +6,8 @@ The OOF images of each fold are predicted with the same TTA as the test images: 
 side by side, is the measured gain of TTA (``scores_tta.json``).
 
 This stage stops at per-fold predictions: it writes ``test_fold{k}.csv``, ``oof_tta.csv``, ``scores_tta.json`` and
-``predict.json`` into the run folder. Blending the folds is the ensemble's job (:func:`kit.ensemble.blend_folds`),
-writing the submission the submission module's; ``kit predict`` chains the three.
+``predict.json`` into the run folder. Blending the folds is :func:`kit.blend.blend_folds`'s job,
+writing the submission the submission module's; :func:`kit.pipeline.predict_and_submit` chains them.
 """
 
 from __future__ import annotations

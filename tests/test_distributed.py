@@ -238,7 +238,7 @@ def test_parallel_folds_match_sequential_and_a_failed_fold_reruns_alone(data, re
     assert "1 of 2 folds failed: fold 1" in err and f"--resume {run.path} --folds 1" in err, err
     assert "being written by" in err  # the end of the fold's own log
     assert run.result_path(0).is_file() and not run.result_path(1).is_file()
-    assert not run.oof_path.exists() and not run.scores_path.exists()  # no summary of a partial run
+    assert not run.oof_path.exists() and not run.record_path(Scores).exists()  # no summary of a partial run
 
     assert main(["train", "--resume", str(run.path), "--folds", "1", "--devices", "cpu", "--no-progress"]) == 0
     assert "fold 1: finished on cpu" in capsys.readouterr().out

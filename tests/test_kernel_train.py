@@ -96,7 +96,7 @@ def test_the_first_session_installs_offline_and_stops_by_its_time_budget(session
     state = json.loads((working / "kit-kernel.json").read_text())
     assert state["finished"] is False and state["train_exit"] == 75 and state["run"] == "run"
     run = RunDir.open(working / "run")
-    assert run.last_path(0).is_file() and run.finished_folds() == [] and not run.scores_path.exists()
+    assert run.last_path(0).is_file() and run.finished_folds() == [] and not run.record_path(Scores).exists()
     assert len(run.history(0)) == 1  # one finished epoch, saved
     assert not (working / "kit-cache").exists()  # the packed cache is not part of the output
 
