@@ -28,7 +28,7 @@ from kit.budget import TimeBudget, TimeBudgetReached
 from kit.bundle import make_wheels_bundle
 from kit.errors import ConfigError
 from kit.kernel_train import build_train_kernel, resolved_config_yaml, train_kernel_metadata
-from kit.records import FoldResult
+from kit.records import FoldResult, Scores
 from kit.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
