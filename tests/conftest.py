@@ -41,16 +41,6 @@ def pack_cache_dir(tmp_path_factory) -> Path:
         yield folder
 
 
-@pytest.fixture(autouse=True)
-def console_log():
-    """The library's log records on the console while a test runs, as the kit command shows them: a test that calls
-    a library function reads the same lines from capsys as one that runs the command."""
-    from kit.logs import console_logging
-
-    with console_logging():
-        yield
-
-
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo")
