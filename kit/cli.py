@@ -1,5 +1,6 @@
 """The ``kit`` command. Each subcommand lives in ``kit/commands/<name>.py`` with an ``add_parser(subparsers)``.
 
+The library logs (:mod:`kit.logs`); the command shows its records on the console for as long as it runs.
 A ``KitError`` (bad input, unknown name) is printed as one line with a non-zero exit; anything else is a bug and
 keeps its traceback.
 """
@@ -14,6 +15,7 @@ import threading
 
 from kit import __version__
 from kit.errors import KitError
+from kit.logs import console_logging
 
 # Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
 # libraries such as torch inside their ``run`` functions).
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = _stop_on_sigterm()
     try:
-        return int(args.func(args) or 0)
+        with console_logging():  # the library's log records, shown as it printed them before
+            return int(args.func(args) or 0)
     except KitError as e:
         print(f"kit {args.command}: error: {e}", file=sys.stderr)
         return 1

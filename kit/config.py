@@ -462,15 +462,14 @@ def check_buildable(cfg: Config) -> None:
     """Checks of user input that need more than the values: the weights file exists, the image size fits the model
     (one forward of a zero image on the CPU), the augmentation preset builds at its strength. ``load_config`` runs
     them; ``from_dict`` does not, since it also reads saved configs (whose weights may live elsewhere)."""
-    from kit.models import check_input_size
+    from kit.models import check_input_size, check_pretrained
     from kit.transforms import check_preset
-    from kit.weights import pretrained_name
 
     if cfg.model.weights and not Path(cfg.model.weights).is_file():
         raise ConfigError(f"config key model.weights={cfg.model.weights}: file not found")
     if cfg.model.img_size is not None:
         check_input_size(cfg.model.name, cfg.model.img_size)
-    pretrained_name(cfg.model.name, cfg.model.pretrained)  # a bad tag fails before anything is fetched
+    check_pretrained(cfg.model.name, cfg.model.pretrained)  # a bad tag fails before anything is fetched
     check_preset(cfg.aug.preset, cfg.aug.strength)
 
 

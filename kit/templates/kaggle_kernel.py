@@ -31,7 +31,7 @@ TTA = "__TTA__"
 
 IMPORTS = ("kit.cli", "kit.kernel", "kit.predict", "kit.ensemble", "kit.submission", "torch", "timm",
            "albumentations", "sklearn", "pandas", "PIL", "yaml", "simplejpeg", "tifffile", "h5py")
-GBDT_MODULES = {"lgbm": "lightgbm", "xgb": "xgboost", "cat": "catboost"}
+GBDT_MODULES = "__GBDT_MODULES__"  # each stack model's library module, from kit.stack.models.GBDTS
 
 
 def find_weights(looked: list[str]) -> Path | None:
