@@ -365,7 +365,7 @@ def from_dict(data: dict[str, Any]) -> Config:
             top_kwargs[key] = cls(**kwargs)
         elif key in top_fields:
             top_kwargs[key] = _check_value(key, top_fields[key], value)
-        elif key in ("kit",):  # provenance written by save_config: ignored on load
+        elif key in ("kit",):  # the provenance section of a run's config.yaml (config_to_yaml): ignored on load
             continue
         else:
             raise _unknown(key)
@@ -497,12 +497,6 @@ def config_to_yaml(cfg: Config, with_provenance: bool = True, extra: dict[str, A
     if with_provenance:
         data["kit"] = {**provenance(), **(extra or {})}
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    from kit.io import write_text_atomic
-
-    return write_text_atomic(path, config_to_yaml(cfg, extra=extra))
 
 
 def load_saved_config(path: str | Path) -> Config:

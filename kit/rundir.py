@@ -219,10 +219,6 @@ class RunDir:
         """Folds whose training ended (result.json is written last)."""
         return [k for k in self.fold_numbers() if self.result_path(k).is_file()]
 
-    def unfinished_folds(self) -> list[int]:
-        """Folds with a checkpoint but no result.json: interrupted, resumable."""
-        return [k for k in self.fold_numbers() if not self.result_path(k).is_file() and self.last_path(k).is_file()]
-
     def fold_result(self, k: int) -> dict[str, Any]:
         return _read_json(self.result_path(k))
 
