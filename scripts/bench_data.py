@@ -36,6 +36,7 @@ from kit.data.labels import load_train_table
 from kit.data.pack import split_pack
 from kit.data.readers import open_store
 from kit.data.synthetic import make_demo_data
+from kit.logs import console_logging
 from kit.runtime import make_loader
 from kit.transforms import Pipeline, build_eval_transform, build_train_transform
 
@@ -182,4 +183,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with console_logging():  # kit's log records, shown as the kit command shows them
+        main()

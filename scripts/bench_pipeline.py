@@ -24,6 +24,7 @@ import pandas as pd
 
 from kit.config import load_config
 from kit.data.synthetic import make_demo_data
+from kit.logs import console_logging
 from kit.train import train_folds
 
 HCD = "histopathologic-cancer-detection"
@@ -84,4 +85,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with console_logging():  # kit's log records, shown as the kit command shows them
+        main()

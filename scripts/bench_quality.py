@@ -45,6 +45,7 @@ from kit.data.folds import make_folds, write_folds
 from kit.data.labels import load_train_table
 from kit.data.readers import fit_square, open_store
 from kit.decision import fit_nested
+from kit.logs import console_logging
 from kit.metrics import balanced_accuracy
 from kit.weights import populate_hf_cache
 
@@ -254,4 +255,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with console_logging():  # kit's log records, shown as the kit command shows them
+        main()

@@ -43,6 +43,7 @@ from kit.data.synthetic import (
     lesion_image,
 )
 from kit.io import write_csv_atomic
+from kit.logs import console_logging
 
 COMPETITION = "isic-2024-challenge"
 PATIENTS, POSITIVE_RATE = 1042, 393 / 401_059
@@ -168,4 +169,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with console_logging():  # kit's log records, shown as the kit command shows them
+        main()

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from kit import tune
 from kit.config import load_config
 from kit.data.synthetic import make_demo_data
+from kit.logs import console_logging
 
 HCD = "histopathologic-cancer-detection"
 SPACE = {
@@ -88,4 +89,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with console_logging():  # kit's log records, shown as the kit command shows them
+        main()

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit.logs import console_logging
+
 ISIC = "isic-2024-challenge"
 
 
@@ -95,4 +97,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with console_logging():  # kit's log records, shown as the kit command shows them
+        main()

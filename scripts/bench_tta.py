@@ -20,6 +20,7 @@ from typing import Callable
 import timm
 import torch
 
+from kit.logs import console_logging
 from kit.tta import TTA
 
 
@@ -95,4 +96,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with console_logging():  # kit's log records, shown as the kit command shows them
+        main()
