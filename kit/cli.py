@@ -1,6 +1,6 @@
 """The ``kit`` command. Each subcommand lives in ``kit/commands/<name>.py`` with an ``add_parser(subparsers)``.
 
-The library logs (:mod:`kit.logs`); the command shows its records on the console for as long as it runs.
+The library logs (:mod:`kit.console`); the command shows its messages as plain lines.
 A ``KitError`` (bad input, unknown name) is printed as one line with a non-zero exit; anything else is a bug and
 keeps its traceback.
 """
@@ -14,8 +14,8 @@ import sys
 import threading
 
 from kit import __version__
+from kit.console import show_messages
 from kit.errors import KitError
-from kit.logs import console_logging
 
 # Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
 # libraries such as torch inside their ``run`` functions).
@@ -50,10 +50,10 @@ def _stop_on_sigterm():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_messages()
     previous = _stop_on_sigterm()
     try:
-        with console_logging():  # the library's log records, shown as it printed them before
-            return int(args.func(args) or 0)
+        return int(args.func(args) or 0)
     except KitError as e:
         print(f"kit {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.config import Config
+from kit.console import show_messages
 from kit.errors import ConfigError, KitError
-from kit.logs import console_logging
 from kit.rundir import RunDir
 from kit.train import EpochCallback, RunData, prepare_data, train_fold
 
@@ -71,13 +71,14 @@ def _child(run_path: str, k: int, device: str, exclude: list[str] | None, thread
     run = RunDir(run_path)
     log_path = run.fold_log_path(k)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1) as out, redirect_stdout(out), redirect_stderr(out), console_logging():
+    with open(log_path, "a", buffering=1) as out, redirect_stdout(out), redirect_stderr(out):
         os.dup2(out.fileno(), 1)  # output of C extensions and warnings too
         os.dup2(out.fileno(), 2)
         import torch
 
         if threads:
             torch.set_num_threads(threads)
+        show_messages()  # a fresh interpreter: the fold's messages go to its train.log
         try:
             cfg = run.config()
             data = prepare_data(cfg, run.info()["data"], run, exclude=exclude)

@@ -31,12 +31,12 @@ import torch
 from PIL import Image
 
 from kit.competitions import get_competition
+from kit.console import show_messages
 from kit.data.dataset import ImageDataset
 from kit.data.labels import load_train_table
 from kit.data.pack import split_pack
 from kit.data.readers import open_store
 from kit.data.synthetic import make_demo_data
-from kit.logs import console_logging
 from kit.runtime import make_loader
 from kit.transforms import Pipeline, build_eval_transform, build_train_transform
 
@@ -183,5 +183,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

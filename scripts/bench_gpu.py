@@ -27,7 +27,7 @@ import timm
 import torch
 from torch import nn
 
-from kit.logs import console_logging
+from kit.console import show_messages
 from kit.predict import predict_dataset
 from kit.runtime import Runtime, compile_model, predict_loader
 from kit.train import train_one_epoch
@@ -264,5 +264,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

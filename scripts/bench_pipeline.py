@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from kit.config import load_config
+from kit.console import show_messages
 from kit.data.synthetic import make_demo_data
-from kit.logs import console_logging
 from kit.train import train_folds
 
 HCD = "histopathologic-cancer-detection"
@@ -85,5 +85,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

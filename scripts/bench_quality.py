@@ -41,11 +41,11 @@ import torch
 
 from kit.competitions import get_competition
 from kit.config import load_config
+from kit.console import show_messages
 from kit.data.folds import make_folds, write_folds
 from kit.data.labels import load_train_table
 from kit.data.readers import fit_square, open_store
 from kit.decision import fit_nested
-from kit.logs import console_logging
 from kit.metrics import balanced_accuracy
 from kit.weights import populate_hf_cache
 
@@ -255,5 +255,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

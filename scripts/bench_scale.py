@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from kit.console import show_messages
 from kit.data.pack import human_bytes, pack_path
 from kit.data.synthetic import (
     ISIC_2024_TEST_COLUMNS,
@@ -43,7 +44,6 @@ from kit.data.synthetic import (
     lesion_image,
 )
 from kit.io import write_csv_atomic
-from kit.logs import console_logging
 
 COMPETITION = "isic-2024-challenge"
 PATIENTS, POSITIVE_RATE = 1042, 393 / 401_059
@@ -169,5 +169,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 from kit import tune
 from kit.config import load_config
+from kit.console import show_messages
 from kit.data.synthetic import make_demo_data
-from kit.logs import console_logging
 
 HCD = "histopathologic-cancer-detection"
 SPACE = {
@@ -89,5 +89,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

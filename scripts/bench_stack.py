@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit.logs import console_logging
+from kit.console import show_messages
 
 ISIC = "isic-2024-challenge"
 
@@ -97,5 +97,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from kit.competitions import get_competition
+from kit.console import show_messages
 from kit.data.dataset import ImageDataset
 from kit.data.labels import load_train_table
 from kit.data.readers import fit_square, open_store
 from kit.data.synthetic import make_demo_data
-from kit.logs import console_logging
 from kit.models import build_model, data_config
 from kit.runtime import Runtime, make_loader
 from kit.train import train_one_epoch
@@ -99,5 +99,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

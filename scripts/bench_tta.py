@@ -20,7 +20,7 @@ from typing import Callable
 import timm
 import torch
 
-from kit.logs import console_logging
+from kit.console import show_messages
 from kit.tta import TTA
 
 
@@ -96,5 +96,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with console_logging():  # kit's log records, shown as the kit command shows them
-        main()
+    show_messages()  # kit's messages, shown as the kit command shows them
+    main()

@@ -12,13 +12,13 @@ KIT = Path(__file__).resolve().parents[1] / "kit"
 # The pipeline's floors, lowest first. A module may import its own floor and the floors below it, never above:
 # data -> train -> predict -> ensemble -> submission -> kaggle, with what two stages share one floor below both.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("kit", "kit.errors", "kit.io", "kit.logs", "kit.progress", "kit.registry", "kit.competitions",
-              "kit.metrics", "kit.budget")),
+    ("base", ("kit", "kit.errors", "kit.io", "kit.progress", "kit.registry", "kit.competitions", "kit.metrics",
+              "kit.budget", "kit.console")),
     ("data", ("kit.data",)),
     ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
     ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
-    ("train", ("kit.train", "kit.parallel_folds")),
+    ("train", ("kit.train", "kit.epoch_handlers", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),
@@ -141,9 +141,9 @@ def test_every_module_has_a_layer():
         layer_of(module_name(path))
 
 
-# A library logs, a command prints (kit/logs.py): only these may print, and the kernel scripts run before kit exists.
+# A library logs, a command prints (kit/console.py): only these may print, and the kernel scripts run before kit exists.
 MAY_PRINT = ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")
-STILL_PRINTING = {"kit/train.py", "kit/rundir.py", "kit/predict.py", "kit/ensemble.py", "kit/decision.py",
+STILL_PRINTING = {"kit/rundir.py", "kit/predict.py", "kit/ensemble.py", "kit/decision.py",
                   "kit/stack/stack.py", "kit/kernel.py"}
 """Library modules whose prints are converted to logging by their owners after the merge of 2026-12-07 (the
 coordinator empties this set; a module that no longer prints must leave it, see below)."""
