@@ -12,6 +12,7 @@ Learnable but not trivial:
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from kit.competitions import Competition, get_competition
 from kit.errors import ConfigError
-from kit.io import atomic_path, write_csv_atomic
+from kit.io import atomic_path, write_csv_atomic, write_text_atomic
 
 CENTRE = (32, 64)  # PCam: the label is decided by the centre 32x32 of a 96x96 patch
 
@@ -446,11 +447,33 @@ def make_demo_data(competition: str, out: str | Path, n: int = 400, seed: int = 
     if n < 10:
         raise ConfigError(f"--n must be at least 10, got {n}")
     n_test = max(n // 4, 4) if n_test is None else n_test
-    out.mkdir(parents=True, exist_ok=True)
+    _clear_for_demo(out)
     if spec.name == "histopathologic-cancer-detection":
         if size not in (None, 96):
             raise ConfigError("histopathology patches are always 96x96 (the PCam format); drop --size")
         write_histopathology(out, n, seed, n_test)
     else:
         WRITERS[spec.name](spec, out, n, seed, n_test, size or 128)
+    write_text_atomic(out / DEMO_MARK, json.dumps({"competition": spec.name, "n": n, "n_test": n_test, "seed": seed}))
     return out
+
+
+DEMO_MARK = ".kit-demo.json"
+"""Marks a folder written by make_demo_data: only such a folder is replaced by the next one."""
+
+
+def _clear_for_demo(out: Path) -> bool:
+    """An empty ``out`` for a new demo set: a previous demo set there is removed whole (labels, images, sample
+    submission, folds, packs), so nothing of it mixes with the new one; any other non-empty folder is refused. True
+    when a demo set was replaced."""
+    import shutil
+
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return False
+    if not (out / DEMO_MARK).is_file():
+        raise ConfigError(f"{out} is not empty and was not written by kit demo-data; choose another --out (an empty "
+                          "or new folder)")
+    for path in out.iterdir():
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return True

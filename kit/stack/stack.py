@@ -40,6 +40,7 @@ from kit.rundir import RunDir
 from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
 from kit.stack.models import DEFAULTS, GBDTS, build_model, importances, require
 from kit.stack.saved import STACK_INFO, image_test_scores, save_models, saved_info
+from kit.words import article
 
 __all__ = ["STACK_INFO", "StackResult", "StackSettings", "run_stack"]
 
@@ -89,7 +90,7 @@ def _open_runs(spec: Competition, run_dirs: list[Path]) -> list[RunDir]:
     runs = [RunDir.open(r) for r in run_dirs]
     for run in runs:
         if (other := run.competition().name) != spec.name:
-            raise ConfigError(f"{run.path} is a {other} run; the stack is for {spec.name}")
+            raise ConfigError(f"{run.path} is {article(other)} run; the stack is for {spec.name}")
         if not run.folds_path.is_file():
             raise KitError(f"{run.folds_path} is missing: {run.path} is not a complete kit run folder")
         run.predict_info()  # not predicted: one line saying to run kit predict first
