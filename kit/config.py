@@ -489,7 +489,7 @@ def _users_values_win(data: dict[str, Any], given: dict[str, Any]) -> None:
                             value, bound, epochs)
     if set_model.get("weights") and "pretrained" not in set_model and model.get("pretrained") not in (False, None):
         log.warning("note: model.weights=%s given: the preset's model.pretrained=%s is turned off (the file gives "
-                    "the initial weights)", set_model["weights"], model["pretrained"])
+                    "the initial weights)", set_model["weights"], yaml.safe_dump(model["pretrained"]).split("\n")[0])
         model["pretrained"] = False
 
 
