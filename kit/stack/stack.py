@@ -36,6 +36,7 @@ from kit.errors import ConfigError, DataError, KitError
 from kit.io import portable_path
 from kit.metrics import get_metric
 from kit.oof import prediction_frame, prediction_values
+from kit.progress import Progress
 from kit.rundir import RunDir
 from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
 from kit.stack.models import DEFAULTS, GBDTS, build_model, importances, require
@@ -185,7 +186,8 @@ def _fold_params(inputs: _Inputs, settings: StackSettings, X: np.ndarray, train_
     return params
 
 
-def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: np.ndarray, k: int) -> dict:
+def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: np.ndarray, k: int,
+              progress: Progress | None = None) -> dict:
     """Train every model x seed on the other folds; their predictions of fold k and of the test rows."""
     y = inputs.table.train["target"].to_numpy()
     held = inputs.fold == k
@@ -202,6 +204,8 @@ def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: n
             val[m].append(model.predict(X[held]))
             test[m].append(model.predict(X_test))
             imp[m].append(importances(model))
+            if progress is not None:
+                progress.update()
     ids = inputs.table.train["id"].to_numpy()
     return {"k": k, "held": held, "params": params, "train_ids": ids[sorted(used)], "models": fitted,
             "val": {m: np.mean(v, axis=0) for m, v in val.items()},
@@ -329,7 +333,10 @@ def run_stack(competition: str, data_dir: str | Path | None, run_dirs: list[str 
     X, X_test = inputs.table.matrices()
     print(f"stack: {len(X)} rows, {len(inputs.table.features)} features, {len(settings.models)} models x "
           f"{settings.seeds} seeds, {len(np.unique(inputs.fold))} folds", flush=True)
-    fits = [_fit_fold(inputs, settings, X, X_test, int(k)) for k in np.unique(inputs.fold)]
+    folds = np.unique(inputs.fold)
+    # a bar, or a line every KIT_PROGRESS_EVERY s, over every model x seed of every fold: minutes on real data
+    with Progress(len(folds) * len(settings.models) * settings.seeds, "stack: fitting", unit="model") as progress:
+        fits = [_fit_fold(inputs, settings, X, X_test, int(k), progress) for k in folds]
     stack = RunDir(out)
     with stack.writing():
         _prepare_folder(stack)
