@@ -102,26 +102,49 @@ def test_train_without_competition_or_preset_names_what_is_missing(capsys, tmp_p
 
 @pytest.fixture(scope="module")
 def tiny_run(demo_data, tmp_path_factory):
-    """A one-epoch HCD run of fold 0 of 2, trained by kit train (its output kept)."""
-    root = tmp_path_factory.mktemp("newcomer")
-    run = root / "run"
+    """A one-epoch HCD run of fold 0 of 2, trained by kit train: (data, run folder, what it printed)."""
+    import contextlib
+    import io
+
+    run = tmp_path_factory.mktemp("newcomer") / "run"
     data = demo_data(HCD, n=40)
-    return data, run, root
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", "-c", HCD, "--data", str(data), "--out", str(run), "--folds", "0", "--no-progress",
+                     *sets(*TINY, "n_folds=2")]) == 0
+    return data, run, out.getvalue()
 
 
-def test_resume_does_not_claim_random_weights(tiny_run, capsys):
-    data, run, _ = tiny_run
-    assert main(["train", "-c", HCD, "--data", str(data), "--out", str(run), "--folds", "0", "--no-progress",
-                 *sets(*TINY, "n_folds=2")]) == 0
-    first = capsys.readouterr().out
-    start = next(line for line in first.splitlines() if line.startswith("kit train "))
+def test_resume_does_not_claim_random_weights(tiny_run, tmp_path, capsys):
+    import shutil
+
+    data, trained, printed = tiny_run
+    start = next(line for line in printed.splitlines() if line.startswith("kit train "))
     assert "folds 0 of 2; 1 epoch; test_resnet, from scratch" in start  # "1 epoch", not "1 epochs"
+    run = shutil.copytree(trained, tmp_path / "run")
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     out = capsys.readouterr().out
     start = next(line for line in out.splitlines() if line.startswith("kit train "))
     assert "continuing from each fold's last.pt (initial weights: from scratch)" in start, start
     assert not any(line.startswith("model test_resnet: random initial weights") for line in out.splitlines())
     assert "model test_resnet: folds with a last.pt continue from it" in out
+
+
+def test_a_test_folder_alone_is_predicted_by_kernel_run(tiny_run, tmp_path, capsys):
+    """The README's test-only route: no training images or labels, only the test folder and its sample submission."""
+    import shutil
+
+    data, run, _ = tiny_run
+    test_only = tmp_path / "hcd-test"
+    shutil.copytree(data / "test", test_only / "test")
+    shutil.copy(data / "sample_submission.csv", test_only)
+    assert main(["predict", str(run), "--data", str(test_only), "--tta", "1", "--device", "cpu",
+                 "--submissions", str(tmp_path / "subs"), "--no-report"]) == 1  # kit predict needs the training rows
+    capsys.readouterr()
+    assert main(["kernel", "run", "-c", HCD, "--data", str(test_only), "--weights", str(run), "--working",
+                 str(tmp_path / "working"), "--tta", "2", "--device", "cpu"]) == 0, capsys.readouterr().err
+    submission = pd.read_csv(tmp_path / "working" / "submission.csv")
+    assert list(submission["id"]) == list(pd.read_csv(test_only / "sample_submission.csv")["id"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
