@@ -150,7 +150,7 @@ def test_the_command_writes_a_valid_submission(data, tmp_path, capsys):
     from kit.cli import main
 
     code = main(["stack", "--competition", ISIC, "--data", str(data), "--out", str(tmp_path / "s"), "--models",
-                 "lgbm,xgb", "--seeds", "1", "--trees", "10", "--n-folds", "2", "--out-dir", str(tmp_path / "sub")])
+                 "lgbm,xgb", "--seeds", "1", "--trees", "10", "--n-folds", "2", "--submissions", str(tmp_path / "sub")])
     assert code == 0
     out = capsys.readouterr().out
     assert "stack lgbm" in out and "stack xgb" in out
