@@ -223,19 +223,27 @@ def test_the_experimental_note_names_public_functions_only(capsys):
 
 
 def _literals() -> list[tuple[Path, int, str]]:
-    """Every string literal of kit (f-strings by their literal parts), with file and line."""
+    """Every string literal of kit, with file and line; an f-string whole, each replacement field as X."""
     out = []
     for path in sorted(KIT.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                out.append((path, node.lineno, node.value))
+        tree = ast.parse(path.read_text())
+        parts_of_fstrings = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                parts_of_fstrings |= {id(v) for v in node.values}
+                out.append((path, node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "X"
+                                                       for v in node.values)))
+        out += [(path, node.lineno, node.value) for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                and isinstance(node.value, str) and id(node) not in parts_of_fstrings]
     return out
 
 
 def _options(argv: tuple[str, ...]) -> set[str]:
+    """The flags of a command; of a command with actions (kit config), those of any of its actions."""
     from test_flags import all_parsers
 
-    return {o for a in all_parsers()[argv]._actions for o in a.option_strings}
+    return {o for words, parser in all_parsers().items() if words[:len(argv)] == argv for a in parser._actions
+            for o in a.option_strings}
 
 
 EXTERNAL_FLAGS = {"--disable-pip-version-check", "--find-links", "--implementation", "--no-build-isolation",
@@ -244,25 +252,47 @@ EXTERNAL_FLAGS = {"--disable-pip-version-check", "--find-links", "--implementati
 """Flags of other programs that kit's messages and commands quote: pip's, and scripts/bench_tta.py's."""
 
 
+AUDIENCE = {"bundle.py": ("bundle",), "kernel.py": ("kernel",), "kernel_train.py": ("kernel",), "stack": ("stack",),
+            "tune": ("tune",), "decision.py": ("predict",), "synthetic.py": ("demo-data",)}
+"""The commands whose messages a library module writes; any other library module writes kit train's (and kit
+predict's) messages, so a flag it names without its command must be kit train's."""
+COMMAND = re.compile(r"\bkit ([a-z-]+(?: [a-z]+)?)((?:[^;)`\n](?!\bkit ))*)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
+
+
+def _audience(path: Path) -> tuple[str, ...] | None:
+    """The commands a module speaks for; None for the commands themselves (their flags are their own)."""
+    if "commands" in path.parts or path.name == "cli.py" or "templates" in path.parts:
+        return None
+    for part in reversed(path.relative_to(KIT).parts):
+        if part in AUDIENCE:
+            return AUDIENCE[part]
+    return ("train",)
+
+
 def test_every_flag_a_message_names_exists_in_the_command_it_names():
+    """"kit folds ... --n-folds" names a flag of kit folds; a flag named alone in a library module (which kit train
+    reaches) is a flag of the commands that module speaks for: "lower --n-folds" from the fold maker was not."""
     from test_flags import all_parsers
 
     parsers = all_parsers()
     every = {o for p in parsers.values() for a in p._actions for o in a.option_strings}
     wrong = []
     for path, line, text in _literals():
-        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", text):
-            if flag not in every and flag not in EXTERNAL_FLAGS:
-                wrong.append(f"{path.name}:{line}: {flag} is no flag of kit")
-        # "kit folds ... --n-folds": the flag must be one of that command's (up to the next ';' or ')')
-        for command, rest in re.findall(r"\bkit ([a-z-]+(?: [a-z]+)?)((?:[^;)`\n](?!\bkit ))*)", text):
+        for command, rest in COMMAND.findall(text):  # up to the next ';', ')' or backtick
             words = tuple(command.split())
             argv = words if words in parsers else words[:1]
-            if argv not in parsers:
-                continue
-            for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", rest):
-                if flag in every and flag not in _options(argv):
+            for flag in FLAG.findall(rest) if argv in parsers else []:
+                if flag not in _options(argv) and flag not in EXTERNAL_FLAGS:
                     wrong.append(f"{path.name}:{line}: kit {' '.join(argv)} has no {flag}")
+        audience = _audience(path)
+        for flag in FLAG.findall(COMMAND.sub("", text)):
+            if flag in EXTERNAL_FLAGS:
+                continue
+            if flag not in every:
+                wrong.append(f"{path.name}:{line}: {flag} is no flag of kit")
+            elif audience and not any(flag in _options((c,)) for c in audience):
+                wrong.append(f"{path.name}:{line}: {flag} is no flag of kit {'/'.join(audience)}")
     assert not wrong, "\n".join(wrong)
 
 
@@ -272,8 +302,10 @@ def test_every_config_key_a_message_names_exists():
     keys = set(valid_keys())
     wrong = []
     for path, line, text in _literals():
-        for key in re.findall(r"(?:--set |config keys? )([a-z_]+(?:\.[a-z_]+)?)", text):
-            if key not in keys and key not in ("key", "keys"):
+        named = re.findall(r"(?:--set |config keys? )([a-z_]+(?:\.[a-z_]+)?)=", text)  # --set n_folds=N
+        named += re.findall(r"config keys? ([a-z_]+\.[a-z_]+)\b", text)  # config key model.weights
+        for key in named:
+            if key not in keys and key != "section.key":
                 wrong.append(f"{path.name}:{line}: config key {key} does not exist")
         for key in re.findall(r"\b((?:model|train|aug|data)\.[a-z_]+)=", text):
             if key not in keys:

@@ -399,8 +399,8 @@ def _preallocate(fd: int, nbytes: int) -> None:
 def _no_space(path: Path, nbytes: int, shape: tuple, e: OSError) -> PackError:
     n, s = shape[0], shape[1]
     return PackError(f"no space left for the pack in {path}: it needs {nbytes} bytes ({n} x {s} x {s} x 3 = "
-                     f"{human_bytes(nbytes)}); free space there or pass --cache-dir / set KIT_CACHE_DIR "
-                     f"({e.strerror or e})", "disk full")
+                     f"{human_bytes(nbytes)}); free space there or put the packs elsewhere: KIT_CACHE_DIR (kit pack "
+                     f"--cache-dir) ({e.strerror or e})", "disk full")
 
 
 def _allocate(path: Path, shape: tuple) -> None:
@@ -615,8 +615,8 @@ def _locked(path: Path, log: Callable[[str], None]) -> Iterator[bool]:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise PackError(f"cannot create the pack folder {path} ({e.strerror or e}); pass --cache-dir or set "
-                        "KIT_CACHE_DIR") from e
+        raise PackError(f"cannot create the pack folder {path} ({e.strerror or e}); set KIT_CACHE_DIR to a "
+                        "writable folder (kit pack --cache-dir)") from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
