@@ -85,8 +85,8 @@ def _add_training_actions(actions) -> None:
     t.add_argument("--owner", required=True, help="your Kaggle user name")
     flags.add_out(t, "the kernel folder", default="kernels/train-<competition>", metavar="DIR")
     t.set_defaults(out=None)
-    t.add_argument("--run", required=True, dest="out_run", metavar="RUN",
-                   help="the local run folder the result is pulled into")
+    t.add_argument("--run", dest="out_run", metavar="RUN",
+                   help="the local run folder the result is pulled into (required)")
     flags.deprecated(t, ["--out-run"], "--run", "out_run")
     t.add_argument("--sessions", type=int, default=1, help="pushes at most, each a Kaggle session (default 1)")
     _train_options(t, with_flag=False)
@@ -124,8 +124,7 @@ def _wait_options(p, wait: float, poll_every: float) -> None:
 
 
 def _data_option(p) -> None:
-    p.add_argument("--data", default=None, help="your local copy of the competition data, recorded in the run "
-                   "(default: keep Kaggle's path)")
+    flags.add_data(p, default_note="your local copy, recorded in the pulled run; default: keep Kaggle's path")
 
 
 TRAIN_ONLY = {"config": "--config", "overrides": "--set", "time_budget": "--time-budget", "resume": "--continue",
@@ -173,6 +172,8 @@ def _train(args: argparse.Namespace) -> int:
     from kit.kernel import push_kernel
     from kit.kernel_train import pull_kernel, script_build
 
+    if not args.out_run:  # not argparse's required=True: the old spelling --out-run fills it too
+        raise ConfigError("missing --run RUN: the local run folder the result is pulled into")
     if args.sessions < 1:
         raise ConfigError(f"--sessions must be at least 1, got {args.sessions}")
     result = None
