@@ -97,7 +97,7 @@ def test_runs_with_different_folds_are_refused(predicted_runs, tmp_path):
 
 
 def test_runs_of_different_competitions_are_refused(predicted_runs, tmp_path):
-    with pytest.raises(ConfigError, match="is a isic-2018-task3 run but .* is histopathologic-cancer-detection"):
+    with pytest.raises(ConfigError, match="is an isic-2018-task3 run but .* is histopathologic-cancer-detection"):
         ensemble_runs([predicted_runs["hcd_a"].run_dir, predicted_runs["multi"].run_dir], "mean")
 
 
