@@ -167,7 +167,7 @@ def test_kit_train_uses_the_folds_csv_in_the_data_folder_and_says_so(demo_data, 
     assert main(["train", "-c", HCD, "--data", str(data), "--out", str(tmp_path / "run2"), "--folds", "0",
                  "--no-progress", *sets(*TINY, "n_folds=2")]) == 0
     out = capsys.readouterr().out
-    assert f"{data / 'folds.csv'} (3 folds) is not used since --set n_folds=2" in out
+    assert f"note: {data / 'folds.csv'} (3 folds) is not used since --set n_folds=2" in out
     assert f"--folds-file {data / 'folds.csv'}" in out and "folds 0 of 2;" in out
 
 

@@ -32,3 +32,17 @@ def with_folds_file(cfg, path):
 
     n = folds_in_file(path) if path else None
     return dataclasses.replace(cfg, n_folds=n) if n is not None and n >= 2 else cfg
+
+
+def data_folds_file(given: str | None, data_dir, overrides: dict) -> str | None:
+    """--folds-file, else the DATA/folds.csv that `kit folds` wrote (the user made it for a reason: the start line
+    names it); None: folds made from n_folds. An explicit n_folds that the file contradicts wins, with one line."""
+    found = data_dir / "folds.csv"
+    if given or not found.is_file():
+        return given
+    n, wanted = folds_in_file(found), overrides.get("n_folds")
+    if wanted is not None and n != wanted:
+        print(f"note: {found} ({n} folds) is not used since --set n_folds={wanted} asks for other folds; "
+              f"use it with --folds-file {found}", flush=True)
+        return None
+    return str(found)

@@ -1,6 +1,6 @@
 """kit train: k-fold training into a run folder (or --resume an interrupted one)."""
 
-from kit.commands import flags, parse_folds, with_folds_file
+from kit.commands import data_folds_file, flags, parse_folds, with_folds_file
 from kit.commands.flags import add_competition
 
 
@@ -69,7 +69,7 @@ def run(args) -> int:
         if missing:
             raise ConfigError(f"missing {', '.join(missing)} (or use --resume RUN_DIR)")
         overrides = _overrides(args)
-        args.folds_file = _folds_file(args.folds_file, Path(args.data), overrides)
+        args.folds_file = data_folds_file(args.folds_file, Path(args.data), overrides)
         cfg = with_folds_file(load_config(competition, args.config, overrides), args.folds_file)
         out, data_dir = Path(args.out), Path(args.data)
         folds = parse_folds(args.folds) if args.folds else None
@@ -130,22 +130,6 @@ def _overrides(args) -> dict:
         given = data.get("extra") or []  # a malformed --set value is left for the config check to name
         data["extra"] = (given if isinstance(given, list) else [given]) + [parse_extra(t) for t in args.extra_data]
     return overrides
-
-
-def _folds_file(given: str | None, data_dir, overrides: dict) -> str | None:
-    """--folds-file, else the DATA/folds.csv that `kit folds` wrote (the user made it for a reason: the start line
-    names it); None: folds made here. An explicit n_folds that the file contradicts wins, with one line."""
-    from kit.commands import folds_in_file
-
-    found = data_dir / "folds.csv"
-    if given or not found.is_file():
-        return given
-    n, wanted = folds_in_file(found), overrides.get("n_folds")
-    if wanted is not None and n != wanted:
-        print(f"kit train: {found} ({n} folds) is not used since --set n_folds={wanted} asks for other folds; "
-              f"use it with --folds-file {found}", flush=True)
-        return None
-    return str(found)
 
 
 def _budget(seconds, cfg, folds, started):

@@ -1,6 +1,6 @@
 """kit tune: an Optuna search over config keys (fold-aware pruning, resumable, many workers), or --best NAME."""
 
-from kit.commands import flags, parse_folds, with_folds_file
+from kit.commands import data_folds_file, flags, parse_folds, with_folds_file
 from kit.commands.flags import add_competition
 
 EPILOG = """\
@@ -45,8 +45,8 @@ def add_parser(sub):
                    help="total trials of the STUDY (not of this run): stop once it holds this many finished ones")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite:///<out>/<study>.db)")
     p.add_argument("--folds", default=None, help="folds each trial trains, e.g. 0,1 (default: all)")
-    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: made from "
-                   "n_folds)")
+    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: "
+                   "DATA/folds.csv when `kit folds` wrote one there, else folds made from n_folds)")
     p.add_argument("--pruner", default="median", choices=("median", "percentile", "halving", "hyperband", "none"),
                    help="how trials are pruned (default median)")
     p.add_argument("--pruner-startup", type=int, default=5, metavar="N",
@@ -91,6 +91,9 @@ def search(args) -> int:
     if args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     # a finished trial's last.pt is never resumed: dropped unless --set train.keep_last=true (which comes later)
+    from kit.config import parse_overrides
+
+    args.folds_file = data_folds_file(args.folds_file, Path(args.data), parse_overrides(args.overrides))
     base = with_folds_file(load_config(args.competition, args.config, ["train.keep_last=false", *args.overrides]),
                            args.folds_file)
     space_path = tune.resolve_space(args.space, base.competition)
