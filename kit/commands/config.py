@@ -24,9 +24,13 @@ def add_parser(sub):
 
 
 def run_show(args) -> int:
+    import contextlib
+    import sys
+
     from kit.config import config_to_yaml, load_config
 
-    cfg = load_config(args.competition, args.config, args.overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # its notes (a preset's value lowered, ...): stdout is the YAML
+        cfg = load_config(args.competition, args.config, args.overrides)
     print(config_to_yaml(cfg, with_provenance=False), end="")
     return 0
 
