@@ -30,8 +30,8 @@ def add_parser(sub):
     b.add_argument("--wheels-dataset", default=None, metavar="OWNER/SLUG",
                    help="the dataset with kit's wheel (default: the weights dataset; kit bundle puts both in one)")
     flags.add_tta(b)
-    flags.add_out(b, "the kernel folder", metavar="DIR")
-    b.set_defaults(out=None)
+    flags.add_out(b, "the kernel folder (default kernels/<competition>, with --train kernels/train-<competition>)",
+                  metavar="DIR")
     _train_options(b.add_argument_group("training kernels (--train)"))
     b.set_defaults(func=_build)
 
