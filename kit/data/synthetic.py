@@ -470,13 +470,14 @@ def make_demo_data(competition: str, out: str | Path, n: int = 400, seed: int = 
         raise ConfigError(f"--n must be at least 10, got {n}")
     n_test = max(n // 4, 4) if n_test is None else n_test
     _clear_for_demo(out)
+    # first: a set interrupted half-way is still known as kit's, and replaced by the next run
+    write_text_atomic(out / DEMO_MARK, json.dumps({"competition": spec.name, "n": n, "n_test": n_test, "seed": seed}))
     if spec.name == "histopathologic-cancer-detection":
         if size not in (None, 96):
             raise ConfigError("histopathology patches are always 96x96 (the PCam format); drop --size")
         write_histopathology(out, n, seed, n_test)
     else:
         WRITERS[spec.name](spec, out, n, seed, n_test, size or 128)
-    write_text_atomic(out / DEMO_MARK, json.dumps({"competition": spec.name, "n": n, "n_test": n_test, "seed": seed}))
     return out
 
 
