@@ -176,7 +176,7 @@ def training_curves_figure(spec: Competition, run: RunDir) -> Figure | None:
     metric_ax.set(xlabel="epoch", ylabel=spec.metric, title=f"validation {spec.metric} (circle: best epoch)")
     lr_ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)", yscale="log")
     for ax in (loss_ax, metric_ax, lr_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
         ax.set_xlim(0.5, last + 0.5)  # one epoch: a tick at 1, not an axis from 0.945 to 1.050
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

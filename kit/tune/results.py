@@ -88,7 +88,7 @@ def labelled_plots(study: optuna.Study) -> dict[str, Any]:
     from matplotlib.ticker import MaxNLocator
 
     for ax in (history, steps):  # trial numbers and steps are whole numbers: no tick at trial 0.5
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     return {"history": history, "intermediate": steps}
 
 
