@@ -20,7 +20,8 @@ from kit.competitions import Competition
 from kit.io import atomic_path
 from kit.metrics import get_metric
 from kit.oof import prediction_values
-from kit.rundir import RunDir
+from kit.records import TtaScores
+from kit.rundir import RunDir, open_source
 
 __all__ = ["confusion_matrix", "roc_figure", "training_curves_figure", "write_report"]
 
@@ -199,8 +200,8 @@ def plot_training_curves(spec: Competition, run: RunDir, path: Path) -> Path | N
 def _multiclass(spec: Competition, run: RunDir, oof: pd.DataFrame, out: Path) -> list[Path]:
     """Confusion without TTA and, once kit predict has written oof_tta.csv, with it (each title says); one recall
     plot with both side by side."""
-    oof_tta, info = run.oof_tta(), run.scores_tta()
-    tta = (f"TTA x{len(info['tta']['views'])}" if info else "TTA") if oof_tta is not None else "TTA"
+    oof_tta, info = run.oof_tta(), run.load(TtaScores, optional=True)
+    tta = (f"TTA x{len(info.views)}" if info else "TTA") if oof_tta is not None else "TTA"
     written = [plot_confusion(spec, oof, out / "confusion.png"), plot_recall(spec, oof, out / "recall.png", oof_tta,
                                                                              tta)]
     stale = out / "recall_tta.png"  # drawn by kit before recall.png held both
@@ -212,18 +213,20 @@ def _multiclass(spec: Competition, run: RunDir, oof: pd.DataFrame, out: Path) ->
 
 
 def write_report(run_dir: str | Path) -> list[Path]:
-    """Draw every plot that the run's files allow into ``RUN_DIR/report/``; return the paths written."""
-    run = RunDir.open(run_dir)
+    """Draw every plot that the run's (or a stack's) files allow into ``RUN_DIR/report/``; return the paths
+    written."""
+    run = open_source(run_dir)
     spec = run.competition()
     out = run.report_dir
-    oof = run.oof()
+    is_run = isinstance(run, RunDir)  # a stack has OOF predictions but no training histories
+    oof = run.oof() if is_run else run.predictions(run.oof_path)
     written = []
     with run.writing():
         if spec.is_binary:
             written.append(plot_roc(spec, oof, out / "roc.png", run.oof_tta()))
         else:
             written += _multiclass(spec, run, oof, out)
-        curves = plot_training_curves(spec, run, out / "training_curves.png")
+        curves = plot_training_curves(spec, run, out / "training_curves.png") if is_run else None
         if curves is not None:
             written.append(curves)
     return written
