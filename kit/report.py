@@ -20,7 +20,7 @@ from kit.competitions import Competition
 from kit.io import atomic_path
 from kit.metrics import get_metric
 from kit.oof import prediction_values
-from kit.records import TtaScores
+from kit.records import Scores, TtaScores
 from kit.rundir import RunDir, open_source
 
 __all__ = ["confusion_matrix", "roc_figure", "training_curves_figure", "write_report"]
@@ -181,8 +181,8 @@ def training_curves_figure(spec: Competition, run: RunDir) -> Figure | None:
         ax.set_xlim(0.5, last + 0.5)  # one epoch: a tick at 1, not an axis from 0.945 to 1.050
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    scores = run.scores()
-    cv = f", {_cv_text(spec, scores['cv'])}" if scores and scores.get("cv") is not None else ""
+    scores = run.load(Scores, optional=True)
+    cv = f", {_cv_text(spec, scores.cv)}" if scores is not None else ""
     fig.suptitle(f"{run.name}: training curves{cv}")
     return fig
 

@@ -146,7 +146,7 @@ def test_one_epoch_curves_have_an_integer_axis_and_the_cv_in_the_title(predicted
 
     run = RunDir(predicted_runs["multi"].run_dir)
     fig = training_curves_figure(run.competition(), run)
-    assert fig._suptitle.get_text().endswith(f"CV balanced_accuracy {run.scores()['cv']:.4f}")
+    assert fig._suptitle.get_text().endswith(f"CV balanced_accuracy {run.cv()[0]:.4f}")
     for ax in fig.axes[:3]:
         assert ax.get_xlim() == (0.5, 1.5) and [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
     assert fig.get_layout_engine() is not None
