@@ -14,6 +14,7 @@ and the image runs' scores, for the labelled rows and the test rows alike.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from kit.words import plural
 __all__ = ["ENGINEERED", "FeatureRecipe", "FeatureTable", "add_image_score", "fit_recipe",
            "image_feature_names", "image_score_features", "metadata_features", "patient_normalise",
            "rebuild_test_features"]
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-6
 
@@ -134,8 +137,8 @@ def _encode_categories(df: pd.DataFrame, categories: dict[str, list[str]], repor
             if report:
                 seen = ", ".join(repr(v) for v in values[unseen].unique()[:3])
                 verb = "has" if unknown[c] == 1 else "have"
-                print(f"warning: {plural(unknown[c], 'test row')} {verb} a '{c}' unseen in training ({seen}); "
-                      "coded as unknown")
+                log.warning(f"warning: {plural(unknown[c], 'test row')} {verb} a '{c}' unseen in training ({seen}); "
+                            "coded as unknown")
         codes = pd.Categorical(values.where(values.isin(vocab)), categories=vocab).codes.astype(np.float64)
         df[c] = np.where(codes < 0, np.nan, codes)
     return unknown
