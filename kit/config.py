@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import operator
 import re
 import subprocess
@@ -18,6 +19,8 @@ from typing import Any, Callable
 import yaml
 
 from kit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -453,9 +456,41 @@ def load_config(competition: str | None = None, preset: str | None = None,
         if isinstance(overrides, list):
             overrides = parse_overrides(overrides)
         data = _deep_update(data, overrides)
+        _users_values_win(data, overrides)
     cfg = from_dict(data)
     check_buildable(cfg)
+    if 0 < cfg.model.freeze_epochs >= cfg.train.epochs:
+        log.warning("note: model.freeze_epochs=%d >= train.epochs=%d: only the head trains, the backbone stays "
+                    "frozen throughout (lower model.freeze_epochs to fine-tune it)", cfg.model.freeze_epochs,
+                    cfg.train.epochs)
     return cfg
+
+
+def preset_competition(preset: str) -> str | None:
+    """The competition a preset names (``competition:`` in its YAML), None when it names none."""
+    name = read_yaml(resolve_preset(preset)).get("competition")
+    return str(name) if name else None
+
+
+def _users_values_win(data: dict[str, Any], given: dict[str, Any]) -> None:
+    """Where a ``--set`` value contradicts a preset's default that the user did not set, the user's value wins and
+    the preset's gives way, with one line each (a shipped preset must survive ``epochs=1`` or a weights file)."""
+    model, train = data.setdefault("model", {}), data.setdefault("train", {})
+    set_model, set_train = given.get("model") or {}, given.get("train") or {}
+    epochs = train.get("epochs")
+    if "epochs" in set_train and isinstance(epochs, int) and epochs >= 1:
+        for section, key, values, bound in (("train", "warmup_epochs", train, epochs - 1),
+                                            ("model", "freeze_epochs", model, epochs)):
+            own = set_train if section == "train" else set_model
+            value = values.get(key)
+            if key not in own and isinstance(value, int) and value > bound:
+                values[key] = bound
+                log.warning("note: %s.%s=%d of the preset lowered to %d to fit train.epochs=%d", section, key,
+                            value, bound, epochs)
+    if set_model.get("weights") and "pretrained" not in set_model and model.get("pretrained") not in (False, None):
+        log.warning("note: model.weights=%s given: the preset's model.pretrained=%s is turned off (the file gives "
+                    "the initial weights)", set_model["weights"], yaml.safe_dump(model["pretrained"]).split("\n")[0])
+        model["pretrained"] = False
 
 
 def check_buildable(cfg: Config) -> None:

@@ -41,6 +41,7 @@ from kit.metrics import get_metric
 from kit.oof import prediction_values
 from kit.records import PredictInfo
 from kit.rundir import open_source
+from kit.words import article
 
 __all__ = [
     "BLENDS",
@@ -214,7 +215,7 @@ def _load_members(run_dirs: Sequence[Path], fold_blend: str) -> list[Member]:
     spec = members[0].spec
     for m in members[1:]:
         if m.spec.name != spec.name:
-            raise ConfigError(f"{m.run_dir} is a {m.spec.name} run but {members[0].run_dir} is {spec.name}")
+            raise ConfigError(f"{m.run_dir} is {article(m.spec.name)} run but {members[0].run_dir} is {spec.name}")
     check_same_folds(run_dirs)
     if len({m.name for m in members}) < len(members):
         for m in members:

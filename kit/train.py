@@ -70,6 +70,7 @@ from kit.runtime import (
 )
 from kit.transforms import build_eval_transform, build_train_transform
 from kit.weights import WeightsSource, resolve_weights
+from kit.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +285,7 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     n_meta = 0 if meta is None else meta.shape[1]
     # built once with its weights file before anything is written: a bad name, size or file fails here
     weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
-    log.info(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE "
-             "to start from ImageNet weights" if weights.kind == "scratch" else ""))
+    log.info(_weights_line(cfg, weights, resuming=run.config_path.is_file()))
     probe = build_model(cfg.model.name, space.num_outputs, cfg.model.weights, cfg.model.img_size,
                         cfg.model.drop_rate, n_meta, cfg.model.pretrained)
     dcfg = data_config(probe, cfg.model.img_size)
@@ -296,6 +296,16 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     description = ModelDescription(cfg.model.name, space.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
     return RunData(spec, table, fold, dataset, meta_encoder, size, size if cfg.train.cache_images else None,
                    dcfg["mean"], dcfg["std"], description, space, all_targets, fold_source, weights, extra)
+
+
+def _weights_line(cfg: Config, weights: WeightsSource, resuming: bool) -> str:
+    """Where the model's weights come from; on a resume the folds with a last.pt continue from it instead."""
+    if resuming:
+        return (f"model {cfg.model.name}: folds with a last.pt continue from it; a fold not started yet begins from "
+                f"{weights.describe()}")
+    hint = ("; set model.pretrained=true or model.weights=FILE to start from ImageNet weights"
+            if weights.kind == "scratch" else "")
+    return f"model {cfg.model.name}: {weights.describe()}{hint}"
 
 
 def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataFrame, all_ids: list[str],
@@ -692,11 +702,16 @@ def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str
     amp, _ = resolve_amp(cfg.train.amp, device)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp]
     images = "from the pack" if cfg.train.cache_images else "decoded from the files each epoch"
-    weights = f"weights {Path(cfg.model.weights).name}" if cfg.model.weights else "from scratch"
+    weights = data.weights.short() if data.weights else "from scratch"
+    if run.config_path.is_file() and any(run.last_path(k).is_file() for k in folds):
+        weights = f"continuing from each fold's last.pt (initial weights: {weights})"
+    fresh_folds = data.fold_source is not None and Path(data.fold_source).resolve() != run.folds_path.resolve()
+    fold_file = f" (from {data.fold_source})" if fresh_folds else ""
     extra = "".join(f" + {e.describe()} (training only)" for e in data.extra)
     target = f"; trains on {len(data.space.classes)} classes, scores {data.space.scored}" if data.space.scored else ""
     return (f"kit train {run.path}: {device}, {precision}; {len(data.table)} images{extra} ({images}, "
-            f"{data.input_size} px); folds {','.join(map(str, folds))} of {cfg.n_folds}; {cfg.train.epochs} epochs; "
+            f"{data.input_size} px); folds {','.join(map(str, folds))} of {cfg.n_folds}{fold_file}; "
+            f"{plural(cfg.train.epochs, 'epoch')}; "
             f"{cfg.model.name}, {weights}{target}")
 
 

@@ -25,7 +25,7 @@ def check_class_counts(target: np.ndarray, n_folds: int, class_names: list[str] 
             return class_names[int(v)] if class_names else str(v)
         listed = ", ".join(f"{name(v)} has {c}" for v, c in too_few)
         raise DataError(f"too few samples for {n_folds} folds: class {listed} (need at least {n_folds} each); "
-                        f"lower --n-folds or add data")
+                        "lower the fold count (kit folds --n-folds N; kit train --set n_folds=N) or add data")
 
 
 def make_folds(target: np.ndarray, groups: np.ndarray | None, n_folds: int = 5, seed: int = 42,
@@ -33,7 +33,7 @@ def make_folds(target: np.ndarray, groups: np.ndarray | None, n_folds: int = 5, 
     """Fold index (0..n_folds-1) for each row. With ``groups``, all rows of a group share a fold."""
     target = np.asarray(target)
     if n_folds < 2:
-        raise DataError(f"--n-folds must be at least 2, got {n_folds}")
+        raise DataError(f"the fold count must be at least 2 (kit folds --n-folds, config key n_folds), got {n_folds}")
     check_class_counts(target, n_folds, class_names)
     fold = np.full(len(target), -1, dtype=np.int64)
     if groups is not None and len(np.unique(groups)) < len(groups):
