@@ -65,6 +65,7 @@ from kit.runtime import (
     resolve_device,
 )
 from kit.transforms import build_eval_transform, build_train_transform
+from kit.warm_start import InitRun, open_init_run
 from kit.weights import WeightsSource, resolve_weights
 
 __all__ = ["EpochCallback", "FoldResult", "FoldRunner", "RunData", "RunResult", "TrainingError", "prepare_data",
@@ -231,6 +232,8 @@ class RunData:
     """Where the initial weights came from (recorded in config.yaml as a name and sha256, not a path)."""
     extra: list[ExtraSource] = field(default_factory=list)
     """``data.extra``: sources whose rows (``dataset`` rows len(table) on) join every fold's training part only."""
+    init: InitRun | None = None
+    """``model.init_from``: the earlier run whose fold checkpoints start the folds (its folds checked)."""
 
     @property
     def extra_rows(self) -> np.ndarray:
@@ -278,12 +281,12 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
         meta = np.concatenate([meta_encoder.transform(t) for t in [table, *(e.table for e in extra)]])
         print(f"metadata branch: {meta_encoder.size} features from {len(meta_encoder.columns)} columns", flush=True)
     n_meta = 0 if meta is None else meta.shape[1]
+    init = open_init_run(cfg.model.init_from, spec, table["id"], fold) if cfg.model.init_from else None
+    weights = _initial_weights(cfg, init)
     # built once with its weights file before anything is written: a bad name, size or file fails here
-    weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
-    print(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE to "
-          "start from ImageNet weights" if weights.kind == "scratch" else ""), flush=True)
-    probe = build_model(cfg.model.name, space.num_outputs, cfg.model.weights, cfg.model.img_size,
-                        cfg.model.drop_rate, n_meta, cfg.model.pretrained)
+    weights_file, pretrained = _weights_args(cfg, init)
+    probe = build_model(cfg.model.name, space.num_outputs, weights_file, cfg.model.img_size, cfg.model.drop_rate,
+                        n_meta, pretrained)
     dcfg = data_config(probe, cfg.model.img_size)
     del probe
     size = dcfg["input_size"][-1]
@@ -291,7 +294,26 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     dataset = _run_dataset(cfg, spec, data_dir, table, all_ids, store, size, meta, all_targets, extra)
     description = ModelDescription(cfg.model.name, space.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
     return RunData(spec, table, fold, dataset, meta_encoder, size, size if cfg.train.cache_images else None,
-                   dcfg["mean"], dcfg["std"], description, space, all_targets, fold_source, weights, extra)
+                   dcfg["mean"], dcfg["std"], description, space, all_targets, fold_source, weights, extra, init)
+
+
+def _weights_args(cfg: Config, init: InitRun | None) -> tuple[str | None, bool | str]:
+    """(model.weights, model.pretrained) to build with: none of them under a warm start, which loads its own."""
+    return (None, False) if init is not None else (cfg.model.weights, cfg.model.pretrained)
+
+
+def _initial_weights(cfg: Config, init: InitRun | None) -> WeightsSource | None:
+    """Where the initial weights come from, said in one line; None under a warm start (``model.init_from``)."""
+    if init is not None:
+        ignored = [k for k, v in (("model.pretrained", cfg.model.pretrained), ("model.weights", cfg.model.weights))
+                   if v]
+        print(f"model {cfg.model.name}: {init.describe()}" + (f"; {' and '.join(ignored)} not used" if ignored
+              else ""), flush=True)
+        return None
+    weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
+    print(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE to "
+          "start from ImageNet weights" if weights.kind == "scratch" else ""), flush=True)
+    return weights
 
 
 def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataFrame, all_ids: list[str],
@@ -381,15 +403,22 @@ class FoldTrainer:
         seed_everything(t.seed + k)  # the same initial weights for a fold, whatever ran before it
         self.rt = Runtime.create(device, t.amp, t.channels_last, data.mean, data.std, data.space.task == "binary",
                                  data.model.n_meta > 0)
-        self.model = self.rt.place(build_model(cfg.model.name, data.space.num_outputs, cfg.model.weights,
-                                               cfg.model.img_size, cfg.model.drop_rate, data.model.n_meta,
-                                               cfg.model.pretrained))
+        self.model = self.rt.place(self._initial_model())
         if t.sync_bn:  # before the optimizer: it replaces the BatchNorm modules
             self.model = self.dist.sync_batchnorm(self.model, device)
         if t.compile:
             compile_model(self.model)
         self._build_optimisation()
         self.progress = FoldProgress()
+
+    def _initial_model(self) -> nn.Module:
+        """The fold's network: from its weights file, timm's pretrained weights, scratch, or (``model.init_from``)
+        the same fold's best weights of an earlier run."""
+        cfg, d = self.cfg, self.data
+        weights, pretrained = _weights_args(cfg, d.init)
+        model = build_model(cfg.model.name, d.space.num_outputs, weights, cfg.model.img_size, cfg.model.drop_rate,
+                            d.model.n_meta, pretrained)
+        return model if d.init is None else d.init.load_into(model, self.k, d.model)
 
     def _subset(self, idx: np.ndarray, transform) -> ImageDataset:
         return self.data.dataset.subset(idx).with_transform(transform)
@@ -654,6 +683,8 @@ def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: l
         try:
             dist.on_main(_start, run, fresh, overwrite)
             data = prepare_data(cfg, data_dir, run, Path(folds_file) if folds_file else None, exclude)
+            if data.init is not None:
+                data.init.check_folds(folds)
         except BaseException:
             if dist.is_main and created and not run.config_path.exists():  # a failed start leaves nothing behind
                 shutil.rmtree(run.path, ignore_errors=True)
@@ -671,7 +702,8 @@ def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str
     amp, _ = resolve_amp(cfg.train.amp, device)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp]
     images = "from the pack" if cfg.train.cache_images else "decoded from the files each epoch"
-    weights = f"weights {Path(cfg.model.weights).name}" if cfg.model.weights else "from scratch"
+    weights = (f"warm start from {cfg.model.init_from}" if cfg.model.init_from else
+               f"weights {Path(cfg.model.weights).name}" if cfg.model.weights else "from scratch")
     extra = "".join(f" + {e.describe()} (training only)" for e in data.extra)
     target = f"; trains on {len(data.space.classes)} classes, scores {data.space.scored}" if data.space.scored else ""
     return (f"kit train {run.path}: {device}, {precision}; {len(data.table)} images{extra} ({images}, "
