@@ -333,6 +333,9 @@ def _check_together(cfg: Config) -> None:
     if t.negatives_per_positive and t.balanced_sampler:
         raise ConfigError("config keys train.negatives_per_positive and train.balanced_sampler are two ways to "
                           "rebalance the classes: set one of them")
+    if cfg.data.pseudo and t.target != "competition":
+        raise ConfigError(f"config key data.pseudo is not valid with train.target={t.target}: the test predictions "
+                          "are the competition's target")
     soft = cfg.data.pseudo and not cfg.data.pseudo_hard
     if soft and space.task != "binary" and resolve_loss(t.loss, space.task) != "ce":  # focal gathers class indices
         raise ConfigError(f"config key data.pseudo with soft labels needs train.loss=ce (got {t.loss}); set "

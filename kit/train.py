@@ -54,6 +54,7 @@ from kit.metrics import get_metric
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
 from kit.oof import log_loss, prediction_frame, score_oof
 from kit.progress import Eta, Progress
+from kit.pseudo import PseudoSource, load_pseudo_sources, soft_targets
 from kit.rundir import RunDir
 from kit.runtime import (
     Runtime,
@@ -89,6 +90,8 @@ class EpochStats:
     images_per_s: float
     images: int = 0
     """The epoch's training rows (with data.extra: the fold's own and every extra one; subsampled: those drawn)."""
+    pseudo_images: int = 0
+    """Of those, the pseudo-labelled test images (data.pseudo)."""
 
 
 def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime,
@@ -121,7 +124,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         progress.postfix_fn = lambda: f"loss {loss_sum.item() / max(n_seen, 1):.4f}"
     for step, batch in enumerate(loader):
         x, meta = rt.inputs(batch)
-        y = batch["target"].to(rt.device, non_blocking=True)
+        # soft targets (data.pseudo): probabilities for every row; BCE and CE take them as they are
+        y = batch["soft" if "soft" in batch else "target"].to(rt.device, non_blocking=True)
         loss = loss_fn(rt.forward(model, x, meta), y.float() if rt.binary else y)
         _step(loss, model, optimizer, rt, grad_clip)
         global_step = epoch * steps_per_epoch + step + 1
@@ -231,14 +235,20 @@ class RunData:
     weights: WeightsSource | None = None
     """Where the initial weights came from (recorded in config.yaml as a name and sha256, not a path)."""
     extra: list[ExtraSource] = field(default_factory=list)
-    """``data.extra``: sources whose rows (``dataset`` rows len(table) on) join every fold's training part only."""
+    """``data.extra``, then ``data.pseudo`` (one source per fold): sources whose rows (``dataset`` rows len(table)
+    on) join the training part of every fold (a pseudo source: of its own fold) only."""
     init: InitRun | None = None
     """``model.init_from``: the earlier run whose fold checkpoints start the folds (its folds checked)."""
 
-    @property
-    def extra_rows(self) -> np.ndarray:
-        """The ``dataset`` rows of the extra sources."""
-        return np.arange(len(self.table), len(self.dataset.ids))
+    def training_only_rows(self, k: int, pseudo_only: bool = False) -> np.ndarray:
+        """The ``dataset`` rows that train fold ``k`` and validate none: every ``data.extra`` row and fold ``k``'s
+        pseudo-labelled test images (``pseudo_only``: those alone)."""
+        rows, start = [np.empty(0, dtype=np.int64)], len(self.table)
+        for source in self.extra:
+            if source.trains_fold(k) and (isinstance(source, PseudoSource) or not pseudo_only):
+                rows.append(np.arange(start, start + len(source.table)))
+            start += len(source.table)
+        return np.concatenate(rows)
 
 
 def _assign_folds(cfg: Config, spec: Competition, table: pd.DataFrame, run: RunDir,
@@ -273,14 +283,8 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     targets = run_targets(space, spec, table, data_dir / spec.labels_file)
     extra = load_extra_sources(cfg.data.extra, space, spec)
     fold, fold_source = _assign_folds(cfg, spec, table, run, folds_file)
-    meta_encoder = meta = None
-    if cfg.model.use_metadata:
-        if not spec.has_metadata:
-            raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
-        meta_encoder = MetaEncoder.fit(table)  # the competition's own rows: extra rows are encoded with its fit
-        meta = np.concatenate([meta_encoder.transform(t) for t in [table, *(e.table for e in extra)]])
-        print(f"metadata branch: {meta_encoder.size} features from {len(meta_encoder.columns)} columns", flush=True)
-    n_meta = 0 if meta is None else meta.shape[1]
+    meta_encoder = _meta_encoder(cfg, spec, table)
+    n_meta = 0 if meta_encoder is None else meta_encoder.size
     init = open_init_run(cfg.model.init_from, spec, table["id"], fold) if cfg.model.init_from else None
     weights = _initial_weights(cfg, init)
     # built once with its weights file before anything is written: a bad name, size or file fails here
@@ -290,11 +294,27 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     dcfg = data_config(probe, cfg.model.img_size)
     del probe
     size = dcfg["input_size"][-1]
+    extra = [*extra, *load_pseudo_sources(cfg, spec, data_dir, table["id"], fold, size)]
+    # the competition's own rows fit the encoder: extra rows are encoded with its fit
+    meta = None if meta_encoder is None else np.concatenate([meta_encoder.transform(t)
+                                                             for t in [table, *(e.table for e in extra)]])
     all_targets = np.concatenate([targets, *(e.targets for e in extra)])
     dataset = _run_dataset(cfg, spec, data_dir, table, all_ids, store, size, meta, all_targets, extra)
+    dataset.soft = soft_targets(spec, all_targets, extra)
     description = ModelDescription(cfg.model.name, space.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
     return RunData(spec, table, fold, dataset, meta_encoder, size, size if cfg.train.cache_images else None,
                    dcfg["mean"], dcfg["std"], description, space, all_targets, fold_source, weights, extra, init)
+
+
+def _meta_encoder(cfg: Config, spec: Competition, table: pd.DataFrame) -> MetaEncoder | None:
+    """The metadata branch's encoder fitted on the run's own rows (None without the branch)."""
+    if not cfg.model.use_metadata:
+        return None
+    if not spec.has_metadata:
+        raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
+    encoder = MetaEncoder.fit(table)
+    print(f"metadata branch: {encoder.size} features from {len(encoder.columns)} columns", flush=True)
+    return encoder
 
 
 def _weights_args(cfg: Config, init: InitRun | None) -> tuple[str | None, bool | str]:
@@ -387,7 +407,8 @@ class FoldTrainer:
         device = self.dist.device(resolve_device(t.device))
         self.workers = default_workers(t.num_workers, device)
         # the extra sources' rows train every fold and validate none
-        self.train_idx = np.concatenate([np.flatnonzero(data.fold != k), data.extra_rows])
+        self.train_idx = np.concatenate([np.flatnonzero(data.fold != k), data.training_only_rows(k)])
+        self.pseudo_idx = data.training_only_rows(k, pseudo_only=True)
         self.val_idx = np.flatnonzero(data.fold == k)
         self.targets = data.table["target"].to_numpy()  # the competition's: what validation scores
         if len(np.unique(self.targets[self.val_idx])) < 2:
@@ -517,7 +538,8 @@ class FoldTrainer:
                       overall_weight=1 / max(len(loader), 1)) as bar:
             stats = train_one_epoch(d.wrap(self.model, self.rt.device), loader, self.optimizer, self.loss_fn, self.rt,
                                     self.scheduler, self.ema, t.grad_clip, epoch, bar)
-        stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world, len(dataset))
+        stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world, len(dataset),
+                           int(np.isin(dataset.rows, self.pseudo_idx).sum()))
         if not math.isfinite(stats.loss):
             raise TrainingError(f"fold {self.k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
                                 f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
@@ -539,7 +561,8 @@ class FoldTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.progress.history.append({"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
                                       spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s,
-                                      "train_images": stats.images})
+                                      "train_images": stats.images}
+                                     | ({"pseudo_images": stats.pseudo_images} if self.cfg.data.pseudo else {}))
         print(f"fold {self.k} epoch {epoch + 1}/{self.cfg.train.epochs}: loss {stats.loss:.4f}  val_loss "
               f"{val_loss:.4f}  {spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s"
               + (f"  (run ETA {self.overall.eta()})" if self.overall is not None else ""), flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PREDICTED_RUNS, TINY
 
 from kit.checkpoint import load_checkpoint
 from kit.cli import main
@@ -13,8 +14,6 @@ from kit.data.pack import pack_path
 from kit.errors import DataError
 from kit.rundir import RunDir
 from kit.train import FoldTrainer, prepare_data, train_folds
-
-from conftest import PREDICTED_RUNS, TINY
 
 COMPETITION, _, MULTI, _ = PREDICTED_RUNS["multi"]
 
