@@ -124,9 +124,8 @@ def load_pseudo_sources(cfg: Config, spec: Competition, data_dir: Path, ids: pd.
 def soft_targets(spec: Competition, targets: np.ndarray, sources: Sequence[ExtraSource]) -> np.ndarray | None:
     """The training target of every row as probabilities when a source has soft labels (None when none has):
     the run's own rows and hard sources one-hot (binary: 0 or 1), soft sources their probabilities."""
-    parts = [s.soft for s in sources if isinstance(s, PseudoSource) and s.soft is not None]
-    if not parts:
-        return None
+    if not any(isinstance(s, PseudoSource) and s.soft is not None and len(s.soft) for s in sources):
+        return None  # hard labels, or no confident test image: the plain class-index targets
     n_classes = len(spec.classes)
     soft = targets.astype(np.float32) if spec.is_binary else np.eye(n_classes, dtype=np.float32)[targets]
     start = len(targets) - sum(len(s.targets) for s in sources)
