@@ -32,7 +32,7 @@ from kit.errors import ConfigError, DataError
 from kit.oof import prediction_values
 from kit.rundir import RunDir
 
-__all__ = ["PseudoSource", "load_pseudo_sources", "soft_targets"]
+__all__ = ["PseudoSource", "describe_pseudo", "load_pseudo_sources", "soft_targets"]
 
 
 @dataclass
@@ -119,6 +119,15 @@ def load_pseudo_sources(cfg: Config, spec: Competition, data_dir: Path, ids: pd.
     sources = [_fold_source(cfg, spec, run, k, test, store, data_dir) for k in range(cfg.n_folds)]
     check_images_exist(store, sorted({i for s in sources for i in s.table["id"]}), what="data.pseudo test ids")
     return sources
+
+
+def describe_pseudo(sources: Sequence[ExtraSource]) -> str:
+    """`` + pseudo-labelled test images from RUN (fold 0: 12, fold 1: 15; training only)`` for the start line."""
+    pseudo = [s for s in sources if isinstance(s, PseudoSource)]
+    if not pseudo:
+        return ""
+    counts = ", ".join(f"fold {s.fold}: {len(s.table)}" for s in pseudo)
+    return f" + pseudo-labelled test images from {pseudo[0].source} ({counts}; training only)"
 
 
 def soft_targets(spec: Competition, targets: np.ndarray, sources: Sequence[ExtraSource]) -> np.ndarray | None:

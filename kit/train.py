@@ -54,7 +54,7 @@ from kit.metrics import get_metric
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
 from kit.oof import log_loss, prediction_frame, score_oof
 from kit.progress import Eta, Progress
-from kit.pseudo import PseudoSource, load_pseudo_sources, soft_targets
+from kit.pseudo import PseudoSource, describe_pseudo, load_pseudo_sources, soft_targets
 from kit.rundir import RunDir
 from kit.runtime import (
     Runtime,
@@ -727,7 +727,8 @@ def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str
     images = "from the pack" if cfg.train.cache_images else "decoded from the files each epoch"
     weights = (f"warm start from {cfg.model.init_from}" if cfg.model.init_from else
                f"weights {Path(cfg.model.weights).name}" if cfg.model.weights else "from scratch")
-    extra = "".join(f" + {e.describe()} (training only)" for e in data.extra)
+    extra = "".join(f" + {e.describe()} (training only)" for e in data.extra if not isinstance(e, PseudoSource))
+    extra += describe_pseudo(data.extra)
     target = f"; trains on {len(data.space.classes)} classes, scores {data.space.scored}" if data.space.scored else ""
     return (f"kit train {run.path}: {device}, {precision}; {len(data.table)} images{extra} ({images}, "
             f"{data.input_size} px); folds {','.join(map(str, folds))} of {cfg.n_folds}; {cfg.train.epochs} epochs; "
