@@ -21,13 +21,14 @@ pooled over all OOF rows), with its wall time.
 --suite ablation: kit 0.1's ISIC preset taken apart, one change at a time (compare with the presets' arm (a)).
 
 Sizes: --limit images (whole lesions drawn at random; 0 = all 5,984), --size px (the shipped 128 px images
-area-resized), --epochs, --folds, --threads. The defaults (3,000 images, 64 px, 6 epochs, 3 folds, 1 thread) are
-sized for about 90 minutes of the recipes suite on the 2-core machine shared with other jobs; the real setting is
---limit 0 --size 128 --epochs 8 --folds 5 --threads 2 (many hours on that machine).
+area-resized), --epochs, --folds, --threads. The defaults (2,000 images, 48 px, 5 epochs, 2 folds, 1 thread) are
+sized for about 90 minutes of the recipes suite on the 2-core machine shared with other jobs (one arm of the presets
+suite took about 6 minutes there at load 8-10; the recipes suite trains 6.5 arms and predicts 7); closer to the real
+setting is --limit 0 --size 128 --epochs 8 --folds 5 --threads 2 (many hours on that machine).
 
     PYTHONPATH=. .venv/bin/python scripts/bench_quality.py [--suite recipes|presets|ablation]
         [--data ../shared/data/isic-2018-task3] [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors]
-        [--folds 3] [--size 64] [--epochs 6] [--limit 3000] [--threads 1] [--out /tmp/bench_quality] [--skip-anchor]
+        [--folds 2] [--size 48] [--epochs 5] [--limit 2000] [--threads 1] [--out /tmp/bench_quality] [--skip-anchor]
 """
 
 from __future__ import annotations
@@ -303,11 +304,11 @@ def parse_args() -> argparse.Namespace:
                     "kit's presets; ablation: kit 0.1's ISIC preset taken apart")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / COMPETITION)
     ap.add_argument("--weights", type=Path, default=ROOT / "weights" / "tf_efficientnet_lite0.imagenet.safetensors")
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--size", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_quality")
-    ap.add_argument("--limit", type=int, default=3000, help="train on this many images (whole lesions; 0 = all)")
+    ap.add_argument("--limit", type=int, default=2000, help="train on this many images (whole lesions; 0 = all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a machine shared with others)")
     ap.add_argument("--pseudo", type=float, default=0.9, help="the pseudo-label round's data.pseudo_threshold")
     ap.add_argument("--skip-anchor", action="store_true", help="presets suite: leave out the anchor's arm (0)")
