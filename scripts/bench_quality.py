@@ -233,10 +233,12 @@ def run_recipes(args, folds_file: Path) -> list[dict]:
     runs: dict[str, tuple[Path, float, Path]] = {}  # arm -> (run, seconds with its prediction, submission)
     for arm, (name, what, overrides) in RECIPES.items():
         try:
+            if name in args.skip:
+                raise ConfigError("--skip")
             run, seconds = kit_arm(args, name, folds_file, overrides)
         except ConfigError as e:  # a recipe whose keys this kit lacks
             rows.append({"arm": arm, "what": what, "mean_of_folds": float("nan"), "pooled": float("nan"),
-                         "wall_s": 0.0, "note": f"skipped: {str(e).split('.')[0]} in this kit"})
+                         "wall_s": 0.0, "note": f"skipped: {str(e).split('. ')[0]}"})
             print(f"== {arm} skipped: {e}", flush=True)
             continue
         add(arm, what, *oof_of(run), seconds)
@@ -312,6 +314,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a machine shared with others)")
     ap.add_argument("--pseudo", type=float, default=0.9, help="the pseudo-label round's data.pseudo_threshold")
     ap.add_argument("--skip-anchor", action="store_true", help="presets suite: leave out the anchor's arm (0)")
+    ap.add_argument("--skip", type=lambda text: text.split(","), default=[], metavar="ARMS",
+                    help="recipes suite: leave out these of mix,swa,topk (e.g. swa,topk)")
     return ap.parse_args()
 
 
