@@ -406,7 +406,7 @@ class FoldTrainer:
         self.dist = current_group()  # rank 0 of 1 outside torchrun
         device = self.dist.device(resolve_device(t.device))
         self.workers = default_workers(t.num_workers, device)
-        # the extra sources' rows train every fold and validate none
+        # the extra sources' rows train every fold, fold k's pseudo-labelled test images fold k; they validate none
         self.train_idx = np.concatenate([np.flatnonzero(data.fold != k), data.training_only_rows(k)])
         self.pseudo_idx = data.training_only_rows(k, pseudo_only=True)
         self.val_idx = np.flatnonzero(data.fold == k)

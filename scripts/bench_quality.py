@@ -222,9 +222,12 @@ def _grow(args, folds_file: Path) -> tuple[Path, float, str]:
     small, first = max(32, args.size // 2), max(1, args.epochs // 2)
     second = max(1, args.epochs - first)
     stage1, t1 = kit_arm(args, "grow_stage1", folds_file, [f"model.img_size={small}", f"train.epochs={first}"])
+    # the second stage goes on fine-tuning: every weight at the rate the preset gives the backbone after its head epoch
+    preset = load_config(COMPETITION, PRESET)
+    lr = preset.train.lr * preset.model.backbone_lr_scale
     stage2, t2 = kit_arm(args, "grow", folds_file, [f"model.init_from={stage1}", "model.freeze_epochs=0",
-                                                    f"train.epochs={second}"])
-    return stage2, t1 + t2, f"{first} epochs at {small} px, then {second} at {args.size} px from them"
+                                                    f"train.epochs={second}", f"train.lr={lr}"])
+    return stage2, t1 + t2, f"{first} epochs at {small} px, then {second} at {args.size} px from them (lr {lr:g})"
 
 
 def run_recipes(args, folds_file: Path) -> list[dict]:
