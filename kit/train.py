@@ -592,6 +592,8 @@ class FoldTrainer:
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
                self.data.spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s,
                "train_images": stats.images}
+        if self.cfg.data.pseudo:  # of train_images, the test images of data.pseudo
+            row["pseudo_images"] = stats.pseudo_images
         end = EpochEnd(epoch + 1, stats.loss, stats.images_per_s, stats.images, val_metric, val_loss, val_probs, lr,
                        self.progress.update(epoch + 1, val_metric, val_loss), eval_model, row)
         for handler in self.handlers:
