@@ -30,6 +30,7 @@ from kit.data.pack import split_pack
 from kit.data.readers import check_images_exist, open_store
 from kit.errors import ConfigError, DataError
 from kit.oof import prediction_values
+from kit.records import PredictInfo
 from kit.rundir import RunDir
 
 __all__ = ["PseudoSource", "describe_pseudo", "load_pseudo_sources", "soft_targets"]
@@ -66,7 +67,7 @@ def _source_run(cfg: Config, spec: Competition, input_size: int) -> RunDir:
     theirs = run.config().competition
     if theirs != spec.name:
         raise ConfigError(f"data.pseudo={cfg.data.pseudo} is a {theirs} run, this run is {spec.name}")
-    folds = [int(k) for k in run.predict_info()["folds"]]
+    folds = run.load(PredictInfo).folds
     size = load_checkpoint(run.best_path(folds[0])).input_size
     if size != input_size:
         raise ConfigError(f"data.pseudo={cfg.data.pseudo} predicted at {size} px, this run trains at {input_size} "

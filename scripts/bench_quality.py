@@ -183,7 +183,7 @@ def run_arms(args, folds_file: Path, images: np.ndarray, table: pd.DataFrame, fo
     fit = fit_nested(*oof_of(run_c))
     rows.append(_decision_row("(d)", "(c) + decision weights (nested CV)", fit, t_c + time.perf_counter() - start))
     print(f"== (d): mean of folds {fit.mean_after:.4f} pooled {fit.cv_after:.4f}", flush=True)
-    from kit.commands.predict import predict_and_submit
+    from kit.pipeline import predict_and_submit
 
     start = time.perf_counter()
     _, submission = predict_and_submit(run_c, tta="8", out_dir=args.out / "submissions", device="cpu", report=False,
@@ -209,7 +209,7 @@ RECIPES = {
 
 def _predicted(args, run: Path) -> tuple[Path, float]:
     """kit predict on the run (test images and OOF, no TTA, no decision weights): its submission and the seconds."""
-    from kit.commands.predict import predict_and_submit
+    from kit.pipeline import predict_and_submit
 
     start = time.perf_counter()
     _, submission = predict_and_submit(run, tta="1", out_dir=args.out / "submissions", device="cpu", report=False,
@@ -261,7 +261,7 @@ def run_recipes(args, folds_file: Path) -> list[dict]:
 def _ensemble_rows(args, rows: list[dict], runs: dict) -> list[dict]:
     """The fitted blend of every arm (nested CV), and both submissions (best arm, blend) checked by kit submit."""
     from kit.cli import main as kit
-    from kit.commands.ensemble import ensemble_and_submit
+    from kit.pipeline import ensemble_and_submit
 
     start = time.perf_counter()
     result, blend_sub, _ = ensemble_and_submit([r[0] for r in runs.values()], "fit", args.out / "submissions",

@@ -23,7 +23,7 @@ CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 def source(predicted_runs):
     """The session's tiny predicted multiclass run (32 px, 2 folds) and its data folder."""
     run = predicted_runs["multi"].run_dir
-    return run, RunDir(run).info()["data"]
+    return run, RunDir(run).data_dir()
 
 
 @pytest.fixture(scope="module")

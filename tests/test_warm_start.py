@@ -22,7 +22,7 @@ COMPETITION, _, MULTI, _ = PREDICTED_RUNS["multi"]
 def source(predicted_runs):
     """The tiny multiclass run of the session (32 px, metadata branch) and its data folder."""
     run = predicted_runs["multi"].run_dir
-    return run, RunDir(run).info()["data"]
+    return run, RunDir(run).data_dir()
 
 
 def warm_config(source_run, *more: str):

@@ -27,17 +27,18 @@ def run(args) -> int:
     from pathlib import Path
 
     from kit.config import config_to_yaml
+    from kit.records import RunInfo
     from kit.rundir import RunDir
 
     source = RunDir.open(args.run)
-    cfg, data_dir = source.config(), source.info()["data"]
+    cfg, data_dir, folds = source.config(), source.data_dir(), source.load(RunInfo).folds
     pairs = [f"data.pseudo={source.path.resolve()}", *(["data.pseudo_hard=true"] if args.hard else []),
              *([f"data.pseudo_threshold={args.threshold}"] if args.threshold is not None else []), *args.overrides]
     with tempfile.TemporaryDirectory() as tmp:
         preset = Path(tmp) / "config.yaml"  # the source's config, its paths resolved, as the new run's preset
         preset.write_text(config_to_yaml(cfg, with_provenance=False))
         argv = ["train", "-c", cfg.competition, "--data", str(data_dir), "--out", args.out, "--config", str(preset),
-                "--folds-file", str(source.folds_path), "--folds", ",".join(map(str, source.info()["folds"])),
+                "--folds-file", str(source.folds_path), "--folds", ",".join(map(str, folds)),
                 *(f"--set={pair}" for pair in pairs)]
         argv += [flag for flag, on in (("--overwrite", args.overwrite), ("--no-progress", args.no_progress)) if on]
         parser = argparse.ArgumentParser(prog="kit")
