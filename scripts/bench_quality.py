@@ -46,9 +46,10 @@ import torch
 
 from kit.competitions import get_competition
 from kit.config import load_config
+from kit.console import show_messages
 from kit.data.folds import make_folds, write_folds
 from kit.data.labels import load_train_table
-from kit.data.pack import split_pack
+from kit.data.readers import fit_square, open_store
 from kit.decision import fit_nested
 from kit.errors import ConfigError
 from kit.metrics import balanced_accuracy
@@ -57,6 +58,12 @@ from kit.weights import populate_hf_cache
 COMPETITION = "isic-2018-task3"
 PRESET = "isic-2018-task3-cpu"
 ROOT = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def load_images(spec, data: Path, ids: list[str], size: int) -> np.ndarray:
+    """The anchor's images: each decoded whole and area-resized to ``size`` x ``size`` (as kit's pack does)."""
+    store = open_store(spec, data, "train")
+    return np.stack([fit_square(store.read(k), size) for k in ids])
 
 
 def anchor_fold(images: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, epochs: int,
@@ -352,8 +359,7 @@ def main() -> None:
     elif args.suite == "ablation":
         rows = run_ablation(args, folds_file)
     else:
-        pack = split_pack(spec, args.data, "train", args.size)  # the anchor's images: the same pixels as kit's
-        images = np.stack([pack.rows[i] for i in pack.index(list(table["id"]))])
+        images = load_images(spec, args.data, list(table["id"]), args.size)
         rows = run_arms(args, folds_file, images, table, fold)
     text = table_text(rows)
     print(text)
@@ -364,4 +370,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()
