@@ -133,6 +133,9 @@ class ModelConfig:
                               ge=0)
     backbone_lr_scale: float = _f(0.1, "the backbone's learning rate relative to the head's once unfrozen "
                                        "(fine-tuning at a lower rate)", gt=0.0)
+    init_from: str | None = _f(None, "warm start: an earlier run folder whose fold{k}/best.pt starts fold k (growing "
+                                     "sizes: a 64 px run, then a 128 px run from it); refused unless its folds agree "
+                                     "with this run's; its weights replace model.pretrained and model.weights")
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,12 @@ class DataConfig:
                                  "(never validated, never in oof.csv or the CV): a list of {competition: NAME, data: "
                                  "DIR}; kit train --extra-data NAME=DIR", factory=list, check=_check_extra,
                            valid="a list of {competition: NAME, data: DIR}")
+    pseudo: str | None = _f(None, "pseudo-labels: a predicted run folder (kit predict) of this competition and image "
+                                  "size; fold k trains also on the test images its test_fold{k}.csv is confident "
+                                  "about (never validated, never in oof.csv or the CV); kit pseudo RUN")
+    pseudo_threshold: float = _f(0.9, "keep a test image when its top probability (binary: p or 1 - p) is at least "
+                                      "this", ge=0.0, le=1.0)
+    pseudo_hard: bool = _f(False, "pseudo-labels as the argmax class instead of the predicted probabilities")
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,13 @@ def _check_together(cfg: Config) -> None:
     if t.negatives_per_positive and t.balanced_sampler:
         raise ConfigError("config keys train.negatives_per_positive and train.balanced_sampler are two ways to "
                           "rebalance the classes: set one of them")
+    if cfg.data.pseudo and t.target != "competition":
+        raise ConfigError(f"config key data.pseudo is not valid with train.target={t.target}: the test predictions "
+                          "are the competition's target")
+    soft = cfg.data.pseudo and not cfg.data.pseudo_hard
+    if soft and space.task != "binary" and resolve_loss(t.loss, space.task) != "ce":  # focal gathers class indices
+        raise ConfigError(f"config key data.pseudo with soft labels needs train.loss=ce (got {t.loss}); set "
+                          "data.pseudo_hard=true for hard labels")
     if m.use_metadata and not spec.has_metadata:
         raise ConfigError(f"config key model.use_metadata=true is not valid; {spec.name} has no metadata")
     if cfg.aug.on_device:

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
     ("contracts", ("kit.records", "kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
-    ("train", ("kit.train", "kit.epoch_handlers", "kit.parallel_folds")),
+    ("train", ("kit.warm_start", "kit.pseudo", "kit.train", "kit.epoch_handlers", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),
