@@ -237,7 +237,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", data_dir
         log.info(f"note: {blend.note(spec.task)}")
     rows, weights = score_blends(members)
     if method not in weights:
-        raise ConfigError(f"--method {method} fits weights with a nested CV, which needs out-of-fold predictions of "
+        raise ConfigError(f"kit ensemble --method {method} fits weights with a nested CV, which needs out-of-fold predictions of "
                           f"at least 2 folds; these have fold {members[0].fold[0]} only: use "
                           f"{', '.join(n for n, b in BLENDS.items() if not b.fitted)}")
     if verbose:
