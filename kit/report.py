@@ -1,5 +1,5 @@
 """Plots of a run as PNG files in ``RUN_DIR/report/``: ROC curves (binary), confusion matrix and per-class recall
-(multiclass), training curves per fold. Everything is read from the run's saved files (oof.csv, oof_tta.csv,
+(multiclass), training curves per fold; then the run page ``report/index.html`` (kit.run_page) that shows them all. Everything is read from the run's saved files (oof.csv, oof_tta.csv,
 fold{k}/history.csv), so a report can be redrawn on any machine.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no global figure state, no GUI backend, safe in
@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from kit.competitions import Competition
 from kit.io import atomic_path
 from kit.metrics import get_metric
+from kit.run_page import write_run_page
 from kit.rundir import RunDir
 
 __all__ = ["confusion_matrix", "roc_figure", "training_curves_figure", "write_report"]
@@ -185,9 +186,9 @@ def _multiclass(spec: Competition, run: RunDir, oof: pd.DataFrame, out: Path) ->
     return written
 
 
-
 def write_report(run_dir: str | Path) -> list[Path]:
-    """Draw every plot that the run's files allow into ``RUN_DIR/report/``; return the paths written."""
+    """Draw every plot that the run's files allow into ``RUN_DIR/report/``, then the run page; return the paths
+    written."""
     run = RunDir.open(run_dir)
     spec = run.competition()
     out = run.report_dir
@@ -201,4 +202,5 @@ def write_report(run_dir: str | Path) -> list[Path]:
         curves = plot_training_curves(spec, run, out / "training_curves.png")
         if curves is not None:
             written.append(curves)
+        written.append(write_run_page(run.path))  # last: it shows every picture report/ holds by now
     return written

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("kit.train", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
-    ("report", ("kit.report", "kit.compare")),
+    ("report", ("kit.report", "kit.run_page", "kit.compare")),
     ("ensemble", ("kit.ensemble", "kit.decision")),
     ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
