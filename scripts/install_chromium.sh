@@ -6,7 +6,6 @@
 #
 # Everything but the path goes to stderr.
 set -euo pipefail
-log() { echo "install_chromium: $*" >&2; }
 
 find_chromium() {
   local name
@@ -17,14 +16,7 @@ find_chromium() {
 
 BIN=$(find_chromium || true)
 if [ -z "$BIN" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    log "chromium is not installed and this is not root; install it with: sudo apt-get install -y chromium"
-    exit 1
-  fi
-  log "installing chromium with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq chromium >&2
+  bash "$(dirname "$0")/apt_install.sh" chromium
   BIN=$(find_chromium)
 fi
 echo "$BIN"
