@@ -1,6 +1,7 @@
 """Plots of a run as PNG files in ``RUN_DIR/report/``: ROC curves (binary), confusion matrix and per-class recall
-(multiclass), training curves per fold; then the run page ``report/index.html`` (kit.run_page) that shows them all. Everything is read from the run's saved files (oof.csv, oof_tta.csv,
-fold{k}/history.csv), so a report can be redrawn on any machine.
+(multiclass), training curves per fold; then the run page ``report/index.html`` (kit.run_page) that shows them
+all. Everything is read from the run's saved files (oof.csv, oof_tta.csv, fold{k}/history.csv), so a report can be
+redrawn on any machine.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no global figure state, no GUI backend, safe in
 threads and on headless machines.

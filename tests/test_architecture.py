@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
     ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
-    ("train", ("kit.train", "kit.parallel_folds")),
+    ("train", ("kit.train", "kit.parallel_folds", "kit.trackers")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report", "kit.run_page", "kit.compare")),

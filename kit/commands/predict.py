@@ -54,7 +54,7 @@ def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, ba
     print(f"wrote {submission} ({fold_merge} of {len(result.folds)} fold{'s' * (len(result.folds) > 1)})")
     if report:
         paths = write_report(run.path)
-        print(f"report: {len(paths)} plots in {run.report_dir}")
+        print(f"report: {len(paths) - 1} plots and the run page {run.report_dir / 'index.html'}")
     return result, submission
 
 
