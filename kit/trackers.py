@@ -136,7 +136,7 @@ class TensorBoardFoldTracker:
     def on_fit_start(self, trainer, start_epoch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        if not trainer.dist.is_main:  # rank 0 alone logs
+        if not trainer.is_main:  # rank 0 alone logs
             return
         # a resumed fold drops the events after its checkpoint: a killed run may have logged an epoch it redoes
         self.writer = SummaryWriter(log_dir=str(trainer.run.path / TB_DIR / f"fold{trainer.k}"),
@@ -169,7 +169,7 @@ class MlflowFoldTracker:
         self.cfg, self.client, self.run_id = cfg, None, None
 
     def on_fit_start(self, trainer, start_epoch: int) -> None:
-        if not trainer.dist.is_main:
+        if not trainer.is_main:
             return
         client = self.client = mlflow_client(self.cfg)
         parent = kit_run(client, self.cfg, trainer.run.path)
@@ -224,9 +224,17 @@ class RunTracking:
     def __enter__(self) -> RunTracking:
         require_trackers(self.cfg)
         if self.enabled and "mlflow" in self.cfg.train.loggers:
-            self.client = mlflow_client(self.cfg)
-            parent = study_run(self.client, self.cfg, Path(self.study[0]), self.study[1]) if self.study else None
-            self.run_id = kit_run(self.client, self.cfg, self.run_dir, parent, create=self.fresh)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.client = mlflow_client(self.cfg)
+                parent = study_run(self.client, self.cfg, Path(self.study[0]), self.study[1]) if self.study else None
+                self.run_id = kit_run(self.client, self.cfg, self.run_dir, parent, create=self.fresh)
+            except MlflowException as e:  # a refused store or URI: the first sentence says why and what to do
+                first = str(e.message).split(". ")[0]
+                raise ConfigError(f"train.mlflow_uri={self.cfg.train.mlflow_uri or '(MLflow default)'}: {first}"
+                                  + (" (set MLFLOW_ALLOW_FILE_STORE=true to use it anyway)"
+                                     if "MLFLOW_ALLOW_FILE_STORE" in str(e.message) else "")) from None
             self.client.update_run(self.run_id, status="RUNNING")
             log.info("mlflow: run %s in %s", self.run_id, self.client.tracking_uri)
         return self
