@@ -25,9 +25,9 @@ from kit.oof import prediction_values
 from kit.progress import Progress
 from kit.rundir import RunDir
 
-__all__ = ["BootstrapResult", "Comparison", "compare_runs", "paired_bootstrap", "resample_rows"]
+__all__ = ["BootstrapResult", "Comparison", "compare_runs", "paired_bootstrap", "resample_rows", "run_groups"]
 
-Metric = Callable[[np.ndarray, np.ndarray], float]
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def resample_rows(n_rows: int, groups: np.ndarray | None, rng: np.random.Generat
     return index.rows(rng.integers(0, index.n_groups, index.n_groups))
 
 
-def _score(metric: Metric, target: np.ndarray, pred: np.ndarray) -> float | None:
+def _score(metric: MetricFn, target: np.ndarray, pred: np.ndarray) -> float | None:
     try:
         with warnings.catch_warnings():  # a resample that lacks a class the model predicts is expected, not news
             warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
@@ -83,7 +83,7 @@ def _score(metric: Metric, target: np.ndarray, pred: np.ndarray) -> float | None
     return value if np.isfinite(value) else None
 
 
-def paired_bootstrap(metric: Metric, target: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
+def paired_bootstrap(metric: MetricFn, target: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
                      groups: np.ndarray | None = None, resamples: int = 2000, confidence: float = 0.95,
                      seed: int = 0, progress: bool = False) -> BootstrapResult:
     """The difference ``metric(B) - metric(A)`` and its percentile interval over ``resamples`` paired resamples
