@@ -177,6 +177,11 @@ def build_handlers(cfg: Config, metric: str, eta: Callable[[], str | None],
     """The epoch-end handlers of a fold, in the order they run. A new concern joins the ``concerns`` list."""
     t = cfg.train
     concerns: list[EpochHandler] = []  # between the best checkpoint and the history: may add history columns
-    return [BestCheckpoint(), *concerns, History(metric, t.epochs, eta), LastCheckpoint(),
+    trackers: list[EpochHandler] = []  # after the history: they log its complete row, before a callback may raise
+    if t.loggers:
+        from kit.trackers import fold_trackers  # the trackers' handlers subclass EpochHandler: imported on use
+
+        trackers = fold_trackers(cfg)
+    return [BestCheckpoint(), *concerns, History(metric, t.epochs, eta), *trackers, LastCheckpoint(),
             *([EpochCallbackHandler(on_epoch)] if on_epoch is not None else []),
             *([EarlyStopping(t.early_stopping)] if t.early_stopping else [])]

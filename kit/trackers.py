@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.config import Config
+from kit.epoch_handlers import EpochEnd, EpochHandler, FoldLoop
 from kit.errors import ConfigError
 
 __all__ = ["EXTRA", "LOGGERS", "MlflowFoldTracker", "RunTracking", "TensorBoardFoldTracker", "fold_trackers",
@@ -125,7 +126,7 @@ def study_run(client, cfg: Config, study_dir: Path, name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- fold handlers
-class TensorBoardFoldTracker:
+class TensorBoardFoldTracker(EpochHandler):
     """A fold's epochs as TensorBoard scalars in ``RUN/tensorboard/fold{k}/``."""
 
     name = "tensorboard"
@@ -133,7 +134,7 @@ class TensorBoardFoldTracker:
     def __init__(self) -> None:
         self.writer = None
 
-    def on_fit_start(self, trainer, start_epoch: int) -> None:
+    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         if not trainer.is_main:  # rank 0 alone logs
@@ -142,25 +143,19 @@ class TensorBoardFoldTracker:
         self.writer = SummaryWriter(log_dir=str(trainer.run.path / TB_DIR / f"fold{trainer.k}"),
                                     purge_step=start_epoch + 1 if start_epoch else None)
 
-    def on_epoch_end(self, trainer, end) -> None:
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
         if self.writer is None:
             return
         for key, value in epoch_scalars(end.row).items():
             self.writer.add_scalar(key, value, end.epoch)
         self.writer.flush()  # TensorBoard shows a long run while it trains
 
-    def on_fit_end(self, trainer) -> None:
+    def on_fit_end(self, trainer: FoldLoop) -> None:
         if self.writer is not None:
             self.writer.close()
 
-    def state_dict(self) -> dict:
-        return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class MlflowFoldTracker:
+class MlflowFoldTracker(EpochHandler):
     """A fold's epochs as the metrics of an MLflow run nested in the kit run's."""
 
     name = "mlflow"
@@ -168,7 +163,7 @@ class MlflowFoldTracker:
     def __init__(self, cfg: Config) -> None:
         self.cfg, self.client, self.run_id = cfg, None, None
 
-    def on_fit_start(self, trainer, start_epoch: int) -> None:
+    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
         if not trainer.is_main:
             return
         client = self.client = mlflow_client(self.cfg)
@@ -183,22 +178,16 @@ class MlflowFoldTracker:
         tags = {PARENT_TAG: parent, FOLD_TAG: str(trainer.k)}
         self.run_id = client.create_run(experiment, tags=tags, run_name=f"fold {trainer.k}").info.run_id
 
-    def on_epoch_end(self, trainer, end) -> None:
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
         if self.run_id is not None:
             _log_batch(self.client, self.run_id, metrics=epoch_scalars(end.row), step=end.epoch)
 
-    def on_fit_end(self, trainer) -> None:
+    def on_fit_end(self, trainer: FoldLoop) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, "FINISHED")
 
-    def state_dict(self) -> dict:
-        return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-def fold_trackers(cfg: Config) -> list:
+def fold_trackers(cfg: Config) -> list[EpochHandler]:
     """The epoch-end handlers of ``train.loggers``, in its order."""
     require_trackers(cfg)
     make = {"tensorboard": TensorBoardFoldTracker, "mlflow": lambda: MlflowFoldTracker(cfg)}
@@ -243,6 +232,11 @@ class RunTracking:
         if self.run_id is None:
             return
         status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, self.stopped) else "FAILED"
+        if kind is not None:  # a fold stopped by an exception (a pruned trial) never reached on_fit_end
+            experiment = self.client.get_run(self.run_id).info.experiment_id
+            for fold in self.client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{self.run_id}' and "
+                                                "attributes.status = 'RUNNING'"):
+                self.client.set_terminated(fold.info.run_id, status)
         self.client.set_terminated(self.run_id, status)
 
     def finish(self, scores: dict[str, float], plots: list[Path] = ()) -> None:
