@@ -167,7 +167,7 @@ def mlflow_server(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # the server and its uvicorn worker
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
