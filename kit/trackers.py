@@ -29,8 +29,8 @@ from kit.config import Config
 from kit.epoch_handlers import EpochEnd, EpochHandler, FoldLoop
 from kit.errors import ConfigError
 
-__all__ = ["EXTRA", "LOGGERS", "MlflowFoldTracker", "RunTracking", "TensorBoardFoldTracker", "fold_trackers",
-           "require_trackers"]
+__all__ = ["EXTRA", "LOGGERS", "MlflowFoldTracker", "RunTracking", "TensorBoardFoldTracker", "finish_study",
+           "fold_trackers", "require_trackers"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,19 @@ def study_run(client, cfg: Config, study_dir: Path, name: str) -> str:
     if found is not None:
         return found
     return client.create_run(experiment, tags={STUDY_TAG: folder}, run_name=name).info.run_id
+
+
+def finish_study(cfg: Config, study_dir: str | Path, best: float | None) -> None:
+    """End the study's MLflow run (each worker that finishes does; the last one's end stands), with its best CV."""
+    if "mlflow" not in cfg.train.loggers:
+        return
+    client = mlflow_client(cfg)
+    run_id = find_run(client, experiment_id(client, cfg), STUDY_TAG, str(Path(study_dir).resolve()))
+    if run_id is None:  # no trial of this worker ran: nothing was opened
+        return
+    if best is not None:
+        _log_batch(client, run_id, metrics={"best_cv": best})
+    client.set_terminated(run_id, "FINISHED")
 
 
 # ----------------------------------------------------------------------------------------- fold handlers

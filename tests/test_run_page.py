@@ -73,3 +73,18 @@ def test_a_run_without_tta_says_how_to_get_it(predicted_runs, tmp_path):
     html = write_report(run)[-1].read_text()
     assert "No TTA scores yet" in html and "kit predict" in html
     assert html.count("<img ") == 2  # roc.png and training_curves.png
+
+
+@needs_browser
+def test_the_readme_screenshot_script_takes_the_page(predicted_runs, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = shutil.copytree(predicted_runs["hcd_a"].run_dir, tmp_path / "hcd")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_run_page.sh"
+    env = {**os.environ, "KIT": f"{sys.executable} -m kit"}
+    subprocess.run(["bash", str(script), str(run), str(tmp_path / "page.png")], check=True, env=env, timeout=300)
+    with Image.open(tmp_path / "page.png") as im:
+        assert im.size == (1200, 1500) and np.asarray(im.convert("L")).std() > 5

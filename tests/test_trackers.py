@@ -190,6 +190,7 @@ def test_tune_trials_nest_under_the_study_on_a_real_mlflow_server(demo_data, tmp
     assert trials["tags.mlflow.runName"].tolist() == ["trial-0", "trial-1"]
     assert set(trials["status"]) == {"FINISHED"} and trials["metrics.cv"].notna().all()
     assert trials["params.train.lr"].nunique() == 2  # each trial's own suggested config
+    assert study["status"].iloc[0] == "FINISHED" and study["metrics.best_cv"].iloc[0] == trials["metrics.cv"].max()
     for trial_id in trials["run_id"]:
         folds = runs[runs["tags.mlflow.parentRunId"] == trial_id]
         assert folds["tags.kit.fold"].tolist() == ["0"]
