@@ -147,3 +147,27 @@ def test_compare_with_tta_needs_kit_predict(siim_pair, capsys):
     a, b, _ = siim_pair
     assert main(["runs", "--compare", str(a.path), str(b.path), "--tta"]) == 1
     assert "kit predict" in capsys.readouterr().err
+
+
+def test_multiclass_runs_are_compared_on_their_class_columns(shared_data, tmp_path):
+    """ISIC 2018 (balanced accuracy over 7 class columns): B predicts the truth, A a fixed class."""
+    from kit.competitions import get_competition
+    from kit.data.labels import load_train_table
+
+    spec = get_competition("isic-2018-task3")
+    data_dir = shared_data / spec.name
+    table = load_train_table(spec, data_dir).head(300)
+    target = table["target"].to_numpy()
+    fold = np.arange(len(table)) % 2
+    runs = []
+    for name, guess in (("a", np.zeros_like(target)), ("b", target)):
+        probs = np.eye(len(spec.classes))[guess] * 0.9 + 0.1 / len(spec.classes)
+        run = RunDir(tmp_path / name)
+        with run.writing():
+            run.write_config(load_config(spec.name, overrides=["model.name=test_resnet", "model.img_size=32"]))
+            run.write_info(data_dir, [0, 1])
+            run.write_csv(run.oof_path, prediction_frame(spec, table["id"], probs, fold=fold, target=target))
+        runs.append(run)
+    c = compare_runs(runs[0].path, runs[1].path, resamples=50)
+    assert c.metric == "balanced_accuracy" and c.score_b == 1.0 and c.score_a == pytest.approx(1 / 7)
+    assert c.group_col == "lesion_id" and c.result.diff == pytest.approx(6 / 7) and c.result.low > 0.5
