@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -21,8 +20,6 @@ from kit.oof import score_oof
 from kit.rundir import RunDir
 
 __all__ = ["PAGE", "page_html", "write_run_page"]
-
-log = logging.getLogger(__name__)
 
 PAGE = "index.html"
 FIRST = ("training_curves", "roc", "confusion", "recall", "confusion_tta", "recall_tta")
@@ -128,6 +125,4 @@ def write_run_page(run_dir: str | Path) -> Path:
     run = RunDir.open(run_dir)
     path = run.report_dir / PAGE
     run.report_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, page_html(run))
-    log.info("run page: %s", path)
-    return path
+    return write_text_atomic(path, page_html(run))
