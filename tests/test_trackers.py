@@ -195,3 +195,32 @@ def test_tune_trials_nest_under_the_study_on_a_real_mlflow_server(demo_data, tmp
         folds = runs[runs["tags.mlflow.parentRunId"] == trial_id]
         assert folds["tags.kit.fold"].tolist() == ["0"]
         assert [s for s, _ in metric_history(mlflow_server, folds["run_id"].iloc[0], "auc")] == [1]
+
+
+def test_a_resumed_run_and_fold_log_on_into_their_mlflow_runs(tmp_path, monkeypatch):
+    """kit train --resume: the kit run's MLflow run is found again by its folder, a resumed fold's by its fold tag,
+    and a fresh kit train into the folder starts a new one (the loop's side is a stand-in: no training needed)."""
+    from types import SimpleNamespace
+
+    from kit.config import load_config
+    from kit.rundir import RunDir
+    from kit.trackers import MlflowFoldTracker, RunTracking
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    cfg = load_config(HCD, overrides=["train.loggers=[mlflow]", f"train.mlflow_uri={uri}"])
+    trainer = SimpleNamespace(run=RunDir(tmp_path / "run"), k=0, is_main=True)
+
+    def session(fresh: bool, start: int, epochs: range) -> tuple[str, str]:
+        with RunTracking(cfg, trainer.run.path, fresh=fresh) as tracking:
+            fold = MlflowFoldTracker(cfg)
+            fold.on_fit_start(trainer, start)
+            for epoch in epochs:
+                fold.on_epoch_end(trainer, SimpleNamespace(epoch=epoch, row={"epoch": epoch, "val_loss": 1 / epoch}))
+            fold.on_fit_end(trainer)
+        return tracking.run_id, fold.run_id
+
+    first = session(True, 0, range(1, 3))
+    assert session(False, 2, range(3, 5)) == first  # resumed after epoch 2
+    assert [s for s, _ in metric_history(uri, first[1], "val_loss")] == [1, 2, 3, 4]
+    assert session(True, 0, range(1, 2))[0] != first[0]  # a fresh run into the same folder
