@@ -167,7 +167,7 @@ def run_groups(run: RunDir, ids: pd.Series) -> np.ndarray | None:
     spec = run.competition()
     if not spec.group_col:
         return None
-    data = run.info()["data"]
+    data = run.data_dir()
     if data is None or not Path(data).is_dir():
         raise KitError(f"{run.path}: its data folder {data} is not here, and the groups ({spec.group_col}) come "
                        "from its labels; pass --no-groups to resample single rows instead")

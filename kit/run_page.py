@@ -17,6 +17,7 @@ import pandas as pd
 from kit.errors import DataError
 from kit.io import write_text_atomic
 from kit.oof import score_oof
+from kit.records import FoldResult, TtaScores
 from kit.rundir import RunDir
 
 __all__ = ["PAGE", "page_html", "write_run_page"]
@@ -68,13 +69,14 @@ def _scores_table(run: RunDir) -> str:
     rows = []
     for k, g in oof.groupby("fold"):
         k = int(k)
-        best = run.fold_result(k).get("best_epoch") if run.result_path(k).is_file() else None
+        result = run.load(FoldResult, fold=k, optional=True)
+        best = result.best_epoch if result is not None else None
         rows.append(f"<tr><td>fold {k}</td><td class=num>{len(g)}</td><td class=num>{best or '-'}</td>"
                     f"<td class=num>{_fmt(plain.get(k))}</td><td class=num>{_fmt(tta.get(k))}</td></tr>")
     rows.append(f"<tr class=total><td>CV (pooled)</td><td class=num>{len(oof)}</td><td></td>"
                 f"<td class=num>{_fmt(plain_cv)}</td><td class=num>{_fmt(tta_cv)}</td></tr>")
-    views = run.scores_tta()
-    tta_head = f"TTA x{len(views['tta']['views'])}" if views and "tta" in views else "TTA"
+    views = run.load(TtaScores, optional=True)
+    tta_head = f"TTA x{len(views.views)}" if views is not None and views.views else "TTA"
     return (f"<table><tr><th>fold</th><th>rows</th><th>best epoch</th><th>{spec.metric}, no TTA</th>"
             f"<th>{spec.metric}, {tta_head}</th></tr>{''.join(rows)}</table>"
             + ("" if oof_tta is not None else f"<p class=sub>No TTA scores yet: run <code>kit predict "

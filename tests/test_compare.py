@@ -14,6 +14,7 @@ from kit.cli import main
 from kit.compare import compare_runs, paired_bootstrap, resample_rows
 from kit.config import load_config
 from kit.oof import prediction_frame
+from kit.records import RunInfo
 from kit.rundir import RunDir
 
 TRUE_DIFF = 0.05
@@ -76,7 +77,7 @@ def siim_run(path, data_dir, oof: pd.DataFrame) -> RunDir:
     run = RunDir(path)
     with run.writing():
         run.write_config(load_config(SIIM, overrides=["model.name=test_resnet", "model.img_size=32"]))
-        run.write_info(data_dir, [0, 1])
+        run.save_info(data_dir, [0, 1])
         run.write_csv(run.oof_path, oof)
     return run
 
@@ -136,7 +137,7 @@ def test_a_missing_data_folder_names_the_way_out(siim_pair, tmp_path, capsys):
     a, b, _ = siim_pair
     moved = tmp_path / "moved"
     shutil.copytree(a.path, moved)
-    RunDir(moved).info_path.write_text('{"data": "/nowhere/isic", "folds": [0, 1]}')
+    RunDir(moved).record_path(RunInfo).write_text('{"data": "/nowhere/siim", "folds": [0, 1]}')
     assert main(["runs", "--compare", str(moved), str(b.path), "--resamples", "50"]) == 1
     assert "--no-groups" in capsys.readouterr().err
     assert main(["runs", "--compare", str(moved), str(b.path), "--resamples", "50", "--no-groups"]) == 0
@@ -165,7 +166,7 @@ def test_multiclass_runs_are_compared_on_their_class_columns(shared_data, tmp_pa
         run = RunDir(tmp_path / name)
         with run.writing():
             run.write_config(load_config(spec.name, overrides=["model.name=test_resnet", "model.img_size=32"]))
-            run.write_info(data_dir, [0, 1])
+            run.save_info(data_dir, [0, 1])
             run.write_csv(run.oof_path, prediction_frame(spec, table["id"], probs, fold=fold, target=target))
         runs.append(run)
     c = compare_runs(runs[0].path, runs[1].path, resamples=50)
