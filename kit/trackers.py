@@ -1,6 +1,7 @@
 """Experiment trackers: TensorBoard and MLflow, chosen by ``train.loggers`` (none by default).
 
-Each fold's epochs reach a tracker through an epoch-end handler (kit.epoch_handlers): every number of the epoch's
+Each fold's epochs reach a tracker through an epoch-end handler (kit.epoch_handlers' TensorBoardTracker and
+MlflowTracker, which call the functions here): every number of the epoch's
 history.csv row (losses, the validation metric, the learning rate, images/s, and any column another handler adds)
 at step = epoch. Around the whole run, :class:`RunTracking` (used by ``kit train`` and by each ``kit tune`` trial)
 logs the resolved config once, and at the end the CV and the run's plots.
@@ -26,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from kit.config import Config
-from kit.epoch_handlers import EpochEnd, EpochHandler, FoldLoop
 from kit.errors import ConfigError
 
-__all__ = ["EXTRA", "LOGGERS", "MlflowFoldTracker", "RunTracking", "TensorBoardFoldTracker", "finish_study",
-           "fold_trackers", "require_trackers"]
+__all__ = ["EXTRA", "LOGGERS", "RunTracking", "finish_study", "fold_run", "fold_writer", "log_metrics",
+           "require_trackers", "write_scalars"]
 
 log = logging.getLogger(__name__)
 
@@ -138,73 +138,37 @@ def finish_study(cfg: Config, study_dir: str | Path, best: float | None) -> None
     client.set_terminated(run_id, "FINISHED")
 
 
-# ----------------------------------------------------------------------------------------- fold handlers
-class TensorBoardFoldTracker(EpochHandler):
-    """A fold's epochs as TensorBoard scalars in ``RUN/tensorboard/fold{k}/``."""
+# ------------------------------------------------------------------------------------------------ per fold
+def fold_writer(run_dir: Path, k: int, start_epoch: int):
+    """The TensorBoard writer of fold ``k``; a resumed fold drops the events after its checkpoint (a killed run may
+    have logged an epoch it redoes)."""
+    from torch.utils.tensorboard import SummaryWriter
 
-    name = "tensorboard"
-
-    def __init__(self) -> None:
-        self.writer = None
-
-    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        if not trainer.is_main:  # rank 0 alone logs
-            return
-        # a resumed fold drops the events after its checkpoint: a killed run may have logged an epoch it redoes
-        self.writer = SummaryWriter(log_dir=str(trainer.run.path / TB_DIR / f"fold{trainer.k}"),
-                                    purge_step=start_epoch + 1 if start_epoch else None)
-
-    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
-        if self.writer is None:
-            return
-        for key, value in epoch_scalars(end.row).items():
-            self.writer.add_scalar(key, value, end.epoch)
-        self.writer.flush()  # TensorBoard shows a long run while it trains
-
-    def on_fit_end(self, trainer: FoldLoop) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    return SummaryWriter(log_dir=str(Path(run_dir) / TB_DIR / f"fold{k}"),
+                         purge_step=start_epoch + 1 if start_epoch else None)
 
 
-class MlflowFoldTracker(EpochHandler):
-    """A fold's epochs as the metrics of an MLflow run nested in the kit run's."""
-
-    name = "mlflow"
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg, self.client, self.run_id = cfg, None, None
-
-    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
-        if not trainer.is_main:
-            return
-        client = self.client = mlflow_client(self.cfg)
-        parent = kit_run(client, self.cfg, trainer.run.path)
-        experiment = experiment_id(client, self.cfg)
-        found = find_run(client, experiment, PARENT_TAG, parent, f"tags.`{FOLD_TAG}` = '{trainer.k}'") \
-            if start_epoch else None
-        if found is not None:  # a resumed fold logs on into its own run
-            client.update_run(found, status="RUNNING")
-            self.run_id = found
-            return
-        tags = {PARENT_TAG: parent, FOLD_TAG: str(trainer.k)}
-        self.run_id = client.create_run(experiment, tags=tags, run_name=f"fold {trainer.k}").info.run_id
-
-    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
-        if self.run_id is not None:
-            _log_batch(self.client, self.run_id, metrics=epoch_scalars(end.row), step=end.epoch)
-
-    def on_fit_end(self, trainer: FoldLoop) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, "FINISHED")
+def write_scalars(writer, row: dict[str, Any], epoch: int) -> None:
+    for key, value in epoch_scalars(row).items():
+        writer.add_scalar(key, value, epoch)
+    writer.flush()  # TensorBoard shows a long run while it trains
 
 
-def fold_trackers(cfg: Config) -> list[EpochHandler]:
-    """The epoch-end handlers of ``train.loggers``, in its order."""
-    require_trackers(cfg)
-    make = {"tensorboard": TensorBoardFoldTracker, "mlflow": lambda: MlflowFoldTracker(cfg)}
-    return [make[name]() for name in cfg.train.loggers]
+def fold_run(cfg: Config, run_dir: Path, k: int, resumed: bool):
+    """(client, MLflow run id) of fold ``k``, nested in the kit run's; a resumed fold logs on into its own run."""
+    client = mlflow_client(cfg)
+    parent = kit_run(client, cfg, run_dir)
+    experiment = experiment_id(client, cfg)
+    found = find_run(client, experiment, PARENT_TAG, parent, f"tags.`{FOLD_TAG}` = '{k}'") if resumed else None
+    if found is not None:
+        client.update_run(found, status="RUNNING")
+        return client, found
+    tags = {PARENT_TAG: parent, FOLD_TAG: str(k)}
+    return client, client.create_run(experiment, tags=tags, run_name=f"fold {k}").info.run_id
+
+
+def log_metrics(client, run_id: str, row: dict[str, Any], epoch: int) -> None:
+    _log_batch(client, run_id, metrics=epoch_scalars(row), step=epoch)
 
 
 # ------------------------------------------------------------------------------------------------ the run

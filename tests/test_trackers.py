@@ -203,8 +203,9 @@ def test_a_resumed_run_and_fold_log_on_into_their_mlflow_runs(tmp_path, monkeypa
     from types import SimpleNamespace
 
     from kit.config import load_config
+    from kit.epoch_handlers import MlflowTracker
     from kit.rundir import RunDir
-    from kit.trackers import MlflowFoldTracker, RunTracking
+    from kit.trackers import RunTracking
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = (tmp_path / "mlruns").as_uri()
@@ -213,7 +214,7 @@ def test_a_resumed_run_and_fold_log_on_into_their_mlflow_runs(tmp_path, monkeypa
 
     def session(fresh: bool, start: int, epochs: range) -> tuple[str, str]:
         with RunTracking(cfg, trainer.run.path, fresh=fresh) as tracking:
-            fold = MlflowFoldTracker(cfg)
+            fold = MlflowTracker(cfg)
             fold.on_fit_start(trainer, start)
             for epoch in epochs:
                 fold.on_epoch_end(trainer, SimpleNamespace(epoch=epoch, row={"epoch": epoch, "val_loss": 1 / epoch}))
