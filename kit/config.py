@@ -100,6 +100,19 @@ def _check_extra(key: str, value: Any) -> None:
             raise ConfigError(f"config key {key}: {e}") from None
 
 
+TRACKERS = ("tensorboard", "mlflow")
+"""The experiment trackers train.loggers may name (kit.trackers)."""
+
+
+def _check_loggers(key: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key {key}={value} is not valid; expected a list such as [tensorboard, mlflow] "
+                          "(--set train.loggers=[mlflow])")
+    for name in value:
+        if name not in TRACKERS:
+            raise _not_one_of(key, name, list(TRACKERS))
+
+
 def _targets() -> tuple[str, ...]:
     from kit.data.targets import TARGETS
 
@@ -194,6 +207,12 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (slow first steps, then faster on a GPU; needs a C compiler)")
     sync_bn: bool = _f(False, "under torchrun with several GPUs: BatchNorm statistics over the global batch "
                               "(SyncBatchNorm) instead of each process's part")
+    loggers: list[str] = _f(None, "experiment trackers that get each epoch's metrics, the config and the plots: a "
+                                  "list of tensorboard, mlflow (pip install 'kit[trackers]'); [] = none",
+                            factory=list, check=_check_loggers, valid="a list of tensorboard, mlflow")
+    mlflow_uri: str = _f("", "MLflow tracking URI: a file store (file:///abs/mlruns), a database URL or a server "
+                             "(http://host:5000); empty: $MLFLOW_TRACKING_URI, else MLflow's default")
+    mlflow_experiment: str = _f("", "MLflow experiment of the runs; empty: kit-<competition>")
 
 
 @dataclass(frozen=True)

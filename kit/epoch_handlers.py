@@ -24,9 +24,10 @@ from torch import nn
 from kit.checkpoint import Checkpoint, TrainingState, save_checkpoint
 from kit.config import Config
 from kit.rundir import RunDir
+from kit.trackers import fold_run, fold_writer, log_metrics, require_trackers, write_scalars
 
 __all__ = ["BestCheckpoint", "EarlyStopping", "EpochCallbackHandler", "EpochEnd", "EpochHandler", "FoldLoop",
-           "History", "LastCheckpoint", "build_handlers"]
+           "History", "LastCheckpoint", "MlflowTracker", "TensorBoardTracker", "build_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +173,57 @@ class EarlyStopping(EpochHandler):
             trainer.stop = f"early stop after epoch {end.epoch} ({self.patience} epochs without improvement)"
 
 
+class TensorBoardTracker(EpochHandler):
+    """train.loggers: the fold's epochs as TensorBoard scalars in ``RUN/tensorboard/fold{k}/`` (kit.trackers)."""
+
+    name = "tensorboard"
+
+    def __init__(self) -> None:
+        self.writer = None
+
+    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
+        if trainer.is_main:  # rank 0 alone logs
+            self.writer = fold_writer(trainer.run.path, trainer.k, start_epoch)
+
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
+        if self.writer is not None:
+            write_scalars(self.writer, end.row, end.epoch)
+
+    def on_fit_end(self, trainer: FoldLoop) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class MlflowTracker(EpochHandler):
+    """train.loggers: the fold's epochs as the metrics of an MLflow run nested in the kit run's (kit.trackers)."""
+
+    name = "mlflow"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg, self.client, self.run_id = cfg, None, None
+
+    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
+        if trainer.is_main:
+            self.client, self.run_id = fold_run(self.cfg, trainer.run.path, trainer.k, resumed=start_epoch > 0)
+
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
+        if self.run_id is not None:
+            log_metrics(self.client, self.run_id, end.row, end.epoch)
+
+    def on_fit_end(self, trainer: FoldLoop) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FINISHED")
+
+
 def build_handlers(cfg: Config, metric: str, eta: Callable[[], str | None],
                    on_epoch: EpochCallback | None = None) -> list[EpochHandler]:
     """The epoch-end handlers of a fold, in the order they run. A new concern joins the ``concerns`` list."""
     t = cfg.train
     concerns: list[EpochHandler] = []  # between the best checkpoint and the history: may add history columns
-    return [BestCheckpoint(), *concerns, History(metric, t.epochs, eta), LastCheckpoint(),
+    # after the history: they log its complete row, before a callback may raise (a pruned trial)
+    require_trackers(cfg)
+    trackers = [{"tensorboard": TensorBoardTracker, "mlflow": lambda: MlflowTracker(cfg)}[name]()
+                for name in t.loggers]
+    return [BestCheckpoint(), *concerns, History(metric, t.epochs, eta), *trackers, LastCheckpoint(),
             *([EpochCallbackHandler(on_epoch)] if on_epoch is not None else []),
             *([EarlyStopping(t.early_stopping)] if t.early_stopping else [])]

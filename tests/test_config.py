@@ -36,6 +36,7 @@ CLOSED_SETS = {
     "train.device": ("gpu", "cuda:N"),
     "train.target": ("diagnosiss", "diagnosis"),
     "data.extra": ("isic-2019", "competition: NAME"),
+    "train.loggers": ("tensorbord", "tensorboard"),
 }
 
 
