@@ -134,7 +134,7 @@ def _oof(run: RunDir, tta: bool) -> pd.DataFrame:
     oof = run.oof_tta()
     if oof is None:
         raise KitError(f"{run.path} has no {RunDir.OOF_TTA}: run `kit predict {run.path}` first, or compare "
-                       "without --tta")
+                       "without --with-tta")
     return oof
 
 

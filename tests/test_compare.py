@@ -146,7 +146,7 @@ def test_a_missing_data_folder_names_the_way_out(siim_pair, tmp_path, capsys):
 
 def test_compare_with_tta_needs_kit_predict(siim_pair, capsys):
     a, b, _ = siim_pair
-    assert main(["runs", "--compare", str(a.path), str(b.path), "--tta"]) == 1
+    assert main(["runs", "--compare", str(a.path), str(b.path), "--with-tta"]) == 1
     assert "kit predict" in capsys.readouterr().err
 
 

@@ -25,7 +25,7 @@ def add_parser(sub):
     g.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None, help="two run folders trained on the "
                    "same folds: the difference B - A of their CV scores with a paired bootstrap confidence interval "
                    "(whole patients or lesions resampled where the competition has them)")
-    g.add_argument("--tta", action="store_true", help="compare the CV with TTA (oof_tta.csv of kit predict)")
+    g.add_argument("--with-tta", dest="tta", action="store_true", help="compare the CV with TTA (oof_tta.csv of kit predict)")
     g.add_argument("--no-groups", action="store_true", help="resample single rows even where the competition has "
                    "groups (needed when the runs' data folder is not on this machine)")
     g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
