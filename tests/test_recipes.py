@@ -125,7 +125,7 @@ def _accumulated(batch_rows: list[int], accum_steps: int, epoch: int = 0) -> tup
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     rt = Runtime.create(CPU, "off", "off", (0.5,) * 3, (0.25,) * 3, binary=True, use_meta=False)
     edges = torch.tensor([0, *batch_rows]).cumsum(0).tolist()
-    loader = [{"image": images[a:b], "target": targets[a:b]} for a, b in zip(edges, edges[1:])]
+    loader = [{"image": images[a:b], "target": targets[a:b]} for a, b in zip(edges[:-1], edges[1:], strict=True)]
     scheduler, ema = _Recorder(), _Recorder()
     train_one_epoch(model, loader, optimizer, nn.BCEWithLogitsLoss(), rt, scheduler, ema, grad_clip=0.5,
                     epoch=epoch, accum_steps=accum_steps)
