@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kit.cli import main
+from kit.averaging import EpochAverage, TopK, recompute_batchnorm
 from kit.config import load_config
 from kit.errors import ConfigError
 from kit.losses import build_loss
@@ -163,3 +164,65 @@ def test_a_run_with_accumulation_and_mixup_resumes_exactly(demo_data, tmp_path):
     a = pd.read_csv(tmp_path / "whole" / "oof.csv", dtype={"id": str})
     b = pd.read_csv(tmp_path / "stopped" / "oof.csv", dtype={"id": str})
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ weight averaging
+def _bn_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(1))
+
+
+def _snapshots(n: int) -> list[nn.Module]:
+    models = [_bn_model(i) for i in range(n)]
+    for m in models:
+        m(torch.zeros(2, 3, 6, 6))  # materialise the lazy layer
+    return models
+
+
+def test_the_epoch_average_is_the_mean_of_the_weights_and_survives_a_state_round_trip():
+    snaps = _snapshots(3)
+    avg = EpochAverage(snaps[0])
+    for epoch, m in enumerate(snaps, 1):
+        avg.add(m, epoch)
+    for name, p in avg.model().named_parameters():
+        torch.testing.assert_close(p, torch.stack([dict(m.named_parameters())[name] for m in snaps]).mean(0))
+    again = EpochAverage(snaps[0])
+    again.load_state_dict(torch.load(_saved(avg.state_dict()), weights_only=True))  # what last.pt holds
+    assert again.epochs == [1, 2, 3]
+    torch.testing.assert_close(again.model().state_dict(), avg.model().state_dict())
+
+
+def _saved(state: dict):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_top_k_keeps_the_best_epochs_by_metric_then_loss_and_averages_them():
+    snaps = _snapshots(4)
+    top = TopK(2)
+    scores = [(0.70, 0.5), (0.90, 0.4), (0.80, 0.3), (0.90, 0.2)]  # epoch 4 ties epoch 2 on the metric, lower loss
+    kept = [top.offer(m, epoch, *score) for epoch, (m, score) in enumerate(zip(snaps, scores, strict=True), 1)]
+    assert kept == [True, True, True, True] and top.epochs == [2, 4]
+    assert not top.offer(snaps[0], 5, 0.5, 0.1)
+    restored = TopK(0)
+    restored.load_state_dict(torch.load(_saved(top.state_dict()), weights_only=True))
+    model = restored.average(snaps[0])
+    for name, p in model.named_parameters():
+        expected = (dict(snaps[1].named_parameters())[name] + dict(snaps[3].named_parameters())[name]) / 2
+        torch.testing.assert_close(p, expected)
+
+
+def test_batchnorm_statistics_are_measured_again_through_the_runtime():
+    model = _snapshots(1)[0]
+    rt = Runtime.create(CPU, "off", "off", (0.5,) * 3, (0.25,) * 3, binary=True, use_meta=False)
+    images = torch.full((8, 3, 6, 6), 200, dtype=torch.uint8)
+    assert recompute_batchnorm(model, [{"image": images[:4]}, {"image": images[4:]}], rt)
+    bn = model[1]
+    x = rt.inputs({"image": images})[0]
+    expected = model[0](x).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, expected.detach(), rtol=1e-4, atol=1e-5)
+    assert not recompute_batchnorm(nn.Linear(2, 1), [], rt)
