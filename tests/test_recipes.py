@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from kit.cli import main
 from kit.averaging import EpochAverage, TopK, recompute_batchnorm
+from kit.cli import main
 from kit.config import load_config
 from kit.errors import ConfigError
 from kit.losses import build_loss
