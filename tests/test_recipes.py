@@ -78,13 +78,13 @@ def test_mixup_trains_multiclass_with_metadata_weights_smoothing_and_stops_for_t
     monkeypatch.setattr(BatchMix, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
     seen: list[int] = []
     cfg = load_config(ISIC, overrides=TINY + [
-        "train.epochs=3", "model.use_metadata=true", "train.class_weights=true", "train.label_smoothing=0.1",
+        "train.epochs=2", "model.use_metadata=true", "train.class_weights=true", "train.label_smoothing=0.1",
         "train.mixup=0.4", "train.cutmix=1.0", "train.mixup_off_epochs=1"])
     train_folds(cfg, demo_data(ISIC, n=60, size=48), tmp_path / "run", folds=[0],
                 on_epoch=lambda k, epoch, metric: seen.append(len(calls)))
-    assert seen[0] > 0 and seen[1] > seen[0] and seen[2] == seen[1]  # mixed, mixed, then plain
+    assert seen[0] > 0 and seen[1] == seen[0]  # mixed, then plain
     history = pd.read_csv(tmp_path / "run" / "fold0" / "history.csv")
-    assert history["train_loss"].notna().all() and len(history) == 3
+    assert history["train_loss"].notna().all() and len(history) == 2
 
 
 CONFIG_ERRORS = [
@@ -145,10 +145,10 @@ def test_four_batches_of_16_accumulate_the_step_of_one_batch_of_64():
 
 def test_a_run_with_accumulation_and_mixup_resumes_exactly(demo_data, tmp_path):
     """Stopped after epoch 1 of fold 0 (last.pt written), resumed: the same OOF as an uninterrupted run."""
-    data = demo_data(HCD, n=64)
-    cfg = load_config(HCD, overrides=TINY + ["train.epochs=3", "train.accum_steps=3", "train.mixup=0.4",
+    data = demo_data(HCD, n=40)
+    cfg = load_config(HCD, overrides=TINY + ["train.epochs=2", "train.accum_steps=3", "train.mixup=0.4",
                                              "train.cutmix=1.0", "train.ema=true"])
-    train_folds(cfg, data, tmp_path / "whole")
+    train_folds(cfg, data, tmp_path / "whole", folds=[0])
 
     class Stop(Exception):
         pass
@@ -158,9 +158,12 @@ def test_a_run_with_accumulation_and_mixup_resumes_exactly(demo_data, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train_folds(cfg, data, tmp_path / "stopped", on_epoch=stop_after_first_epoch)
+        train_folds(cfg, data, tmp_path / "stopped", folds=[0], on_epoch=stop_after_first_epoch)
     assert (tmp_path / "stopped" / "fold0" / "last.pt").is_file()
     assert main(["train", "--resume", str(tmp_path / "stopped"), "--no-progress"]) == 0
+    a = pd.read_csv(tmp_path / "whole" / "fold0" / "history.csv")
+    b = pd.read_csv(tmp_path / "stopped" / "fold0" / "history.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="images_per_s"), b.drop(columns="images_per_s"))
     a = pd.read_csv(tmp_path / "whole" / "oof.csv", dtype={"id": str})
     b = pd.read_csv(tmp_path / "stopped" / "oof.csv", dtype={"id": str})
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6)
