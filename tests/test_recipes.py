@@ -3,6 +3,7 @@ accumulation, and weight averaging (SWA, top-k) into a normal best.pt."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pandas as pd
@@ -11,10 +12,12 @@ import torch
 from torch import nn
 
 from kit.averaging import EpochAverage, TopK, recompute_batchnorm
+from kit.checkpoint import load_checkpoint
 from kit.cli import main
 from kit.config import load_config
 from kit.errors import ConfigError
 from kit.losses import build_loss
+from kit.metrics import auc
 from kit.mixing import BatchMix
 from kit.runtime import Runtime
 from kit.train import train_folds, train_one_epoch
@@ -229,3 +232,56 @@ def test_batchnorm_statistics_are_measured_again_through_the_runtime():
     expected = model[0](x).mean(dim=(0, 2, 3))
     torch.testing.assert_close(bn.running_mean, expected.detach(), rtol=1e-4, atol=1e-5)
     assert not recompute_batchnorm(nn.Linear(2, 1), [], rt)
+
+
+def _state(path) -> dict:
+    return load_checkpoint(path).model_state
+
+
+def test_an_swa_fold_resumes_exactly_and_its_best_pt_predicts_through_kit_predict_and_the_kernel(demo_data, tmp_path,
+                                                                                                 capsys):
+    from kit.commands.predict import predict_and_submit
+
+    data = demo_data(HCD, n=40)
+    cfg = load_config(HCD, overrides=TINY + ["train.epochs=3", "train.swa_epochs=2"])
+    train_folds(cfg, data, tmp_path / "whole", folds=[0])
+    result = json.loads((tmp_path / "whole" / "fold0" / "result.json").read_text())
+    assert result["weights"] == "SWA of epochs 2,3"
+    assert "fold 0: best.pt holds the SWA of epochs 2,3" in capsys.readouterr().err
+    best, last = _state(tmp_path / "whole" / "fold0" / "best.pt"), _state(tmp_path / "whole" / "fold0" / "last.pt")
+    assert not torch.equal(best["fc.weight"], last["fc.weight"])  # not the last epoch's weights: their average
+
+    class Stop(Exception):
+        pass
+
+    def stop(k: int, epoch: int, metric: float) -> None:
+        if epoch == 1:  # epoch 2 is in the average when the fold stops
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_folds(cfg, data, tmp_path / "stopped", folds=[0], on_epoch=stop)
+    train_folds(cfg, data, tmp_path / "stopped", folds=[0])
+    resumed = _state(tmp_path / "stopped" / "fold0" / "best.pt")
+    for name, tensor in best.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6)
+
+    # kit predict and the kernel's prediction step read the averaged best.pt as any other
+    _, local = predict_and_submit(tmp_path / "whole", data, tta="2", out_dir=tmp_path / "local", report=False)
+    assert main(["kernel", "run", "--competition", HCD, "--data", str(data), "--weights", str(tmp_path / "whole"),
+                 "--working", str(tmp_path / "kernel"), "--tta", "2", "--device", "cpu"]) == 0
+    ours = pd.read_csv(tmp_path / "kernel" / "submission.csv", dtype={"id": str})
+    theirs = pd.read_csv(local, dtype={"id": str})
+    assert ours["id"].tolist() == theirs["id"].tolist()
+    assert ours["label"].to_numpy() == pytest.approx(theirs["label"].to_numpy(), abs=1e-6)
+
+
+def test_top_k_averages_the_best_epochs_into_best_pt(demo_data, tmp_path):
+    cfg = load_config(HCD, overrides=TINY + ["train.epochs=3", "train.top_k=2"])
+    train_folds(cfg, demo_data(HCD, n=40), tmp_path / "run", folds=[0])
+    result = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
+    history = pd.read_csv(tmp_path / "run" / "fold0" / "history.csv")
+    ranked = history.sort_values(["auc", "val_loss", "epoch"], ascending=[False, True, True])["epoch"].head(2)
+    assert result["weights"] == f"top-2 average of epochs {','.join(map(str, sorted(ranked)))}"
+    oof = pd.read_csv(tmp_path / "run" / "fold0" / "oof.csv")  # the fold's OOF predictions are the average's
+    assert load_checkpoint(tmp_path / "run" / "fold0" / "best.pt").metric == pytest.approx(auc(oof["target"],
+                                                                                               oof["pred"]))
