@@ -12,12 +12,10 @@ import logging
 from torch import nn
 
 from kit.averaging import EpochAverage, TopK, recompute_batchnorm
-from kit.epoch_handlers import EpochEnd, EpochHandler
-from kit.oof import prediction_frame
-from kit.runtime import make_loader
-from kit.transforms import build_eval_transform
+from kit.config import Config
+from kit.epoch_handlers import EpochEnd, EpochHandler, FoldLoop
 
-__all__ = ["SWAHandler", "TopKHandler", "averaging_handlers"]
+__all__ = ["SWAHandler", "TopKHandler", "averaging_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -27,56 +25,51 @@ def _epochs_text(epochs: list[int]) -> str:
     return f"{epochs[0]}-{epochs[-1]}" if consecutive and len(epochs) > 2 else ",".join(map(str, epochs))
 
 
-def replace_best(trainer, model: nn.Module, weights: str, epoch: int) -> float:
+def replace_best(trainer: FoldLoop, model: nn.Module, weights: str, epoch: int, metric_name: str) -> float:
     """Measure ``model``'s BatchNorm statistics on the fold's training rows, validate it, and make it the fold's
     best.pt and OOF predictions; its validation metric."""
-    from kit.train import validate  # the trainer's own validation: the averaged model is scored as every epoch is
-
-    t, d, dist = trainer.cfg.train, trainer.data, trainer.dist
-    rows = trainer.epoch_dataset(t.epochs - 1)  # the rows the last epoch trained on (all, or its subsample)
-    bn_rows = rows.subset(dist.shard(rows.rows)).with_transform(build_eval_transform(d.input_size, d.native_size))
-    recompute_batchnorm(model, make_loader(bn_rows, t.batch_size, trainer.workers, trainer.rt.device, train=False),
-                        trainer.rt)
-    dist.sync_buffers(model)  # rank 0's statistics: every rank validates one model
-    val_targets = trainer.targets[trainer.val_idx]
-    metric, probs = validate(model, trainer.val_loader, trainer.rt, val_targets, trainer.metric, None,
-                             lambda part: dist.gather_rows(part, len(trainer.val_idx)), d.space.scored_index)
-    p = trainer.progress
-    log.info("fold %d: best.pt holds the %s (%s %.4f; the best single epoch, %d, had %.4f)", trainer.k, weights,
-             d.spec.metric, metric, p.best_epoch, p.best_metric)
+    recompute_batchnorm(model, trainer.statistics_loader(), trainer.rt)
+    metric, probs = trainer.validate_model(model, f"fold {trainer.k} {weights} validation")
+    best_epoch, best_metric = trainer.best_epoch()
+    log.info(f"fold {trainer.k}: best.pt holds the {weights}: {metric_name} {metric:.4f} (the best single epoch, "
+             f"{best_epoch}, had {best_metric:.4f})")
     trainer.weights = weights
-    if dist.is_main:
-        trainer.save_best(epoch, metric, model)
-        ids = d.table["id"].to_numpy()[trainer.val_idx]
-        trainer.run.write_csv(trainer.run.fold_oof_path(trainer.k),
-                              prediction_frame(d.spec, ids, probs, fold=trainer.k, target=val_targets))
+    trainer.save_best(epoch, metric, model, probs)
     return metric
 
 
 class SWAHandler(EpochHandler):
-    """Averages the validated weights (the EMA's with train.ema) at the end of each of the last ``epochs`` epochs
-    (torch.optim.swa_utils.AveragedModel), under the run's own learning-rate schedule."""
+    """Averages the validated weights (the EMA's with train.ema) at the end of each epoch from ``first`` (1-based)
+    on (torch.optim.swa_utils.AveragedModel), under the run's own learning-rate schedule."""
 
     name = "swa"
 
-    def __init__(self, trainer, epochs: int):
-        self.first = trainer.cfg.train.epochs - epochs + 1  # 1-based: the first epoch averaged
-        self.average = EpochAverage(trainer.ema.module if trainer.ema is not None else trainer.model)
+    def __init__(self, first: int, metric_name: str):
+        self.first, self.metric_name = first, metric_name
+        self.average: EpochAverage | None = None
+        self.restored: dict | None = None
 
-    def on_epoch_end(self, trainer, end: EpochEnd) -> None:
+    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
+        # built here, where the model is known; a resume restored the state before
+        self.average = EpochAverage(trainer.eval_model())
+        if self.restored is not None:
+            self.average.load_state_dict(self.restored)
+
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
         if end.epoch >= self.first:
             self.average.add(end.eval_model, end.epoch)
 
-    def on_fit_end(self, trainer) -> None:
+    def on_fit_end(self, trainer: FoldLoop) -> None:
         epochs = self.average.epochs
         if epochs:
-            replace_best(trainer, self.average.model(), f"SWA of epochs {_epochs_text(epochs)}", epochs[-1])
+            replace_best(trainer, self.average.model(), f"SWA of epochs {_epochs_text(epochs)}", epochs[-1],
+                         self.metric_name)
 
     def state_dict(self) -> dict:
-        return self.average.state_dict()
+        return self.average.state_dict() if self.average is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.average.load_state_dict(state)
+        self.restored = state or None
 
 
 class TopKHandler(EpochHandler):
@@ -84,18 +77,17 @@ class TopKHandler(EpochHandler):
 
     name = "top_k"
 
-    def __init__(self, trainer, k: int):
-        self.top = TopK(k)
+    def __init__(self, k: int, metric_name: str):
+        self.top, self.metric_name = TopK(k), metric_name
 
-    def on_epoch_end(self, trainer, end: EpochEnd) -> None:
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
         self.top.offer(end.eval_model, end.epoch, end.val_metric, end.val_loss)
 
-    def on_fit_end(self, trainer) -> None:
+    def on_fit_end(self, trainer: FoldLoop) -> None:
         epochs = self.top.epochs
         if len(epochs) > 1:  # a fold stopped after one epoch has nothing to average
-            template = trainer.ema.module if trainer.ema is not None else trainer.model
-            replace_best(trainer, self.top.average(template), f"top-{len(epochs)} average of epochs "
-                         f"{_epochs_text(epochs)}", max(epochs))
+            replace_best(trainer, self.top.average(trainer.eval_model()),
+                         f"top-{len(epochs)} average of epochs {_epochs_text(epochs)}", max(epochs), self.metric_name)
 
     def state_dict(self) -> dict:
         return self.top.state_dict()
@@ -104,11 +96,9 @@ class TopKHandler(EpochHandler):
         self.top.load_state_dict(state)
 
 
-def averaging_handlers(cfg, trainer) -> list[EpochHandler]:
-    """The averaging the config asks for (train.swa_epochs or train.top_k; the config allows one)."""
+def averaging_handler(cfg: Config, metric_name: str) -> EpochHandler:
+    """The averaging the config asks for: train.swa_epochs or train.top_k (the config allows one)."""
     t = cfg.train
     if t.swa_epochs:
-        return [SWAHandler(trainer, t.swa_epochs)]
-    if t.top_k:
-        return [TopKHandler(trainer, t.top_k)]
-    return []
+        return SWAHandler(t.epochs - t.swa_epochs + 1, metric_name)
+    return TopKHandler(t.top_k, metric_name)
