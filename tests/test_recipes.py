@@ -247,7 +247,7 @@ def test_an_swa_fold_resumes_exactly_and_its_best_pt_predicts_through_kit_predic
     train_folds(cfg, data, tmp_path / "whole", folds=[0])
     result = json.loads((tmp_path / "whole" / "fold0" / "result.json").read_text())
     assert result["weights"] == "SWA of epochs 2,3"
-    assert "fold 0: best.pt holds the SWA of epochs 2,3" in capsys.readouterr().err
+    assert "fold 0: best.pt holds the SWA of epochs 2,3" in capsys.readouterr().out
     best, last = _state(tmp_path / "whole" / "fold0" / "best.pt"), _state(tmp_path / "whole" / "fold0" / "last.pt")
     assert not torch.equal(best["fc.weight"], last["fc.weight"])  # not the last epoch's weights: their average
 
