@@ -375,8 +375,9 @@ def _check_recipes(t: TrainConfig) -> None:
         raise ConfigError("config keys train.swa_epochs and train.top_k are two ways to average a fold's weights: "
                           "set one of them")
     if t.swa_epochs and t.early_stopping:
-        raise ConfigError("config key train.swa_epochs is not valid with train.early_stopping: SWA averages the last "
-                          "epochs, which an early stop may never reach; use train.top_k instead")
+        raise ConfigError(f"config key train.swa_epochs={t.swa_epochs} is not valid with train.early_stopping="
+                          f"{t.early_stopping}: SWA averages the last epochs, which an early stop may never reach; set "
+                          "train.early_stopping=0, or use train.top_k")
 
 
 def _target_space(cfg: Config):

@@ -96,7 +96,7 @@ CONFIG_ERRORS = [
     (["train.swa_epochs=1"], "train.swa_epochs=1 is not valid; it averages 2 to train.epochs (2)"),
     (["train.top_k=3"], "train.top_k=3 is not valid; it averages 2 to train.epochs (2)"),
     (["train.top_k=2", "train.swa_epochs=2"], "two ways to average"),
-    (["train.swa_epochs=2", "train.early_stopping=1"], "use train.top_k instead"),
+    (["train.swa_epochs=2", "train.early_stopping=1"], "set train.early_stopping=0, or use train.top_k"),
     (["train.accum_steps=0"], "train.accum_steps=0 is not valid; it must be >= 1"),
 ]
 
