@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("kit.config",)),
     ("contracts", ("kit.records", "kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed",
                    "kit.averaging")),
-    ("train", ("kit.train", "kit.epoch_handlers", "kit.weight_averaging", "kit.parallel_folds")),
+    ("train", ("kit.train", "kit.epoch_handlers", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),
