@@ -54,6 +54,7 @@ class BatchMix:
     def __call__(self, x: torch.Tensor, meta: torch.Tensor | None,
                  y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         x, w = self.weights(x)
-        hard = y.float() if self.binary else F.one_hot(y.long(), self.n_classes).float()
+        # class indices become one-hot rows; probabilities (binary, or data.pseudo's soft rows) mix as they are
+        hard = y.float() if self.binary or y.ndim == 2 else F.one_hot(y.long(), self.n_classes).float()
         soft = w @ hard
         return x, (None if meta is None else w @ meta.float()), soft
