@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("kit.train", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
+    ("diagnostics", ("kit.diagnostics",)),  # looks at a run with its fold models; the report embeds its pictures
     ("report", ("kit.report",)),
     ("ensemble", ("kit.ensemble", "kit.decision")),
     ("stack", ("kit.stack",)),
