@@ -72,9 +72,23 @@ def _output_shapes(body: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Modul
     return seen
 
 
-def target_layer(model: nn.Module, x: torch.Tensor, model_name: str = "the model") -> tuple[str, nn.Module]:
-    """The backbone's last feature map module (its name and itself) for input ``x``; a model without one raises."""
+def _named_layer(body: nn.Module, name: str, model_name: str) -> tuple[str, nn.Module]:
+    modules = dict(body.named_modules())
+    if name not in modules:
+        import difflib
+
+        close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+        raise CamError(f"{model_name} has no layer '{name}'" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    return name, modules[name]
+
+
+def target_layer(model: nn.Module, x: torch.Tensor, model_name: str = "the model",
+                 layer: str | None = None) -> tuple[str, nn.Module]:
+    """The backbone's last feature map module (its name and itself) for input ``x``, or the backbone's module named
+    ``layer``; a model without a feature map raises."""
     body = model.backbone if isinstance(model, MetaFusion) else model
+    if layer:
+        return _named_layer(body, layer, model_name)
     seen = _output_shapes(body, x)
     info = getattr(body, "feature_info", None)
     if info is not None and len(info):
@@ -142,14 +156,14 @@ def _targets(ckpt, rows: pd.DataFrame) -> tuple[list, list[str]]:
 
 
 def _fold_maps(images: RunImages, k: int, rows: pd.DataFrame, methods: Sequence[str], device: torch.device,
-               bar: Progress) -> tuple[list[np.ndarray], dict[str, np.ndarray], list[str], str]:
+               bar: Progress, layer: str | None) -> tuple[list[np.ndarray], dict[str, np.ndarray], list[str], str]:
     """Fold ``k``'s model on its own out-of-fold ``rows``: their pixels, each method's maps, what they explain."""
     lib = _library()
     model, ckpt, rt = load_fold_model(images.run.best_path(k), device)
     ds = images.dataset(rows[images.spec.id_col].tolist(), ckpt)
     batch = {key: torch.stack([ds[i][key] for i in range(len(ds))]) for key in ds[0]}
     x, meta = rt.inputs(batch)
-    layer_name, layer = target_layer(model, x, f"fold {k}'s {ckpt.model.name}")
+    layer_name, layer = target_layer(model, x, f"fold {k}'s {ckpt.model.name}", layer)
     net = _WithMeta(model, meta) if meta is not None else model
     targets, explained = _targets(ckpt, rows)
     maps: dict[str, list[np.ndarray]] = {m: [] for m in methods}
@@ -167,8 +181,9 @@ def _fold_maps(images: RunImages, k: int, rows: pd.DataFrame, methods: Sequence[
 
 def explain(run_dir: str | Path, ids: Sequence[str] | None = None, methods: Sequence[str] = DEFAULT_METHODS,
             n_errors: int = 6, n_correct: int = 2, data_dir: str | Path | None = None,
-            device: str = "auto") -> CamResult:
-    """CAMs of ``ids`` (default: :func:`default_ids`) with ``methods``, each by its own fold's model."""
+            device: str = "auto", layer: str | None = None) -> CamResult:
+    """CAMs of ``ids`` (default: :func:`default_ids`) with ``methods``, each by its own fold's model, at the
+    backbone's last feature map or its module named ``layer``."""
     methods = [CAM_METHODS.canonical(m) for m in methods]
     _library()
     run = RunDir.open(run_dir)
@@ -182,7 +197,7 @@ def explain(run_dir: str | Path, ids: Sequence[str] | None = None, methods: Sequ
     result = CamResult(spec, rows, [None] * len(rows), {m: None for m in methods}, [""] * len(rows))
     with Progress(len(rows) * len(methods), f"{run.name}: CAMs ({', '.join(methods)})", unit="map") as bar:
         for k, part in rows.groupby("fold", sort=True):
-            pixels, maps, explained, result.layers[int(k)] = _fold_maps(images, int(k), part, methods, dev, bar)
+            pixels, maps, explained, result.layers[int(k)] = _fold_maps(images, int(k), part, methods, dev, bar, layer)
             for j, i in enumerate(part.index):
                 result.images[i], result.explained[i] = pixels[j], explained[j]
             for m in methods:
