@@ -162,7 +162,7 @@ def test_each_image_is_explained_by_its_own_fold_model(predicted_runs, tmp_path,
     result = explain(run_dir, methods=["gradcam", "eigencam"], n_errors=3, n_correct=2, device="cpu")
     assert len(result.rows) == 5 and set(result.layers) == set(result.rows["fold"])
     assert result.explained == [f for f in result.rows["predicted"].map(lambda j: result.spec.classes[j])]
-    assert all(m.shape == (5, 48, 48) and np.isfinite(m).all() for m in result.maps.values())
+    assert all(m.shape == (5, 32, 32) and np.isfinite(m).all() for m in result.maps.values())  # model.img_size
     assert main(["show", "cam", str(run_dir), "--ids", "nope", "--device", "cpu"]) == 1
     assert "id nope is not in" in capsys.readouterr().err
     assert main(["show", "cam", str(run_dir), "--methods", "gradcam,gradcan", "--device", "cpu"]) == 1
@@ -221,3 +221,13 @@ def test_lr_find_on_a_run_changes_nothing_in_it(hcd_run, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in hcd_run.rglob("*")} == before
     assert main(["lr-find", str(hcd_run), "--stage", "thawed"]) == 1
     assert "--stage must be one of" in capsys.readouterr().err
+
+
+def test_the_readme_pictures_script_runs_its_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_readme_pictures.py"
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "docs" in done.stdout

@@ -40,6 +40,8 @@ def add_parser(sub):
     c.add_argument("--methods", default="gradcam,gradcam++",
                    help="comma-separated: gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam, scorecam "
                    "(default gradcam,gradcam++)")
+    c.add_argument("--layer", default=None, help="the backbone module to explain, e.g. layer3 (default: its last "
+                   "feature map)")
     c.add_argument("--n-errors", type=int, default=6, help="default ids: this many worst errors (default 6)")
     c.add_argument("--n-correct", type=int, default=2, help="default ids: this many confident correct (default 2)")
     c.add_argument("--data", default=None, help="competition data folder (default: the run's)")
@@ -99,7 +101,7 @@ def run_cam(args) -> int:
     from kit.diagnostics.cam import explain, write_cam_grid
 
     result = explain(args.run_dir, _ids(args.ids), _ids(args.methods) or [], args.n_errors, args.n_correct,
-                     args.data, args.device)
+                     args.data, args.device, args.layer)
     folder, lock = _writing(args.run_dir, args.out)
     with lock:
         print(write_cam_grid(result, folder).path)

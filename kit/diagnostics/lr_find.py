@@ -27,14 +27,16 @@ from kit.rundir import RunDir
 from kit.runtime import make_loader
 from kit.train import FoldTrainer, epoch_seed, prepare_data, train_one_epoch
 
-__all__ = ["LrFindResult", "lr_find", "plot_lr_find", "run_schedule", "smooth", "suggest_lr"]
+__all__ = ["LrFindResult", "centred_mean", "fold_trainer", "lr_find", "plot_lr_find", "run_schedule", "smooth",
+           "suggest_lr"]
 
 log = logging.getLogger(__name__)
 
 SMOOTHING = 0.98
-"""The losses' exponential moving average (bias-corrected), as fastai smooths them."""
+"""The running average (bias-corrected, as fastai's) that decides, step by step, whether the loss diverged: slow
+enough that one noisy batch does not stop the test."""
 DIVERGED = 4.0
-"""The test stops once the smoothed loss exceeds this many times its minimum."""
+"""The test stops once the running average exceeds this many times its minimum."""
 STAGES = ("auto", "frozen", "unfrozen")
 
 
@@ -45,6 +47,18 @@ def smooth(losses: np.ndarray, beta: float = SMOOTHING) -> np.ndarray:
         avg = beta * avg + (1 - beta) * loss
         out[i] = avg / (1 - beta ** (i + 1))
     return out
+
+
+def centred_mean(losses: np.ndarray, window: int | None = None) -> np.ndarray:
+    """The mean of a window of steps centred on each (edges repeated): the curve that is plotted and whose minimum
+    is sought. Unlike the running average it does not lag: a lag of w steps would move the minimum w steps, a
+    factor (end/start)**(w/steps) in rate, to the right."""
+    window = window or max(3, len(losses) // 12) | 1
+    if len(losses) < window:
+        return np.asarray(losses, dtype=float)
+    pad = window // 2
+    padded = np.pad(np.asarray(losses, dtype=float), (pad, window - 1 - pad), mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
 def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float:
@@ -132,6 +146,7 @@ class LrFindResult:
     """The rate of each step taken."""
     losses: np.ndarray
     smoothed: np.ndarray
+    """:func:`centred_mean` of ``losses``."""
     suggestion: float
     stage: str
     """'frozen' (only the head trains: the first model.freeze_epochs epochs) or 'unfrozen'."""
@@ -165,7 +180,7 @@ def lr_find(cfg: Config, data_dir: str | Path, start: float = 1e-7, end: float =
     lrs = np.geomspace(start, end, steps)
     losses, stopped = run_schedule(trainer, lrs)
     lrs = lrs[:len(losses)]
-    smoothed = smooth(losses)
+    smoothed = centred_mean(losses)
     result = LrFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), stage, stopped, cfg.model.name)
     log.info("lr-find: %d steps (%s); suggestion %.2e", len(losses), stopped, result.suggestion)
     return result
@@ -180,7 +195,7 @@ def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.25, lw=1, label="loss per step")
-    ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=2, label="smoothed")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=2, label="smoothed (centred mean)")
     at = np.argmin(np.abs(np.log(result.lrs) - np.log(result.suggestion)))
     ax.axvline(result.suggestion, color="tab:red", ls="--", lw=1)
     ax.scatter([result.suggestion], [result.smoothed[at]], color="tab:red", zorder=3,
