@@ -78,6 +78,15 @@ def test_kit_show_batch_draws_the_ids_asked_for(shared_data, tmp_path, capsys):
     assert "ISIC_nope is not a training id" in capsys.readouterr().err
 
 
+def test_kit_show_batch_of_a_run_uses_its_config_and_writes_its_report(hcd_run, capsys):
+    assert main(["show", "batch", str(hcd_run), "--set", "aug.on_device=true", "--n", "3"]) == 0
+    assert {"batch_train.png", "batch_eval.png"} <= {p.name for p in (hcd_run / "report").iterdir()}
+    assert "aug.on_device" not in (hcd_run / "config.yaml").read_text() or "on_device: false" in \
+        (hcd_run / "config.yaml").read_text()  # --set changed the preview, not the run
+    assert main(["show", "batch", str(hcd_run), "-c", HCD]) == 1
+    assert "a run folder brings its own config" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------------- errors
 def test_the_error_grid_orders_images_by_their_oof_loss(hcd_run, shared_data, tmp_path):
     from kit.diagnostics.errors import write_error_grids
@@ -210,6 +219,17 @@ def test_lr_find_suggests_a_rate_within_a_decade_of_the_best(demo_data):
         final[lr] = losses[-10:].mean()
     best = min(final, key=final.get)
     assert abs(np.log10(found.suggestion) - np.log10(best)) <= 1, (found.suggestion, final)
+
+
+def test_the_suggestion_ignores_a_minimum_after_the_first_turn():
+    """A small training part is memorised at any rate: past its first instability the loss can fall lower still."""
+    from kit.diagnostics.lr_find import first_minimum, suggest_lr
+
+    flat = 0.7 + 0.01 * np.sin(np.arange(20))  # noise on a flat start is no turn
+    curve = np.concatenate([flat, np.linspace(0.7, 0.1, 20), [0.4, 0.6, 0.3], np.linspace(0.2, 0.01, 10), [5.0]])
+    assert first_minimum(curve) == 39
+    lrs = np.geomspace(1e-6, 10, len(curve))
+    assert suggest_lr(lrs, curve) == pytest.approx(lrs[39] / 10)
 
 
 def test_lr_find_on_a_run_changes_nothing_in_it(hcd_run, tmp_path, capsys):

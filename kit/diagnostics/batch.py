@@ -74,6 +74,8 @@ def _training_view(cfg: Config, raw: list[np.ndarray], size: int, seed: int) -> 
 def preview_batch(cfg: Config, data_dir: str | Path, n: int = 16, seed: int = 0,
                   ids: list[str] | None = None) -> BatchPreview:
     """``n`` training images drawn with ``seed`` (or the given ``ids``), in both views, sorted by class."""
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1, got {n}")
     spec = get_competition(cfg.competition)
     table = load_train_table(spec, data_dir)
     if ids:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kit.competitions import Competition
-from kit.diagnostics.errors import _scored, caption, confident_correct, worst_errors
+from kit.diagnostics.errors import caption, confident_correct, scored_rows, worst_errors
 from kit.diagnostics.grid import Grid, Tile, write_grid
 from kit.diagnostics.images import RunImages, require_ids
 from kit.errors import KitError
@@ -185,11 +185,13 @@ def explain(run_dir: str | Path, ids: Sequence[str] | None = None, methods: Sequ
     """CAMs of ``ids`` (default: :func:`default_ids`) with ``methods``, each by its own fold's model, at the
     backbone's last feature map or its module named ``layer``."""
     methods = [CAM_METHODS.canonical(m) for m in methods]
+    if not methods:
+        raise KitError(f"--methods names no method; known: {', '.join(CAM_METHODS.names())}")
     _library()
     run = RunDir.open(run_dir)
     spec, oof = run.competition(), run.oof()
     ids = [str(i) for i in ids] if ids else default_ids(spec, oof, n_errors, n_correct)
-    rows = require_ids(_scored(spec, oof), spec.id_col, ids, run.oof_path)
+    rows = require_ids(scored_rows(spec, oof), spec.id_col, ids, run.oof_path)
     missing = sorted({int(k) for k in rows["fold"] if not run.best_path(int(k)).is_file()})
     if missing:
         raise KitError(f"{run.best_path(missing[0])} is missing: its out-of-fold images have no model to explain them")

@@ -15,12 +15,14 @@ from kit.competitions import Competition
 from kit.diagnostics.batch import class_name
 from kit.diagnostics.grid import Grid, Tile, write_grid
 from kit.diagnostics.images import RunImages
+from kit.errors import ConfigError
 from kit.oof import prediction_values
 from kit.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ErrorGroup", "confident_correct", "oof_losses", "predicted_class", "worst_errors", "write_error_grids"]
+__all__ = ["ErrorGroup", "caption", "confident_correct", "oof_losses", "predicted_class", "scored_rows", "worst_errors",
+           "write_error_grids"]
 
 EPS = 1e-7
 
@@ -40,7 +42,7 @@ def predicted_class(spec: Competition, oof: pd.DataFrame) -> np.ndarray:
     return (probs >= 0.5).astype(int) if spec.is_binary else probs.argmax(axis=1)
 
 
-def _scored(spec: Competition, oof: pd.DataFrame) -> pd.DataFrame:
+def scored_rows(spec: Competition, oof: pd.DataFrame) -> pd.DataFrame:
     """``oof`` with its ``loss``, ``predicted`` class and that class's probability ``p``."""
     probs, pred = prediction_values(spec, oof), predicted_class(spec, oof)
     p = np.where(pred == 1, probs, 1 - probs) if spec.is_binary else probs[np.arange(len(pred)), pred]
@@ -56,7 +58,7 @@ class ErrorGroup:
 
 def worst_errors(spec: Competition, oof: pd.DataFrame, n: int = 8) -> list[ErrorGroup]:
     """Up to ``n`` wrong rows per group, by loss: false positives and false negatives, or one group per true class."""
-    df = _scored(spec, oof)
+    df = scored_rows(spec, oof)
     wrong = df[df["predicted"] != df["target"]].sort_values("loss", ascending=False, kind="stable")
     if spec.is_binary:
         groups = [("false positives (truth 0)", wrong[wrong["target"] == 0]),
@@ -68,7 +70,7 @@ def worst_errors(spec: Competition, oof: pd.DataFrame, n: int = 8) -> list[Error
 
 def confident_correct(spec: Competition, oof: pd.DataFrame, n: int = 4) -> pd.DataFrame:
     """``n`` right rows of lowest loss, taking the classes in turn (the best of each class, then the second, ...)."""
-    df = _scored(spec, oof)
+    df = scored_rows(spec, oof)
     right = df[df["predicted"] == df["target"]].sort_values("loss", kind="stable")
     turn = right.groupby("target").cumcount()
     return right.assign(turn=turn).sort_values(["turn", "loss"], kind="stable").head(n).drop(columns="turn") \
@@ -95,6 +97,8 @@ def write_error_grids(run_dir: str | Path, out_dir: str | Path, n: int = 8,
                       data_dir: str | Path | None = None) -> list[Grid]:
     """``errors.png`` (from oof.csv) and, once ``kit predict`` has run, ``errors_tta.png`` (from oof_tta.csv) in
     ``out_dir``: one row per group (false positives / negatives, or per true class), highest loss first."""
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1, got {n}")
     run = RunDir.open(run_dir)
     spec, images = run.competition(), RunImages(run, data_dir)
     frames = [("errors", run.oof(), "no TTA"), ("errors_tta", run.oof_tta(), "TTA")]

@@ -27,7 +27,7 @@ from kit.rundir import RunDir
 from kit.runtime import make_loader
 from kit.train import FoldTrainer, epoch_seed, prepare_data, train_one_epoch
 
-__all__ = ["LrFindResult", "centred_mean", "fold_trainer", "lr_find", "plot_lr_find", "run_schedule", "smooth",
+__all__ = ["LrFindResult", "centred_mean", "first_minimum", "fold_trainer", "lr_find", "plot_lr_find", "run_schedule", "smooth",
            "suggest_lr"]
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ SMOOTHING = 0.98
 enough that one noisy batch does not stop the test."""
 DIVERGED = 4.0
 """The test stops once the running average exceeds this many times its minimum."""
+RISE = 0.25
+"""How far the smoothed loss may climb back (a fraction of its fall so far) before its first minimum is taken."""
+FLAT = 0.2
+"""While the loss has barely fallen, a rise counts only against this fraction of its level: no turn in the noise."""
 STAGES = ("auto", "frozen", "unfrozen")
 
 
@@ -61,13 +65,28 @@ def centred_mean(losses: np.ndarray, window: int | None = None) -> np.ndarray:
     return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
+def first_minimum(smoothed: np.ndarray) -> int:
+    """The step of the smoothed loss's lowest point before it first turns up: a rise of ``RISE`` of what it had
+    fallen from its highest point (at least ``FLAT`` of that point) ends the search. On a small training part the loss can recover past the first instability
+    (the model memorises its images at any rate); the later, lower minimum says nothing about the rate."""
+    best, peak = 0, smoothed[0]
+    for i, value in enumerate(smoothed):
+        if not np.isfinite(value):
+            break
+        peak = max(peak, value)
+        if value < smoothed[best]:
+            best = i
+        elif value > smoothed[best] + RISE * max(peak - smoothed[best], FLAT * peak):  # noise of a flat start: no turn
+            break
+    return best
+
+
 def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float:
-    """A tenth of the rate at the smoothed loss's minimum: where the loss still falls fast, a decade short of where
-    it turns to diverge (fastai's ``minimum / 10``)."""
-    finite = np.isfinite(smoothed)
-    if not finite.any():
+    """A tenth of the rate at :func:`first_minimum`: where the loss still falls fast, a decade short of where it
+    turns (fastai's ``minimum / 10``)."""
+    if not np.isfinite(smoothed[0]):
         raise ConfigError("the learning-rate range test diverged at its first step: lower --start")
-    return float(lrs[np.flatnonzero(finite)[np.argmin(smoothed[finite])]] / 10)
+    return float(lrs[first_minimum(smoothed)] / 10)
 
 
 class _Stop(Exception):
@@ -200,11 +219,10 @@ def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
     ax.axvline(result.suggestion, color="tab:red", ls="--", lw=1)
     ax.scatter([result.suggestion], [result.smoothed[at]], color="tab:red", zorder=3,
                label=f"suggestion {result.suggestion:.1e}")
-    finite = result.smoothed[np.isfinite(result.smoothed)]
-    if len(finite):  # the divergence's last steps would squash the curve that matters
-        raw = result.losses[np.isfinite(result.losses)]
-        low, high = min(finite.min(), raw.min()), min(finite.max(), DIVERGED * finite.min())
-        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
+    curve = result.smoothed[:first_minimum(result.smoothed) + 1]  # the part that matters: the fall
+    raw = result.losses[np.isfinite(result.losses)]
+    low, high = min(curve.min(), raw.min() if len(raw) else curve.min()), max(curve.max(), result.smoothed[0])
+    ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.15 * (high - low + 1e-9))
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)",
            title=f"lr-find: {result.model}, backbone {result.stage}; {result.stopped}")
     ax.grid(alpha=0.3)
