@@ -201,7 +201,7 @@ def lr_find(cfg: Config, data_dir: str | Path, start: float = 1e-7, end: float =
     lrs = lrs[:len(losses)]
     smoothed = centred_mean(losses)
     result = LrFindResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed), stage, stopped, cfg.model.name)
-    log.info("lr-find: %d steps (%s); suggestion %.2e", len(losses), stopped, result.suggestion)
+    log.debug("lr-find: %d steps (%s); suggestion %.2e", len(losses), stopped, result.suggestion)
     return result
 
 
