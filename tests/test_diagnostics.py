@@ -193,15 +193,26 @@ def test_a_model_without_a_feature_map_is_refused_in_one_line():
     assert target_layer(cnn, torch.zeros(1, 3, 96, 96))[0].startswith("features")
 
 
-def test_a_missing_grad_cam_names_the_extra(monkeypatch, hcd_run):
+def test_the_run_page_gets_the_error_grid_and_the_cams(hcd_run, tmp_path):
+    from kit.diagnostics import write_run_pictures
+
+    paths = write_run_pictures(hcd_run, tmp_path, n_errors=2, device="cpu")
+    assert [p.name for p in paths] == ["errors.png", "cam.png"] and all(p.stat().st_size for p in paths)
+
+
+def test_a_missing_grad_cam_names_the_extra(monkeypatch, hcd_run, tmp_path, capsys):
     import sys
 
+    from kit.diagnostics import write_run_pictures
     from kit.diagnostics.cam import explain
     from kit.errors import KitError
 
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
     with pytest.raises(KitError, match=r"kit\[diagnostics\]"):
         explain(hcd_run)
+    capsys.readouterr()
+    assert [p.name for p in write_run_pictures(hcd_run, tmp_path, n_errors=2)] == ["errors.png"]
+    assert "no cam.png: class-activation maps need pytorch-grad-cam" in capsys.readouterr().out  # the kit logger
 
 
 # --------------------------------------------------------------------------------------------------- lr-find

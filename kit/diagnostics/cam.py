@@ -30,8 +30,8 @@ from kit.registry import Registry
 from kit.rundir import RunDir
 from kit.runtime import resolve_device
 
-__all__ = ["CAM_METHODS", "CamError", "CamResult", "cam_mass", "default_ids", "explain", "target_layer",
-           "write_cam_grid"]
+__all__ = ["CAM_METHODS", "CamError", "CamResult", "cam_mass", "default_ids", "explain", "library_missing",
+           "target_layer", "write_cam_grid"]
 
 CAM_METHODS: Registry[str] = Registry("CAM method")
 """kit's name -> the pytorch-grad-cam class (imported when used)."""
@@ -47,12 +47,23 @@ class CamError(KitError):
     """A model or input a CAM method cannot explain."""
 
 
-def _library():
+MISSING = "class-activation maps need pytorch-grad-cam: pip install 'kit[diagnostics]' (or pip install grad-cam)"
+
+
+def library_missing() -> str | None:
+    """Why the CAM library cannot be used here (the line to show), or None when it can."""
     try:
-        import pytorch_grad_cam
+        import pytorch_grad_cam  # noqa: F401
     except ImportError:
-        raise KitError("class-activation maps need pytorch-grad-cam: pip install 'kit[diagnostics]' "
-                       "(or pip install grad-cam)") from None
+        return MISSING
+    return None
+
+
+def _library():
+    if library_missing():
+        raise KitError(MISSING)
+    import pytorch_grad_cam
+
     return pytorch_grad_cam
 
 
