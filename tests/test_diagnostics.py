@@ -243,6 +243,26 @@ def test_the_suggestion_ignores_a_minimum_after_the_first_turn():
     assert suggest_lr(lrs, curve) == pytest.approx(lrs[39] / 10)
 
 
+def test_lr_find_trains_in_the_configs_freezing_stage(demo_data):
+    """model.freeze_epochs > 0: the first epoch trains the head alone, so does the range test (stage auto); unfrozen,
+    the backbone's rate keeps its backbone_lr_scale ratio to the head's."""
+    from kit.diagnostics.lr_find import fold_trainer, run_schedule
+    from kit.models import head_parameters
+
+    cfg = load_config(HCD, overrides=TINY + ["model.freeze_epochs=1", "model.backbone_lr_scale=0.1"])
+    trainer, stage = fold_trainer(cfg, demo_data(HCD, n=60))
+    assert stage == "frozen"
+    head = head_parameters(trainer.model)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    run_schedule(trainer, np.geomspace(1e-3, 1e-1, 6))
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved == {n for n, p in trainer.model.named_parameters() if id(p) in head}
+    trainer, stage = fold_trainer(cfg, demo_data(HCD, n=60), stage="unfrozen")
+    run_schedule(trainer, np.geomspace(1e-3, 1e-1, 6))
+    head_lr, backbone_lr = (g["lr"] for g in trainer.optimizer.param_groups)
+    assert stage == "unfrozen" and backbone_lr == pytest.approx(0.1 * head_lr) and head_lr == pytest.approx(1e-1)
+
+
 def test_lr_find_on_a_run_changes_nothing_in_it(hcd_run, tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in hcd_run.rglob("*")}
     out = tmp_path / "lr.png"
