@@ -193,6 +193,14 @@ def test_a_model_without_a_feature_map_is_refused_in_one_line():
     assert target_layer(cnn, torch.zeros(1, 3, 96, 96))[0].startswith("features")
 
 
+def test_a_layer_a_method_cannot_use_is_one_line(hcd_run, capsys):
+    assert main(["show", "cam", str(hcd_run), "--layer", "fc", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "gradcam cannot explain layer 'fc'" in err and len(err.splitlines()) == 1
+    assert main(["show", "cam", str(hcd_run), "--layer", "layer9", "--device", "cpu"]) == 1
+    assert "has no layer 'layer9'" in capsys.readouterr().err
+
+
 def test_the_run_page_gets_the_error_grid_and_the_cams(hcd_run, tmp_path):
     from kit.diagnostics import write_run_pictures
 

@@ -184,6 +184,10 @@ def _fold_maps(images: RunImages, k: int, rows: pd.DataFrame, methods: Sequence[
             for s in range(0, len(x), CHUNK):
                 maps[method].append(cam(input_tensor=x[s:s + CHUNK], targets=targets[s:s + CHUNK]))
                 bar.update(len(x[s:s + CHUNK]))
+        except (ValueError, RuntimeError, IndexError, TypeError) as e:  # a layer whose output is no feature map, ...
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise CamError(f"{method} cannot explain layer '{layer_name}' of fold {k}'s {ckpt.model.name}: "
+                           f"{detail}") from None
         finally:
             cam.activations_and_grads.release()
     pixels = list(batch["image"].permute(0, 2, 3, 1).numpy())
