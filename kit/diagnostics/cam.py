@@ -241,8 +241,9 @@ def write_cam_grid(result: CamResult, out_dir: str | Path, name: str = "cam") ->
         tiles = [Tile(image, caption(spec, row), str(row[spec.id_col]))]
         for method, maps in result.maps.items():
             overlay = show_cam_on_image(image.astype(np.float32) / 255, maps[i], use_rgb=True, image_weight=0.55)
-            tiles.append(Tile(overlay, f"{method}\nexplains {result.explained[i]}\nlayer "
-                                       f"{result.layers[int(row['fold'])]}", str(row[spec.id_col])))
+            # an empty map: nothing in the image raises the class's score (Grad-CAM keeps positive evidence only)
+            where = "no evidence found" if maps[i].max() <= 0 else f"layer {result.layers[int(row['fold'])]}"
+            tiles.append(Tile(overlay, f"{method}\nexplains {result.explained[i]}\n{where}", str(row[spec.id_col])))
         rows.append(tiles)
     title = f"{spec.name}: class-activation maps, each image by its own fold's model (never one trained on it)"
     return write_grid(rows, Path(out_dir) / f"{name}.png", title)
