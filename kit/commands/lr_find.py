@@ -30,6 +30,7 @@ def run(args) -> int:
     result = lr_find(cfg, data, args.start, args.end, args.steps, args.fold, args.stage)
     path = plot_lr_find(result, args.out)
     print(f"lr-find: {len(result.losses)} steps ({result.stopped}), backbone {result.stage}; plot {path}")
-    print(f"suggested learning rate: {result.suggestion:.2g} (a tenth of the rate at the smoothed loss's first minimum)")
+    print(f"suggested learning rate: {result.suggestion:.2g} (a tenth of the rate at the smoothed loss's first "
+          "minimum)")
     print(f"use: --set train.lr={result.suggestion:.2g}")
     return 0

@@ -14,7 +14,8 @@ from kit.io import atomic_path
 __all__ = ["Grid", "Tile", "write_grid"]
 
 MIN_TILE_PX = 128
-"""Small inputs (32 px) are upscaled by a whole factor until a tile is at least this wide (room for its caption), still exact."""
+"""Small inputs (32 px) are upscaled by a whole factor until a tile is at least this wide (room for its caption),
+still exact."""
 FONT_PX, PAD = 11, 4
 BACKGROUND, INK, HEADING = (255, 255, 255), (20, 20, 20), (0, 0, 0)
 

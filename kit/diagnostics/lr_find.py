@@ -27,8 +27,8 @@ from kit.rundir import RunDir
 from kit.runtime import make_loader
 from kit.train import FoldTrainer, epoch_seed, prepare_data, train_one_epoch
 
-__all__ = ["LrFindResult", "centred_mean", "first_minimum", "fold_trainer", "lr_find", "plot_lr_find", "run_schedule", "smooth",
-           "suggest_lr"]
+__all__ = ["LrFindResult", "centred_mean", "first_minimum", "fold_trainer", "lr_find", "plot_lr_find",
+           "run_schedule", "smooth", "suggest_lr"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ def centred_mean(losses: np.ndarray, window: int | None = None) -> np.ndarray:
 
 def first_minimum(smoothed: np.ndarray) -> int:
     """The step of the smoothed loss's lowest point before it first turns up: a rise of ``RISE`` of what it had
-    fallen from its highest point (at least ``FLAT`` of that point) ends the search. On a small training part the loss can recover past the first instability
-    (the model memorises its images at any rate); the later, lower minimum says nothing about the rate."""
+    fallen from its highest point (at least ``FLAT`` of that point) ends the search. On a small training part the
+    loss can recover past the first instability (the model memorises its images at any rate); the later, lower
+    minimum says nothing about the rate."""
     best, peak = 0, smoothed[0]
     for i, value in enumerate(smoothed):
         if not np.isfinite(value):
