@@ -17,15 +17,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("kit.data",)),
     ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
-    ("contracts", ("kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
+    ("contracts", ("kit.records", "kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
     ("train", ("kit.train", "kit.epoch_handlers", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("diagnostics", ("kit.diagnostics",)),  # looks at a run with its fold models; the report embeds its pictures
     ("report", ("kit.report",)),
+    ("blend", ("kit.blend",)),
     ("ensemble", ("kit.ensemble", "kit.decision")),
     ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
+    ("pipeline", ("kit.pipeline",)),
     ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel", "kit.kernel_train")),
     ("commands", ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")),
 ]

@@ -26,13 +26,14 @@ def add_competition(parser, required: bool = False, help: str = "") -> None:
 def folds_in_file(path) -> int | None:
     """The number of folds of a folds CSV (its 'fold' column's largest value + 1); None when it cannot be read
     here (the folds check names the problem later)."""
-    import pandas as pd
+    from kit.data.folds import load_folds
+    from kit.errors import KitError
 
     try:
-        fold = pd.read_csv(path, usecols=["fold"])["fold"]
-        return int(fold.max()) + 1 if len(fold) and pd.api.types.is_integer_dtype(fold) else None
-    except (OSError, ValueError, pd.errors.ParserError):
+        fold = load_folds(path)
+    except (KitError, OSError):
         return None
+    return int(fold.max()) + 1 if len(fold) else None
 
 
 def with_folds_file(cfg, path):
@@ -73,9 +74,9 @@ def config_source(args):
     if args.competition or args.config:
         raise ConfigError("a run folder brings its own config: -c/--config are not allowed with it (--set is)")
     run = RunDir.open(args.run_dir)
-    data = Path(args.data) if args.data else run.info()["data"]
+    data = Path(args.data) if args.data else run.data_dir()
     if data is None or not data.is_dir():
-        raise ConfigError(f"data folder {data} not found (from {run.info_path}); pass --data DIR")
+        raise ConfigError(f"data folder {data} not found (from {run.path / run.INFO}); pass --data DIR")
     if not args.overrides:
         return run.config(), data
     with tempfile.TemporaryDirectory() as tmp:  # the saved config as a preset, so --set is checked as everywhere

@@ -49,17 +49,18 @@ def origin(spec, path: str, run_dir: str | None, runs_dir: str = "runs") -> tupl
     import re
     from pathlib import Path
 
-    from kit.rundir import RunDir
+    from kit.rundir import RunDir, StackDir, open_source
 
     if run_dir is not None:
-        run = RunDir.open(run_dir)
+        run = open_source(run_dir)
     else:
         m = re.fullmatch(rf"{re.escape(spec.name)}-(.+)-\d{{8}}-\d{{6}}\.csv", Path(path).name)
         if m is None:
             return "", None
-        run = RunDir(Path(runs_dir) / m.group(1))
-        if not run.is_run():
+        folder = Path(runs_dir) / m.group(1)
+        if not (RunDir(folder).is_run() or StackDir(folder).is_stack()):
             return m.group(1), None
+        run = open_source(folder)
     cv, cv_tta = run.cv()
     return run.name, cv_tta if cv_tta is not None else cv
 
