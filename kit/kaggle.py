@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -22,10 +22,12 @@ from typing import Any, Iterator, Mapping
 
 from kit.competitions import get_competition
 from kit.errors import DataError, KaggleError
-from kit.io import write_text_atomic
+from kit.io import sha256_file, write_text_atomic
 
 __all__ = ["LOG_COLUMNS", "SubmissionResult", "api_errors", "append_log", "authenticated_client",
            "credentials_source", "upload_submission"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LOG = Path("submissions") / "log.csv"
 LOG_COLUMNS = ("time", "competition", "file", "sha256", "message", "ref", "status", "public_score", "run", "cv")
@@ -69,7 +71,7 @@ def upload_submission(competition: str, path: str | os.PathLike, message: str, t
     path = Path(path)
     if not path.is_file():
         raise DataError(f"submission file {path} not found")
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     api, source = authenticated_client()
     with _api_errors(slug, source):
         response = api.competition_submit(str(path), message, slug, quiet=True)
@@ -90,14 +92,6 @@ def upload_submission(competition: str, path: str | os.PathLike, message: str, t
                      error=getattr(submission, "error_description", None) or None)
     append_log(result, log_path)
     return result
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- credentials: the client's own sources, in its order (kaggle 2.2.4 authenticate()) -----------------------------
@@ -166,7 +160,7 @@ def _client(source: str) -> Any:
                           "(an access token is checked online: is it expired or revoked?); "
                           + HOW_TO_AUTHENTICATE.format(config=_config_dir() / "kaggle.json"))
     if printed.getvalue().strip():
-        print(printed.getvalue().rstrip(), file=sys.stderr)  # for example its warning about kaggle.json permissions
+        log.warning(printed.getvalue().rstrip())  # for example its warning about kaggle.json permissions
     return kaggle.api
 
 
