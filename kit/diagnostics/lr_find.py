@@ -20,7 +20,7 @@ from torch import nn
 
 from kit.config import Config
 from kit.errors import ConfigError
-from kit.io import atomic_path
+from kit.io import save_figure
 from kit.models import set_backbone_trainable
 from kit.progress import Progress
 from kit.rundir import RunDir
@@ -208,11 +208,9 @@ def lr_find(cfg: Config, data_dir: str | Path, start: float = 1e-7, end: float =
 
 def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
     """Loss against learning rate (log scale): each step faint, the smoothed loss, the suggestion marked."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.5, 4.2))
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.25, lw=1, label="loss per step")
     ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=2, label="smoothed (centred mean)")
@@ -228,7 +226,4 @@ def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
            title=f"lr-find: {result.model}, backbone {result.stage}; {result.stopped}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
