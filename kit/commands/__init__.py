@@ -1,4 +1,7 @@
-"""One module per ``kit`` subcommand: ``add_parser(subparsers)`` registers it, ``run(args)`` does the work."""
+"""One module per ``kit`` subcommand: ``add_parser(subparsers)`` registers it, ``run(args)`` does the work; the flags
+they share are defined once in :mod:`kit.commands.flags`."""
+
+from kit.commands.flags import add_competition  # noqa: F401  (the commands' import of it predates flags.py)
 
 
 def parse_folds(text: str) -> list[int]:
@@ -9,18 +12,6 @@ def parse_folds(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--folds expects comma-separated integers, got '{text}'") from None
-
-
-def add_competition(parser, required: bool = False, help: str = "") -> None:
-    """``-c/--competition NAME``, the same in every command (the kaggle CLI's habit), its choices in --help."""
-    from kit.competitions import list_competitions
-
-    specs = list_competitions()
-    names = ", ".join(s.name for s in specs)
-    aliases = ", ".join(f"{a}={s.name}" for s in specs for a in s.aliases)
-    parser.add_argument("-c", "--competition", required=required, default=None, metavar="NAME",
-                        help=f"{help + '; ' if help else ''}one of: {names}" + (f" (aliases: {aliases})" if aliases
-                                                                                 else ""))
 
 
 def folds_in_file(path) -> int | None:
@@ -44,16 +35,30 @@ def with_folds_file(cfg, path):
     return dataclasses.replace(cfg, n_folds=n) if n is not None and n >= 2 else cfg
 
 
+def data_folds_file(given: str | None, data_dir, overrides: dict) -> str | None:
+    """--folds-file, else the DATA/folds.csv that `kit folds` wrote (the user made it for a reason: the start line
+    names it); None: folds made from n_folds. An explicit n_folds that the file contradicts wins, with one line."""
+    found = data_dir / "folds.csv"
+    if given or not found.is_file():
+        return given
+    n, wanted = folds_in_file(found), overrides.get("n_folds")
+    if wanted is not None and n != wanted:
+        print(f"note: {found} ({n} folds) is not used since --set n_folds={wanted} asks for other folds; "
+              f"use it with --folds-file {found}", flush=True)
+        return None
+    return str(found)
+
+
 def add_config_source(parser) -> None:
     """``RUN`` (a run folder: its config and data) or ``-c NAME --data DIR [--config PRESET]``, with ``--set``: the
     setup a look-before-training command (kit show batch, kit lr-find) works on."""
-    parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR",
-                        help="a run folder: its saved config and data folder (or give -c and --data)")
+    from kit.commands.flags import add_config, add_data, add_run_dir, add_set
+
+    add_run_dir(parser, "a run folder: its saved config and data folder (or give -c and --data)", nargs="?")
     add_competition(parser)
-    parser.add_argument("--data", default=None, help="competition data folder (default: the run's)")
-    parser.add_argument("--config", default=None, help="preset name or YAML file (default: the competition's preset)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set aug.preset=histo (repeatable)")
+    add_data(parser, default_note="default: the run's")
+    add_config(parser)
+    add_set(parser)
 
 
 def config_source(args):
@@ -64,7 +69,8 @@ def config_source(args):
     from kit.config import config_to_yaml, load_config
     from kit.errors import ConfigError
 
-    if args.run_dir is None:
+    run_dir = args.run_dirs
+    if run_dir is None:
         missing = [f"--{n}" for n in ("competition", "data") if not getattr(args, n)]
         if missing:
             raise ConfigError(f"missing {', '.join(missing)} (or give a run folder)")
@@ -73,7 +79,7 @@ def config_source(args):
 
     if args.competition or args.config:
         raise ConfigError("a run folder brings its own config: -c/--config are not allowed with it (--set is)")
-    run = RunDir.open(args.run_dir)
+    run = RunDir.open(run_dir)
     data = Path(args.data) if args.data else run.data_dir()
     if data is None or not data.is_dir():
         raise ConfigError(f"data folder {data} not found (from {run.path / run.INFO}); pass --data DIR")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kit.commands import add_config_source
+from kit.commands.flags import add_out
 
 
 def add_parser(sub):
@@ -18,7 +19,7 @@ def add_parser(sub):
     p.add_argument("--fold", type=int, default=0, help="whose training part (default 0)")
     p.add_argument("--stage", default="auto", help="auto (the first epoch's: frozen when model.freeze_epochs > 0), "
                    "frozen (the head alone), unfrozen (default auto)")
-    p.add_argument("--out", default="lr-find.png", help="the plot (default lr-find.png)")
+    add_out(p, "the plot", default="lr-find.png", metavar="FILE")
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kit.commands import add_config_source
+from kit.commands.flags import add_data, add_device, add_out, add_run_dir
 
 
 def add_parser(sub):
@@ -25,9 +26,9 @@ def add_parser(sub):
                         description="The out-of-fold images of highest loss: false positives and false negatives "
                         "(binary) or per true class (multiclass), titled with id, fold, truth, prediction, "
                         "probability; errors.png from oof.csv and errors_tta.png from oof_tta.csv (after kit predict).")
-    e.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
+    add_run_dir(e)
     e.add_argument("--n", type=int, default=8, help="images per row (default 8)")
-    e.add_argument("--data", default=None, help="competition data folder (default: the run's)")
+    add_data(e, default_note="default: the run's")
     _out(e)
     e.set_defaults(func=run_errors)
 
@@ -35,7 +36,7 @@ def add_parser(sub):
                         description="Overlay where each image's own fold model looks (cam.png). Needs "
                         "pytorch-grad-cam: pip install 'kit[diagnostics]'. Default images: the worst errors and a "
                         "few confident correct ones.")
-    c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
+    add_run_dir(c)
     c.add_argument("--ids", default=None, help="comma-separated out-of-fold ids (default: worst errors + correct)")
     c.add_argument("--methods", default="gradcam,gradcam++",
                    help="comma-separated: gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam, scorecam "
@@ -44,15 +45,15 @@ def add_parser(sub):
                    "feature map)")
     c.add_argument("--n-errors", type=int, default=6, help="default ids: this many worst errors (default 6)")
     c.add_argument("--n-correct", type=int, default=2, help="default ids: this many confident correct (default 2)")
-    c.add_argument("--data", default=None, help="competition data folder (default: the run's)")
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
+    add_data(c, default_note="default: the run's")
+    add_device(c)
     _out(c)
     c.set_defaults(func=run_cam)
 
 
 def _out(p) -> None:
-    p.add_argument("--out", default=None, metavar="DIR", help="folder for the PNG files (default: RUN_DIR/report, "
-                   "or the current folder without a run)")
+    add_out(p, "the folder of the PNG files (default: RUN_DIR/report, or the current folder without a run)",
+            metavar="DIR")
 
 
 def _ids(text: str | None) -> list[str] | None:
@@ -80,7 +81,7 @@ def run_batch(args) -> int:
 
     cfg, data = config_source(args)
     preview = preview_batch(cfg, data, args.n, args.seed, _ids(args.ids))
-    folder, lock = _writing(args.run_dir, args.out)
+    folder, lock = _writing(args.run_dirs, args.out)
     with lock:
         for grid in write_batch_grids(preview, folder):
             print(grid.path)

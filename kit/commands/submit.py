@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
@@ -12,8 +13,8 @@ def add_parser(sub):
                        "and out-of-range values, multiclass rows summing to 1. Every problem is listed at once.")
     p.add_argument("file", metavar="FILE", help="the submission CSV")
     add_competition(p, required=True)
-    p.add_argument("--data", default=None, help="competition data folder (the test ids come from its sample "
-                   "submission or test list); required unless --ids-from is given")
+    flags.add_data(p, default_note="the test ids come from its sample submission or test list; required unless "
+                   "--ids-from is given")
     p.add_argument("--ids-from", metavar="SAMPLE.csv", default=None,
                    help="take the expected test ids from this CSV's id column instead of --data")
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="the run the submission came from, logged with "
