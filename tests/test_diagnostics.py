@@ -226,8 +226,6 @@ def test_a_missing_grad_cam_names_the_extra(monkeypatch, hcd_run, tmp_path, caps
 
 
 # --------------------------------------------------------------------------------------------------- lr-find
-@pytest.mark.xfail(reason="calibrated on kit's demo HCD patches before main (w20) made them noisier at 22:30; "
-                   "to recalibrate (data size, epochs)", strict=False)
 @pytest.mark.slow
 def test_lr_find_suggests_a_rate_within_a_decade_of_the_best(demo_data):
     from kit.diagnostics.lr_find import fold_trainer, lr_find, run_schedule

@@ -39,7 +39,7 @@ DIVERGED = 4.0
 """The test stops once the running average exceeds this many times its minimum."""
 RISE = 0.25
 """How far the smoothed loss may climb back (a fraction of its fall so far) before its first minimum is taken."""
-FLAT = 0.2
+FLAT = 0.5
 """While the loss has barely fallen, a rise counts only against this fraction of its level: no turn in the noise."""
 STAGES = ("auto", "frozen", "unfrozen")
 
