@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "kit.trackers")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
+    ("diagnostics", ("kit.diagnostics",)),  # looks at a run with its fold models; the report embeds its pictures
     ("report", ("kit.report", "kit.run_page", "kit.compare")),
     ("blend", ("kit.blend",)),
     ("ensemble", ("kit.ensemble", "kit.decision")),

@@ -15,7 +15,8 @@ from kit.cli import build_parser, main
 from kit.competitions import list_competitions
 
 COMMANDS_WITH_COMPETITION = [["check-data"], ["config", "show"], ["demo-data"], ["folds"], ["pack"], ["train"],
-                             ["submit"], ["tune"], ["stack"], ["kernel", "build"], ["kernel", "run"]]
+                             ["submit"], ["tune"], ["stack"], ["kernel", "build"], ["kernel", "run"], ["show", "batch"],
+                             ["lr-find"]]
 
 
 def _help(argv: list[str]) -> str:

@@ -47,3 +47,45 @@ def data_folds_file(given: str | None, data_dir, overrides: dict) -> str | None:
               f"use it with --folds-file {found}", flush=True)
         return None
     return str(found)
+
+
+def add_config_source(parser) -> None:
+    """``RUN`` (a run folder: its config and data) or ``-c NAME --data DIR [--config PRESET]``, with ``--set``: the
+    setup a look-before-training command (kit show batch, kit lr-find) works on."""
+    from kit.commands.flags import add_config, add_data, add_run_dir, add_set
+
+    add_run_dir(parser, "a run folder: its saved config and data folder (or give -c and --data)", nargs="?")
+    add_competition(parser)
+    add_data(parser, default_note="default: the run's")
+    add_config(parser)
+    add_set(parser)
+
+
+def config_source(args):
+    """(config, data folder) of :func:`add_config_source`'s arguments."""
+    import tempfile
+    from pathlib import Path
+
+    from kit.config import config_to_yaml, load_config
+    from kit.errors import ConfigError
+
+    run_dir = args.run_dirs
+    if run_dir is None:
+        missing = [f"--{n}" for n in ("competition", "data") if not getattr(args, n)]
+        if missing:
+            raise ConfigError(f"missing {', '.join(missing)} (or give a run folder)")
+        return load_config(args.competition, args.config, args.overrides), Path(args.data)
+    from kit.rundir import RunDir
+
+    if args.competition or args.config:
+        raise ConfigError("a run folder brings its own config: -c/--config are not allowed with it (--set is)")
+    run = RunDir.open(run_dir)
+    data = Path(args.data) if args.data else run.data_dir()
+    if data is None or not data.is_dir():
+        raise ConfigError(f"data folder {data} not found (from {run.path / run.INFO}); pass --data DIR")
+    if not args.overrides:
+        return run.config(), data
+    with tempfile.TemporaryDirectory() as tmp:  # the saved config as a preset, so --set is checked as everywhere
+        saved = Path(tmp) / "config.yaml"
+        saved.write_text(config_to_yaml(run.config(), with_provenance=False))
+        return load_config(None, str(saved), args.overrides), data
