@@ -69,6 +69,8 @@ class Competition:
     """A binary competition's column of free-text diagnoses (mapped to DIAGNOSES), for a finer training target."""
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
+    code_competition: bool = False
+    """Kaggle scores a kernel re-run on the hidden test set, not an uploaded CSV (``kit submit --kernel``)."""
 
     @property
     def is_binary(self) -> bool:
@@ -163,6 +165,7 @@ register(Competition(
     metric="pauc80",
     submission_columns=("isic_id", "target"),
     aliases=("isic-2024",),
+    code_competition=True,
 ))
 
 ISIC_2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")

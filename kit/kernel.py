@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.bundle import bundle_slug, check_dataset_ref, check_owner, run_competition
+from kit.bundle import MANIFEST, bundle_slug, check_dataset_ref, check_owner, run_competition
 from kit.competitions import Competition, get_competition
 from kit.errors import ConfigError, KaggleError, KitError
 from kit.io import atomic_path, read_json_file, write_text_atomic
@@ -39,6 +39,7 @@ CODE_FILE = "kernel.py"
 METADATA = "kernel-metadata.json"
 DEFAULT_WORKING = "/kaggle/working"
 STAGED_RUN = "kit-run"  # the working folder's copy of the checkpoints folder, where predict_run writes
+ORIGIN = "kit-submission.json"  # beside submission.csv: the run or stack it came from, for kit submit --kernel
 _LEFT_OVER = re.compile(r"__[A-Z][A-Z_]*__")
 
 
@@ -172,6 +173,26 @@ def _predict_stack(spec: Competition, data_dir: Path, stack_dir: Path, working: 
     return [str(i) for i in ids], pred, f"the stack's GBDTs over {len(stack.folds())} folds on {runs}"
 
 
+def origin_record(weights_dir: Path, tta: str) -> dict:
+    """What a kernel's submission was made from: the run or stack named by the bundle (its bundle.json), the TTA."""
+    manifest = weights_dir.parent / MANIFEST
+    try:
+        bundle = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except ValueError:
+        bundle = {}
+    bundle = bundle if isinstance(bundle, dict) else {}
+    return {"run": str(bundle.get("run") or weights_dir.name), "bundle": str(bundle.get("id", "")), "tta": tta}
+
+
+def read_origin(path: Path) -> str:
+    """The run or stack named in a kernel's ``kit-submission.json`` ("" when the file is absent or not kit's)."""
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return str(record.get("run", "")) if isinstance(record, dict) else ""
+
+
 def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str | os.PathLike,
                working: str | os.PathLike = DEFAULT_WORKING, tta: str = "8", device: str = "auto") -> Path:
     """Predict the test images with every fold in ``weights_dir`` and TTA; write ``working``/submission.csv. A
@@ -203,6 +224,7 @@ def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str |
         shutil.copyfile(submission, tmp)
         tmp.chmod(0o644)  # a temporary file is private to its owner; Kaggle's collector reads the output folder
     rows = validate_file(spec, final, data_dir)  # what is on disk, against the test ids of this data folder
+    write_text_atomic(working / ORIGIN, json.dumps(origin_record(weights_dir, tta), indent=2))
     print(f"wrote {final}: {rows} rows, {what}, TTA {tta}")
     return final
 
@@ -262,17 +284,26 @@ def push_kernel(folder: str | os.PathLike) -> KernelPush:
     return KernelPush(ref, getattr(reply, "url", "") or f"https://www.kaggle.com/code/{ref}", version)
 
 
-def kernel_status(ref: str) -> tuple[str, str]:
-    """The status of the kernel's latest version (queued, running, complete, error, ...) and its failure message."""
-    from kit.kaggle import api_errors, authenticated_client
-
+def check_kernel_ref(ref: str) -> str:
+    """``ref`` if it is OWNER/SLUG with OWNER a Kaggle user name."""
     owner, _, slug = ref.partition("/")
     if not slug or "/" in slug:
         raise ConfigError(f"kernel '{ref}' must be OWNER/SLUG, for example {owner or 'you'}/kit-isic-2024-challenge")
     check_owner(owner, f"the owner in kernel '{ref}'")
+    return ref
+
+
+def kernel_status(ref: str, version: int | None = None) -> tuple[str, str]:
+    """The status of the kernel's version ``version`` (default: its latest: queued, running, complete, error, ...)
+    and its failure message."""
+    from kit.kaggle import api_errors, authenticated_client
+
+    check_kernel_ref(ref)
     api, source = authenticated_client()
-    hints = {404: f"Kaggle has no kernel {ref} visible to this account{{said}}: push it with kit kernel push"}
+    hints = {404: f"Kaggle has no kernel {ref} visible to this account{{said}}: push it with kit kernel push"
+             if version is None else f"Kaggle has no version {version} of kernel {ref} visible to this account"
+             "{said}: `kit kernel push` prints the number of each version it makes"}
     with api_errors(f"kernel {ref}", source, hints):
-        reply = api.kernels_status(ref)
+        reply = api.kernels_status(ref if version is None else f"{ref}/{version}")
     status = getattr(reply.status, "name", str(reply.status)).lower()
     return status, getattr(reply, "failure_message", None) or ""

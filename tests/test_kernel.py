@@ -140,6 +140,8 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
 
     submission = working / "submission.csv"
     assert validate_file(HCD, submission, data) == 10
+    # beside it, what it was made from: kit submit --kernel logs that run with the score
+    assert json.loads((working / "kit-submission.json").read_text())["run"] == Path(run).name
     assert "packing 10 images" in p.stdout + p.stderr and not (working / "kit-cache").exists()  # not kernel output
     # the kernel's numbers are kit predict's: each fold's best.pt with 8 TTA views, folds averaged
     from kit.commands.predict import predict_and_submit
@@ -195,6 +197,7 @@ def test_the_isic_2024_kernel_runs_the_image_models_then_the_stack(tmp_path, sta
 
     submission = pd.read_csv(working / "submission.csv", dtype={"isic_id": str})
     assert list(submission.columns) == ["isic_id", "target"]
+    assert json.loads((working / "kit-submission.json").read_text())["run"] == stack.name
     assert validate_file(ISIC, working / "submission.csv", data) == len(submission) > 1
     # what the local stack predicts for the same test rows, from the run's own test predictions (the same TTA)
     ids, per_fold = predict_folds(stack, data, {"img_img": image_test_scores(run)})
