@@ -89,8 +89,9 @@ def submit_and_poll(api: Any, source: str, made: SubmissionResult, send: Callabl
     ref = int(getattr(response, "ref", 0) or 0)
     if ref == 0:
         reply = getattr(response, "message", "") or "no reply"
-        raise KaggleError(f"{'code submission' if made.kernel else 'upload'} of {what} to {slug} failed: the kaggle client answered '{reply}' and created "
-                          "no submission (nothing counted against the daily limit); check the connection and retry")
+        kind = "code submission" if made.kernel else "upload"
+        raise KaggleError(f"{kind} of {what} to {slug} failed: the kaggle client answered '{reply}' and created no "
+                          "submission (nothing counted against the daily limit); check the connection and retry")
     made = replace(made, ref=ref)
     try:
         submission = _wait_for_score(api, slug, ref, source, timeout, poll_every)

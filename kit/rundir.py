@@ -58,6 +58,7 @@ from kit.io import (
     sha256_file,
     tee_output,
     write_csv_atomic,
+    write_error,
     write_text_atomic,
 )
 
@@ -296,8 +297,11 @@ class RunDir:
             finally:
                 _HELD[key][1] -= 1
             return
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only place, or a file where the folder must be: one line naming it
+            raise (write_error(folder, e) or e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ensemble", ("kit.ensemble", "kit.decision")),
     ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
-    ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel", "kit.kernel_train")),
+    ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel", "kit.kernel_train", "kit.code_submission")),
     ("commands", ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")),
 ]
 MAX_FUNCTION_LINES = 60
