@@ -440,3 +440,39 @@ def test_status_of_an_unknown_kernel_says_to_push_it(tmp_path):
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"Kaggle has no kernel {OWNER}/kit-nothing-here visible to this account (HTTP 404" in p.stderr
     assert "push it with kit kernel push" in p.stderr
+
+
+KIT_REQUIRES = ["torch<3,>=2.2", "timm<2,>=1.0.21", "albumentations==2.0.8", "lightgbm>=4.0; extra == \"stack\""]
+
+
+@pytest.mark.parametrize("image, owners, said", [
+    ({"torch": "2.10.0+cu128", "timm": "1.0.26", "albumentations": "2.0.8"}, ["albumentations"], []),
+    ({"torch": "2.10.0", "timm": "1.0.26", "albumentationsx": "2.1.3", "albumentations": "2.1.3"}, ["albumentationsx"],
+     ["albumentationsx 2.1.3 installs as 'albumentations' (AlbumentationsX, AGPL-licensed; kit needs the MIT "
+      "albumentations 2.0.x)"]),
+    ({"torch": "3.0.0", "timm": "1.0.3", "albumentations": "1.4.21"}, ["albumentations"],
+     ["albumentations 1.4.21 (kit needs the MIT 2.0.x line)", "torch 3.0.0 (kit needs torch<3,>=2.2)",
+      "timm 1.0.3 (kit needs timm<2,>=1.0.21)"]),
+    ({"albumentations": "2.0.5"}, ["albumentations"], ["torch absent (kit needs torch<3,>=2.2)",
+                                                       "timm absent (kit needs timm<2,>=1.0.21)"]),
+])
+def test_the_script_checks_the_installed_distributions_not_only_the_modules(tmp_path, monkeypatch, image, owners,
+                                                                            said):
+    script = load_script(tmp_path, monkeypatch)
+    assert script.version_problems(KIT_REQUIRES, owners, image.get) == said
+
+
+def test_the_kernel_log_starts_with_the_versions_and_stops_on_a_wrong_one(tmp_path, monkeypatch, capsys):
+    script = load_script(tmp_path, monkeypatch)
+    script.report_versions()
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"kit kernel: Python {sys.version.split()[0]}, torch {importlib.metadata.version('torch')}")
+    assert f"albumentations {importlib.metadata.version('albumentations')}" in first
+    script.check_versions(WHEELS)  # this environment's torch, timm and albumentations fit kit's own metadata
+    assert "within kit's bounds" in capsys.readouterr().out
+    monkeypatch.setattr(script, "installed", lambda name: "0.9.16" if name == "timm" else
+                        importlib.metadata.version(name))
+    with pytest.raises(SystemExit) as stop:
+        script.check_versions(WHEELS)
+    assert str(stop.value).startswith("kit kernel: this image has timm 0.9.16 (kit needs timm") and "\n" not in str(
+        stop.value)

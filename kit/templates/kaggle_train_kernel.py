@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kaggle_install import WORKING, check_imports, install, locate, mounts  # __INSTALL__: replaced by its code
+from kaggle_install import WORKING, check_imports, install, locate, mounts, report_versions  # __INSTALL__
 
 STARTED = time.monotonic()
 COMPETITION = "__COMPETITION__"
@@ -102,6 +102,7 @@ def finish(rc: int) -> int:
 
 
 def main() -> int:
+    report_versions()  # first in the log: what this image runs
     looked: list[str] = []
     data, wheel = locate(COMPETITION, WHEELS_DATASET, looked)
     previous = find_previous(looked) if CONTINUE else None
