@@ -62,6 +62,8 @@ class TrainingState:
     best_loss: float
     best_epoch: int
     stale: int
+    handlers: dict = field(default_factory=dict)
+    """The epoch-end handlers' states (:mod:`kit.epoch_handlers`), by handler name."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ import sys
 import threading
 
 from kit import __version__
+from kit.console import show_messages
 from kit.errors import KitError
 from kit.io import write_error
 
@@ -49,6 +50,7 @@ def _stop_on_sigterm():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_messages()
     previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)

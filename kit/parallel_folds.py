@@ -11,6 +11,7 @@ A device is a GPU index (the child sees only that GPU, as ``cuda``) or ``cpu`` (
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sys
@@ -20,9 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.config import Config
+from kit.console import show_messages
 from kit.errors import ConfigError, KitError
 from kit.rundir import RunDir
 from kit.train import EpochCallback, RunData, prepare_data, train_fold
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ParallelFolds", "parse_devices"]
 
@@ -74,12 +78,13 @@ def _child(run_path: str, k: int, device: str, exclude: list[str] | None, thread
 
         if threads:
             torch.set_num_threads(threads)
+        show_messages()  # a fresh interpreter: the fold's messages go to its train.log
         try:
             cfg = run.config()
             data = prepare_data(cfg, run.info()["data"], run, exclude=exclude)
             train_fold(cfg, data, k, run)
         except KitError as e:
-            print(f"kit train: error: fold {k}: {e}", flush=True)
+            log.error(f"kit train: error: fold {k}: {e}")
             sys.exit(1)
 
 
@@ -116,7 +121,7 @@ class ParallelFolds:
         proc = ctx.Process(target=_child, args=(str(run.path), k, device, self.exclude, self._threads()),
                            name=f"kit-fold{k}")
         proc.start()
-        print(f"fold {k}: training on {device} (pid {proc.pid}, log {run.fold_log_path(k)})", flush=True)
+        log.info(f"fold {k}: training on {device} (pid {proc.pid}, log {run.fold_log_path(k)})")
         return _Job(k, device, proc)
 
     def __call__(self, cfg: Config, data: RunData, run: RunDir, folds: list[int],
@@ -127,7 +132,7 @@ class ParallelFolds:
                               "process; train without --devices")
         waiting = [k for k in folds if not run.result_path(k).is_file()]
         for k in sorted(set(folds) - set(waiting)):
-            print(f"fold {k}: already finished, skipped")
+            log.info(f"fold {k}: already finished, skipped")
         failed = self._run_all(run, list(waiting))
         if failed:
             lines = "; ".join(f"fold {k} ({why})" for k, why in failed.items())
@@ -149,10 +154,10 @@ class ParallelFolds:
                     free.append(job.device)
                     code = job.process.exitcode
                     if code == 0 and run.result_path(job.k).is_file():
-                        print(f"fold {job.k}: finished on {job.device}", flush=True)
+                        log.info(f"fold {job.k}: finished on {job.device}")
                     else:
                         failed[job.k] = f"exit {code}: {_last_line(run.fold_log_path(job.k))}"
-                        print(f"fold {job.k}: FAILED on {job.device}, {failed[job.k]}", file=sys.stderr, flush=True)
+                        log.error(f"fold {job.k}: FAILED on {job.device}, {failed[job.k]}")
         except BaseException:  # Ctrl-C, SIGTERM, a bug: no fold process outlives the parent
             for job in running:
                 job.process.terminate()

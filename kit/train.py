@@ -1,7 +1,8 @@
 """The fold loop: train on k-1 folds, validate on the held-out one, keep the best checkpoint and its OOF predictions.
 
-Per epoch, in this order: (maybe unfreeze) -> train_one_epoch -> validate -> scheduler step -> log -> checkpoint
-(best.pt on improvement, last.pt always) -> callback (Optuna pruning) -> early stopping. Everything a fold needs to
+Per epoch: (maybe unfreeze) -> train_one_epoch -> validate -> scheduler step -> the epoch-end handlers of
+:mod:`kit.epoch_handlers` (best.pt on improvement, history and log line, last.pt, the caller's callback such as Optuna
+pruning, early stopping; a new per-epoch concern is a new handler). Everything a fold needs to
 continue is in ``last.pt``, and every source of randomness of an epoch is derived from (seed, fold, epoch), so a run
 killed at any point resumes to the same predictions as an uninterrupted one.
 
@@ -12,6 +13,7 @@ checkpoint); the device, precision and loaders come from :mod:`kit.runtime`, the
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import shutil
@@ -47,6 +49,7 @@ from kit.data.readers import check_images_exist, open_store
 from kit.data.sampling import subsample_negatives
 from kit.data.targets import TargetSpace, run_targets, target_space
 from kit.distributed import EpochSampler, current_group
+from kit.epoch_handlers import EpochCallback, EpochEnd, EpochHandler, build_handlers
 from kit.errors import ConfigError, KitError
 from kit.gpu_augment import build_batch_augment, on_device
 from kit.losses import build_loss
@@ -67,11 +70,11 @@ from kit.runtime import (
 from kit.transforms import build_eval_transform, build_train_transform
 from kit.weights import WeightsSource, resolve_weights
 
+log = logging.getLogger(__name__)
+
 __all__ = ["EpochCallback", "FoldResult", "FoldRunner", "RunData", "RunResult", "TrainingError", "prepare_data",
            "resume_config", "train_fold", "train_folds", "train_one_epoch", "train_sequentially"]
 
-EpochCallback = Callable[[int, int, float], None]
-"""on_epoch(fold, epoch, val_metric): called after each epoch's checkpoint; may raise (e.g. optuna.TrialPruned)."""
 
 
 class TrainingError(KitError):
@@ -276,12 +279,12 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
             raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
         meta_encoder = MetaEncoder.fit(table)  # the competition's own rows: extra rows are encoded with its fit
         meta = np.concatenate([meta_encoder.transform(t) for t in [table, *(e.table for e in extra)]])
-        print(f"metadata branch: {meta_encoder.size} features from {len(meta_encoder.columns)} columns", flush=True)
+        log.info(f"metadata branch: {meta_encoder.size} features from {len(meta_encoder.columns)} columns")
     n_meta = 0 if meta is None else meta.shape[1]
     # built once with its weights file before anything is written: a bad name, size or file fails here
     weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
-    print(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE to "
-          "start from ImageNet weights" if weights.kind == "scratch" else ""), flush=True)
+    log.info(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE "
+             "to start from ImageNet weights" if weights.kind == "scratch" else ""))
     probe = build_model(cfg.model.name, space.num_outputs, cfg.model.weights, cfg.model.img_size,
                         cfg.model.drop_rate, n_meta, cfg.model.pretrained)
     dcfg = data_config(probe, cfg.model.img_size)
@@ -390,6 +393,8 @@ class FoldTrainer:
             compile_model(self.model)
         self._build_optimisation()
         self.progress = FoldProgress()
+        self.handlers: list[EpochHandler] = []
+        self.stop: str | None = None  # set by a handler: the fold ends after this epoch
 
     def _subset(self, idx: np.ndarray, transform) -> ImageDataset:
         return self.data.dataset.subset(idx).with_transform(transform)
@@ -427,8 +432,19 @@ class FoldTrainer:
         return self.train_ds.subset(rows)
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def _checkpoint(self, epoch: int, metric: float, model: nn.Module,
-                    training: TrainingState | None = None) -> Checkpoint:
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes."""
+        return self.dist.is_main
+
+    def history(self) -> list[dict]:
+        return self.progress.history
+
+    def stale_epochs(self) -> int:
+        return self.progress.stale
+
+    def checkpoint(self, epoch: int, metric: float, model: nn.Module,
+                   training: TrainingState | None = None) -> Checkpoint:
         d, spec = self.data, self.data.spec
         return Checkpoint(model=d.model, competition=spec.name, task=d.space.task, classes=list(d.space.classes),
                           scored=d.space.scored, input_size=d.input_size, mean=list(d.mean), std=list(d.std),
@@ -436,7 +452,7 @@ class FoldTrainer:
                           meta_encoder=d.meta_encoder.to_dict() if d.meta_encoder else None, fold=self.k,
                           epoch=epoch, metric=metric, model_state=model.state_dict(), training=training)
 
-    def _training_state(self) -> TrainingState:
+    def training_state(self) -> TrainingState:
         p = self.progress
         return TrainingState(
             optimizer=self.optimizer.state_dict(),
@@ -444,7 +460,16 @@ class FoldTrainer:
             scaler=self.rt.scaler.state_dict() if self.rt.scaler is not None else None,
             ema=self.ema.module.state_dict() if self.ema is not None else None, rng=rng_state(),
             history=p.history, best_metric=p.best_metric, best_loss=p.best_loss, best_epoch=p.best_epoch,
-            stale=p.stale)
+            stale=p.stale, handlers={h.name: h.state_dict() for h in self.handlers})
+
+    def save_best(self, epoch: int, metric: float, model: nn.Module, val_probs: np.ndarray) -> None:
+        """``best.pt`` from ``model`` and the fold's OOF rows from its validation predictions (rank 0 alone)."""
+        if not self.is_main:
+            return
+        save_checkpoint(self.run.best_path(self.k), self.checkpoint(epoch, metric, model))
+        ids = self.data.table["id"].to_numpy()[self.val_idx]
+        self.run.write_csv(self.run.fold_oof_path(self.k), prediction_frame(
+            self.data.spec, ids, val_probs, fold=self.k, target=self.targets[self.val_idx]))
 
     def resume(self) -> int:
         """Restore every piece of state from last.pt when there is one; the number of epochs already trained."""
@@ -463,10 +488,13 @@ class FoldTrainer:
             self.rt.scaler.load_state_dict(state.scaler)
         if self.ema is not None and state.ema is not None:
             self.ema.module.load_state_dict(state.ema)
+        for handler in self.handlers:
+            if handler.name in state.handlers:
+                handler.load_state_dict(state.handlers[handler.name])
         set_rng_state(state.rng)
         self.progress = FoldProgress(state.history, state.best_metric, state.best_loss, state.best_epoch, state.stale)
-        print(f"fold {self.k}: resuming after epoch {ckpt.epoch} (best {self.data.spec.metric} "
-              f"{state.best_metric:.4f})")
+        log.info(f"fold {self.k}: resuming after epoch {ckpt.epoch} (best {self.data.spec.metric} "
+                 f"{state.best_metric:.4f})")
         return ckpt.epoch
 
     # ---------------------------------------------------------------------------------------------- epochs
@@ -494,62 +522,63 @@ class FoldTrainer:
                                 f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
         return stats
 
-    def end_epoch(self, epoch: int, stats: EpochStats) -> float:
-        """Validate, log, and checkpoint epoch ``epoch`` (0-based); its validation metric."""
-        spec, val_targets = self.data.spec, self.targets[self.val_idx]
+    def validate_model(self, model: nn.Module, title: str) -> tuple[float, np.ndarray]:
+        """``model``'s metric and predictions on the fold's validation rows (gathered from every rank)."""
+        self.dist.sync_buffers(model)  # rank 0's BatchNorm statistics: every rank validates one model
+        with Progress(len(self.val_ds), title, unit="img", enabled=self.show_progress and self.dist.is_main) as bar:
+            return validate(model, self.val_loader, self.rt, self.targets[self.val_idx], self.metric, bar,
+                            lambda part: self.dist.gather_rows(part, len(self.val_idx)),
+                            self.data.space.scored_index)
+
+    def end_epoch(self, epoch: int, stats: EpochStats) -> EpochEnd:
+        """Validate epoch ``epoch`` (0-based), step the scheduler, and hand the result to the handlers."""
         eval_model = self.ema.module if self.ema is not None else self.model
-        self.dist.sync_buffers(eval_model)  # rank 0's BatchNorm statistics: every rank validates one model
-        with Progress(len(self.val_ds), f"fold {self.k} epoch {epoch + 1} validation", unit="img",
-                      enabled=self.show_progress and self.dist.is_main) as bar:
-            val_metric, val_probs = validate(eval_model, self.val_loader, self.rt, val_targets, self.metric, bar,
-                                             lambda part: self.dist.gather_rows(part, len(self.val_idx)),
-                                             self.data.space.scored_index)
-        val_loss = log_loss(val_targets, val_probs)
+        val_metric, val_probs = self.validate_model(eval_model, f"fold {self.k} epoch {epoch + 1} validation")
+        val_loss = log_loss(self.targets[self.val_idx], val_probs)
         if self.scheduler is not None:
             self.scheduler.step(epoch + 1, val_metric)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.progress.history.append({"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
-                                      spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s,
-                                      "train_images": stats.images})
-        print(f"fold {self.k} epoch {epoch + 1}/{self.cfg.train.epochs}: loss {stats.loss:.4f}  val_loss "
-              f"{val_loss:.4f}  {spec.metric} {val_metric:.4f}  lr {lr:.2e}  {stats.images_per_s:.0f} img/s"
-              + (f"  (run ETA {self.overall.eta()})" if self.overall is not None else ""), flush=True)
-        improved = self.progress.update(epoch + 1, val_metric, val_loss)
-        if not self.dist.is_main:  # rank 0 alone writes
-            return val_metric
-        if improved:
-            save_checkpoint(self.run.best_path(self.k), self._checkpoint(epoch + 1, val_metric, eval_model))
-            ids = self.data.table["id"].to_numpy()[self.val_idx]
-            self.run.write_csv(self.run.fold_oof_path(self.k),
-                               prediction_frame(spec, ids, val_probs, fold=self.k, target=val_targets))
-        self.run.write_csv(self.run.history_path(self.k), pd.DataFrame(self.progress.history))
-        save_checkpoint(self.run.last_path(self.k),
-                        self._checkpoint(epoch + 1, val_metric, self.model, self._training_state()))
-        return val_metric
+        row = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
+               self.data.spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s,
+               "train_images": stats.images}
+        end = EpochEnd(epoch + 1, stats.loss, stats.images_per_s, stats.images, val_metric, val_loss, val_probs, lr,
+                       self.progress.update(epoch + 1, val_metric, val_loss), eval_model, row)
+        for handler in self.handlers:
+            handler.on_epoch_end(self, end)
+        return end
 
     def fit(self, on_epoch: EpochCallback | None = None, show_progress: bool = False,
             overall: Eta | None = None) -> FoldResult:
+        """Train the fold's remaining epochs: train, then the epoch-end handlers, until the last epoch or a stop."""
         t = self.cfg.train
-        self.show_progress, self.overall, start = show_progress, overall, self.resume()
+        self.show_progress, self.overall = show_progress, overall
+        self.handlers = build_handlers(self.cfg, self.data.spec.metric,
+                                       lambda: overall.eta() if overall is not None else None, on_epoch)
+        start = self.resume()
         if overall is not None:
             overall.total -= start  # epochs a killed run already trained
+        for handler in self.handlers:
+            handler.on_fit_start(self, start)
         for epoch in range(start, t.epochs):
-            if t.early_stopping and self.progress.stale >= t.early_stopping:
-                break  # resumed after the epoch that stopped it early (a stop before result.json was written)
-            val_metric = self.end_epoch(epoch, self.train_epoch(epoch, show_progress))
-            if on_epoch is not None:
-                on_epoch(self.k, epoch, val_metric)
-            if self.dist.broadcast(t.early_stopping and self.progress.stale >= t.early_stopping):  # rank 0 decides
-                print(f"fold {self.k}: early stop after epoch {epoch + 1} ({t.early_stopping} epochs without "
-                      "improvement)")
+            if self.stop is not None:
+                break  # resumed after the epoch that stopped the fold
+            self.end_epoch(epoch, self.train_epoch(epoch, show_progress))
+            self.stop = self.dist.broadcast(self.stop)  # rank 0 decides
+            if self.stop is not None:
+                log.info(f"fold {self.k}: {self.stop}")
                 if overall is not None:
                     overall.total -= t.epochs - epoch - 1
                 break
+        for handler in self.handlers:
+            handler.on_fit_end(self)
+        return self._finish()
+
+    def _finish(self) -> FoldResult:
         p = self.progress
         result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history))
-        if self.dist.is_main:
+        if self.is_main:
             self.run.write_json(self.run.result_path(self.k), asdict(result))  # last: marks the fold finished
-            if not t.keep_last:  # finished: nothing will resume from it
+            if not self.cfg.train.keep_last:  # finished: nothing will resume from it
                 self.run.last_path(self.k).unlink(missing_ok=True)
         return result
 
@@ -630,7 +659,7 @@ def train_sequentially(cfg: Config, data: RunData, run: RunDir, folds: list[int]
     overall = Eta((len(folds) - sum(finished)) * cfg.train.epochs)  # the run's epochs left, for the ETA
     for k, done in zip(folds, finished, strict=True):
         if done:
-            print(f"fold {k}: already finished, skipped")
+            log.info(f"fold {k}: already finished, skipped")
             continue
         train_fold(cfg, data, k, run, on_epoch, progress, overall)
 
@@ -659,7 +688,7 @@ def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: l
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
         dist.on_main(_write_start, run, cfg, data, data_dir, folds)
-        print(start_line(cfg, data, folds, run), flush=True)
+        log.info(start_line(cfg, data, folds, run))
         todo = [k for k in folds if only is None or k in only]
         (runner or train_sequentially)(cfg, data, run, todo, on_epoch, progress)
         return dist.on_main(_finish, run, data.spec, folds)

@@ -41,6 +41,14 @@ def pack_cache_dir(tmp_path_factory) -> Path:
         yield folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kit_messages_on_stdout():
+    """The library's messages shown as the CLI shows them (kit.console), so capsys sees what a user would."""
+    from kit.console import show_messages
+
+    show_messages()
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo")
