@@ -151,6 +151,24 @@ def _predict_images(run_dir: Path, data_dir: Path, tta: str, device: str) -> tup
     return [str(i) for i in test_ids], test
 
 
+def check_stack_tta(stack, name: str, tta: str) -> None:
+    """The kernel's TTA must be the one kit predict used for the stack's image run ``name``: its test scores are
+    features of the GBDTs, fitted on the scores of that TTA."""
+    from kit.tta import get_view_set
+
+    recorded = stack.predicted_tta(name)
+    if recorded is None:
+        return
+    views, merge = [str(v) for v in recorded["views"]], str(recorded.get("merge", "mean"))
+    if views != list(get_view_set(tta)) or merge != "mean":
+        used = f"--tta {len(views)}" + ("" if merge == "mean" else f" --merge {merge}")
+        raise KitError(f"the stack's image run {name} was predicted with kit predict {used}, but this kernel runs "
+                       f"--tta {tta} (merge mean): its test scores would not be the features the stack's GBDTs were "
+                       f"fitted on; build the kernel with kit kernel build --tta {len(views)}"
+                       + ("" if merge == "mean" else f", after kit predict --tta {len(views)} --merge mean and kit "
+                          "stack again"))
+
+
 def _predict_stack(spec: Competition, data_dir: Path, stack_dir: Path, working: Path, tta: str,
                    device: str) -> tuple[list[str], np.ndarray, str]:
     """(test ids, the stack's prediction, what it is): each image run the stack names predicts the test images,
@@ -163,6 +181,8 @@ def _predict_stack(spec: Competition, data_dir: Path, stack_dir: Path, working: 
     if stack.competition != spec.name:
         raise KitError(f"the stack in {stack_dir} was made for {stack.competition}, not {spec.name}: attach the "
                        f"{spec.name} bundle")
+    for name in stack.images:  # before any prediction: a wrong TTA would make features the GBDTs never saw
+        check_stack_tta(stack, name, tta)
     scores = {}
     for name in stack.images:
         run_dir = _stage(stack.run_dir(name), working / f"{STAGED_RUN}-{name}")

@@ -214,12 +214,27 @@ def test_kernel_run_on_a_stack_bundle_names_a_changed_model_file(tmp_path, stack
     bundle = make_bundle(stack, OWNER, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path), kit_source=REPO)
     model = bundle / "stack" / "fold1" / "lgbm_seed0.txt"
     model.write_text(model.read_text() + "\n")
-    rc = main(["kernel", "run", "--competition", ISIC, "--data", str(data), "--weights", str(bundle / "stack"),
-               "--working", str(tmp_path / "working"), "--tta", "1", "--device", "cpu"])
+    argv = ["kernel", "run", "--competition", ISIC, "--data", str(data), "--weights", str(bundle / "stack"),
+            "--working", str(tmp_path / "working"), "--device", "cpu"]
+    rc = main([*argv, "--tta", "2"])  # the TTA kit predict gave the stack's image run
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"model file {model} differs from the one kit stack saved" in err
     assert not (tmp_path / "working" / "submission.csv").exists()
+
+
+def test_a_stack_kernel_refuses_another_tta_than_its_image_runs_had(tmp_path, stacked, capsys):
+    data, _, stack = stacked
+    bundle = make_bundle(stack, OWNER, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path), kit_source=REPO)
+    assert json.loads((bundle / "stack" / "stack.json").read_text())["runs"][0]["tta"] == {
+        "views": ["identity", "hflip"], "merge": "mean"}
+    rc = main(["kernel", "run", "--competition", ISIC, "--data", str(data), "--weights", str(bundle / "stack"),
+               "--working", str(tmp_path / "working"), "--device", "cpu", "--tta", "8"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("the stack's image run img_img was predicted with kit predict --tta 2, but this kernel runs --tta 8 "
+            "(merge mean)") in err and "kit kernel build --tta 2" in err
+    assert not (tmp_path / "working").exists() or not list((tmp_path / "working").rglob("test_fold*.csv"))
 
 
 def test_a_stack_with_a_missing_model_file_is_not_bundled(tmp_path, stacked):
