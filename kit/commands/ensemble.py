@@ -18,16 +18,21 @@ def add_parser(sub):
     p.add_argument("--data", default=None, help="competition data folder for the test ids (default: the first run's)")
     p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions",
                    help="where the submission goes (default submissions)")
+    p.add_argument("--decision", default="auto", choices=("auto", "on", "off"),
+                   help="balanced-accuracy competitions: per-class decision weights fitted on the blend's OOF and "
+                   "applied to its test predictions; auto (default) applies them when the nested CV gains")
     p.set_defaults(func=run)
 
 
 def ensemble_and_submit(run_dirs, method="mean", out_dir="submissions", name="ensemble", data=None,
-                        fold_merge="mean"):
+                        fold_merge="mean", decision="auto"):
     """``kit ensemble`` as a function: (EnsembleResult, the submission's path, its JSON summary's path)."""
     from kit.ensemble import ensemble_runs, write_summary
     from kit.submission import write_submission
 
-    result = ensemble_runs(run_dirs, method, data, fold_merge)
+    result = ensemble_runs(run_dirs, method, data, fold_merge, decision=decision)
+    if result.decision_note:
+        print(result.decision_note)
     path = write_submission(result.spec, [str(i) for i in result.test_ids], result.test, name, out_dir,
                             expected_ids=result.expected_ids)
     summary = write_summary(result, path.with_suffix(".json"))
@@ -37,6 +42,7 @@ def ensemble_and_submit(run_dirs, method="mean", out_dir="submissions", name="en
 
 
 def run(args) -> int:
-    _, path, _ = ensemble_and_submit(args.run_dirs, args.method, args.out_dir, args.name, args.data, args.fold_merge)
+    _, path, _ = ensemble_and_submit(args.run_dirs, args.method, args.out_dir, args.name, args.data, args.fold_merge,
+                                     args.decision)
     print(path)
     return 0
