@@ -32,14 +32,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
 from kit.io import read_json_file, write_text_atomic
-from kit.rundir import LOCK_FILE, RunDir
+from kit.records import Decision, RunInfo, Scores
+from kit.rundir import LOCK_FILE, PredictionSource, RunDir, open_source
 
 __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePush", "build_kit_wheel", "bundle_slug",
            "check_dataset_ref", "check_owner", "make_bundle", "make_wheels_bundle", "push_bundle", "run_competition"]
@@ -91,8 +92,8 @@ def check_dataset_ref(ref: str, what: str = "dataset") -> str:
 
 # ---------------------------------------------------------------------------------------------------- the run
 def run_competition(run_dir: Path) -> str:
-    """The competition a run folder was trained for (from its config.yaml; no checkpoint is read)."""
-    return RunDir.open(run_dir).competition().name
+    """The competition a run (from its config.yaml; no checkpoint is read) or a stack folder is for."""
+    return open_source(run_dir).competition().name
 
 
 def _chosen_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
@@ -111,17 +112,17 @@ def _chosen_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
 
 def _copy_checkpoints(run: RunDir, folds: list[int], dest: Path) -> None:
     """The run folder a kernel predicts from: its config, folds, scores, and each chosen fold's best.pt."""
-    needed = (run.config_path, run.folds_path, run.scores_path)
+    needed = (run.config_path, run.folds_path, run.record_path(Scores))
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise KitError(f"{run.path} lacks {', '.join(missing)}: finish training the run (kit train) before bundling")
     copy = RunDir(dest)
     with copy.writing():
-        fitted = [run.decision_path] if run.decision_path.is_file() else []  # kit predict's decision weights
+        fitted = [run.record_path(Decision)] if run.record_path(Decision).is_file() else []  # kit predict's decision weights
         for path in [*needed, *fitted]:
             shutil.copy2(path, dest / path.name)
         # the kernel predicts every fold it finds (fold*/result.json); run.json lists the same ones
-        copy.write_json(copy.info_path, {**json.loads(run.info_path.read_text()), "folds": folds})
+        copy.save(replace(run.load(RunInfo), folds=list(folds)))
         for k in folds:
             copy.fold_dir(k).mkdir()
             for path in (run.best_path(k), run.result_path(k)):
@@ -243,9 +244,9 @@ def _metadata(ref: str, competition: str, run_name: str, cv: str, license_name: 
     }
 
 
-def _cv_text(run: RunDir) -> str:
-    scores = run.scores() or {}
-    return f"CV {scores['metric']} {scores['cv']:.4f}" if "cv" in scores and "metric" in scores else "no CV score"
+def _cv_text(run: PredictionSource) -> str:
+    scores = run.load(Scores, optional=True)
+    return f"CV {scores.metric} {scores.cv:.4f}" if scores else "no CV score"
 
 
 def _replace_dir(staged: Path, out: Path) -> None:
@@ -270,7 +271,7 @@ def _copy_stack(stack_dir: Path, folds: Sequence[int] | None, dest: Path) -> dic
     runs = {name: RunDir.open(stack.run_dir(name)) for name in stack.images}
     chosen = {name: _chosen_folds(run, folds) for name, run in runs.items()}
     dest.mkdir(parents=True)
-    for path in [stack_dir / STACK_INFO, stack_dir / "scores.json", *(stack_dir / m.file for m in stack.models)]:
+    for path in [stack_dir / STACK_INFO, stack_dir / Scores.FILE, *(stack_dir / m.file for m in stack.models)]:
         (dest / path.relative_to(stack_dir)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / path.relative_to(stack_dir))
     for name, run in runs.items():
@@ -285,11 +286,10 @@ def make_bundle(run_dir: str | os.PathLike, owner: str, slug: str | None = None,
                 pythons: Sequence[str] = KAGGLE_PYTHONS) -> Path:
     """Write the dataset folder of a run: metadata, kit's wheel, the wheels Kaggle lacks, the chosen folds. A stack
     folder (stack.json) brings its saved models and the image runs it names (``folds`` then apply to each run)."""
-    from kit.stack.saved import is_stack
 
-    run = RunDir.open(run_dir)
+    run = open_source(run_dir)
     competition = run.competition().name
-    stacked = is_stack(run.path)
+    stacked = run.kind == "stack"
     chosen = None if stacked else _chosen_folds(run, folds)
     slug = slug or bundle_slug(competition)
     ref = check_dataset_ref(f"{check_owner(owner)}/{slug}")

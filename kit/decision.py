@@ -17,19 +17,21 @@ the test set, are fitted on all OOF. They are applied by default only where the 
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from kit.errors import ConfigError, DataError
 from kit.oof import prediction_values
+from kit.records import Decision, PredictInfo
 from kit.rundir import RunDir
 
 __all__ = ["DECISION_METRICS", "DECISION_MODES", "DecisionFit", "apply_saved_weights", "apply_weights",
-           "balanced_accuracy_of_labels", "decide_run", "fit_nested", "fit_weights", "format_fit"]
+           "balanced_accuracy_of_labels", "decide_run", "fit_nested", "fit_weights", "format_fit", "saved_weights"]
+
+log = logging.getLogger(__name__)
 
 DECISION_METRICS = ("balanced_accuracy",)
 """Competition metrics scored on the argmax of the probabilities, where decision weights can help."""
@@ -141,37 +143,62 @@ def format_fit(fit: DecisionFit, classes: list[str]) -> str:
 def decide_run(run_dir: str | Path, mode: str = "auto") -> np.ndarray | None:
     """Fit decision weights on a predicted run's OOF (``oof_tta.csv``: the same TTA as its test predictions), print
     the nested CV before and after, write ``decision.json``; the weights to apply to the test set, or None (not a
-    balanced-accuracy competition, ``mode`` off, or auto without a nested gain)."""
+    balanced-accuracy competition, ``mode`` off, or auto without a nested gain). A decision.json of an earlier
+    kit predict is removed first: the kernel applies what it says to these predictions."""
     if mode not in DECISION_MODES:
         raise ConfigError(f"--decision {mode} is not valid; expected one of {', '.join(DECISION_MODES)}")
     run = RunDir.open(run_dir)
     spec = run.competition()
-    if mode == "off" or spec.metric not in DECISION_METRICS:
+    if spec.metric not in DECISION_METRICS:
         return None
-    info = run.predict_info()
-    path = run.path / (info.get("oof") or run.OOF_TTA)
+    with run.writing():  # an earlier kit predict's weights no longer match these predictions (a kernel reads them)
+        run.record_path(Decision).unlink(missing_ok=True)
+    if mode == "off":
+        return None
+    path = run.path / (run.load(PredictInfo).oof or run.OOF_TTA)
     if not path.is_file():
         raise DataError(f"{path} is missing: decision weights are fitted on the OOF predictions of kit predict")
-    oof = pd.read_csv(path, dtype={spec.id_col: str})
+    oof = run.predictions(path)
+    folds = sorted(int(k) for k in oof["fold"].unique())
+    if len(folds) < 2:
+        return _cannot_fit(run, path, folds, mode)
     fit = fit_nested(prediction_values(spec, oof, path), oof["target"].to_numpy(dtype=int), oof["fold"].to_numpy())
     applied = fit.helps or mode == "on"
     with run.writing():
-        run.write_json(run.decision_path, {**fit.to_dict(), "classes": list(spec.classes), "applied": applied,
-                                           "mode": mode, "oof": path.name})
-    print(format_fit(fit, list(spec.classes)) + (" (applied: --decision on)" if applied and not fit.helps else ""))
+        run.save(Decision(fit.weights, list(spec.classes), applied, mode, path.name, fit.cv_before, fit.cv_after,
+                          fit.mean_before, fit.mean_after, fit.folds_before, fit.folds_after, fit.in_sample,
+                          fit.helps))
+    log.info(format_fit(fit, list(spec.classes)) + (" (applied: --decision on)" if applied and not fit.helps
+                                                     else ""))
     return np.asarray(fit.weights) if applied else None
 
 
-def apply_saved_weights(run_dir: str | Path, probs: np.ndarray) -> np.ndarray:
-    """``probs`` with the decision weights of the run's ``decision.json`` applied where kit predict applied them
-    (a Kaggle kernel has no OOF to fit on); unchanged when there is none."""
+def _cannot_fit(run: RunDir, oof: Path, folds: list[int], mode: str) -> None:
+    """One fold's OOF has no held-out folds to nest over: auto skips the weights with a note, on fails (the
+    predictions are saved by then, and kit ensemble writes their submission)."""
+    why = (f"decision weights need out-of-fold predictions of at least 2 folds ({oof} holds fold "
+           f"{','.join(map(str, folds)) or 'none'})")
+    if mode == "on":
+        raise DataError(f"--decision on: {why}; the test predictions are saved in {run.path}: `kit ensemble "
+                        f"{run.path}` writes their submission without decision weights")
+    log.info(f"note: {why}: skipped")
+    return None
+
+
+def saved_weights(run_dir: str | Path) -> np.ndarray | None:
+    """The decision weights of the run's ``decision.json`` where kit predict applied them (a Kaggle kernel has no
+    OOF to fit on), else None."""
     run = RunDir(run_dir)
-    if not run.decision_path.is_file():
-        return probs
-    saved = json.loads(run.decision_path.read_text())
-    if not saved.get("applied"):
-        return probs
-    if len(saved["weights"]) != np.asarray(probs).shape[1]:
-        raise DataError(f"{run.decision_path}: {len(saved['weights'])} weights for {np.asarray(probs).shape[1]} "
-                        "classes")
-    return apply_weights(probs, np.asarray(saved["weights"]))
+    saved = run.load(Decision, optional=True)
+    if saved is None or not saved.applied:
+        return None
+    n_classes = len(run.competition().classes)
+    if len(saved.weights) != n_classes:
+        raise DataError(f"{run.record_path(Decision)}: {len(saved.weights)} weights for {n_classes} classes")
+    return np.asarray(saved.weights)
+
+
+def apply_saved_weights(run_dir: str | Path, probs: np.ndarray) -> np.ndarray:
+    """``probs`` with :func:`saved_weights` applied; unchanged when there are none."""
+    weights = saved_weights(run_dir)
+    return probs if weights is None else apply_weights(probs, weights)

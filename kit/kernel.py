@@ -2,10 +2,10 @@
 
 A kernel folder is ``kernel-metadata.json`` plus ``kernel.py``, rendered from ``kit/templates/kaggle_kernel.py``. On
 Kaggle, with the internet off, that script finds the attached competition data and datasets, installs kit from the
-wheels dataset (``pip install --no-index``) and calls ``kit kernel run``, which is :func:`run_kernel`:
-:func:`kit.predict.predict_run` on the attached fold checkpoints (test images only, with TTA), the folds averaged
-(:func:`kit.ensemble.blend_folds`), then ``submission.csv`` in the working folder, validated against the
-competition's test ids. With a stack bundle (ISIC 2024), the image runs' test scores and the test metadata then go
+wheels dataset (``pip install --no-index``) and calls ``kit kernel run``, which is :func:`run_kernel`: kit
+predict's own chain (:func:`kit.pipeline.predict_and_submit`, test images only, with TTA: the folds averaged, the
+decision weights kit predict saved) on the attached fold checkpoints, then ``submission.csv`` in the working folder,
+validated against the competition's test ids: byte for byte the submission of ``kit predict``. With a stack bundle (ISIC 2024), the image runs' test scores and the test metadata then go
 through the stack's saved GBDTs (:mod:`kit.stack.saved`). The datasets come from ``kit bundle`` (:mod:`kit.bundle`).
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from kit.io import atomic_path, read_json_file, write_text_atomic
 
 __all__ = ["KernelPush", "build_kernel", "fill_template", "kernel_metadata", "kernel_slug", "kernel_status",
            "push_kernel", "render_script", "run_kernel"]
+
+log = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).parent / "templates" / "kaggle_kernel.py"
 INSTALL = Path(__file__).parent / "templates" / "kaggle_install.py"
@@ -142,8 +144,9 @@ def _stage(checkpoints: Path, run_dir: Path) -> Path:
 
 
 def _predict_images(run_dir: Path, data_dir: Path, tta: str, device: str) -> tuple[list[str], np.ndarray]:
-    """(test ids, the test scores of the staged run ``run_dir``): every fold with TTA, the folds averaged."""
-    from kit.ensemble import blend_folds
+    """(test ids, the test scores of the staged run ``run_dir``) for a stack's image input: every fold with TTA (the
+    test images only), the folds averaged."""
+    from kit.blend import blend_folds
     from kit.predict import predict_run
 
     predict_run(run_dir, data_dir, tta=tta, device=device, with_oof=False)
@@ -218,7 +221,7 @@ def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str |
     """Predict the test images with every fold in ``weights_dir`` and TTA; write ``working``/submission.csv. A
     stack folder as ``weights_dir`` (a stack bundle's ``stack/``) predicts with its GBDTs on the test metadata and
     the test scores of the image runs it names."""
-    from kit.decision import apply_saved_weights
+    from kit.pipeline import predict_and_submit
     from kit.stack.saved import is_stack
     from kit.submission import validate_file, write_submission
 
@@ -228,24 +231,25 @@ def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str |
         raise KitError(f"competition data folder {data_dir} not found")
     if is_stack(weights_dir):
         expected, test, what = _predict_stack(spec, data_dir, weights_dir, working, tta, device)
-        out_dir = working / f"{STAGED_RUN}-stack"
+        submission = write_submission(spec, expected, test, STAGED_RUN, working / f"{STAGED_RUN}-stack",
+                                      expected_ids=expected)
     else:
         trained_for = run_competition(weights_dir)
         if trained_for != spec.name:
             raise KitError(f"the checkpoints in {weights_dir} were trained for {trained_for}, not {spec.name}: "
                            f"attach the {spec.name} bundle")
         run_dir = _stage(weights_dir, working / STAGED_RUN)
-        expected, test = _predict_images(run_dir, data_dir, tta, device)
-        test = apply_saved_weights(run_dir, test)  # balanced accuracy: the decision weights kit predict fitted
-        out_dir, what = run_dir / "submissions", "the mean of the folds"
-    submission = write_submission(spec, expected, test, STAGED_RUN, out_dir, expected_ids=expected)
+        # kit predict's own chain, test images only; balanced accuracy: the decision weights kit predict fitted
+        _, submission = predict_and_submit(run_dir, data_dir, tta, device=device, out_dir=run_dir / "submissions",
+                                           report=False, with_oof=False, name=STAGED_RUN)
+        what = "the mean of the folds"
     final = working / "submission.csv"
     with atomic_path(final) as tmp:
         shutil.copyfile(submission, tmp)
         tmp.chmod(0o644)  # a temporary file is private to its owner; Kaggle's collector reads the output folder
     rows = validate_file(spec, final, data_dir)  # what is on disk, against the test ids of this data folder
     write_text_atomic(working / ORIGIN, json.dumps(origin_record(weights_dir, tta), indent=2))
-    print(f"wrote {final}: {rows} rows, {what}, TTA {tta}")
+    log.info(f"wrote {final}: {rows} rows, {what}, TTA {tta}")
     return final
 
 
@@ -275,7 +279,7 @@ def _read_metadata(folder: Path) -> dict:
 def _echo(printed: io.StringIO) -> None:
     """Pass on what the client printed (for example its warning about a title that does not match the id)."""
     if printed.getvalue().strip():
-        print(printed.getvalue().rstrip(), file=sys.stderr)
+        log.warning(printed.getvalue().rstrip())
 
 
 def push_kernel(folder: str | os.PathLike) -> KernelPush:

@@ -24,6 +24,7 @@ from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
 from kit.io import write_text_atomic
 from kit.kernel import CODE_FILE, METADATA, fill_template, kernel_status
+from kit.records import RunInfo, Scores
 from kit.rundir import LOCK_FILE, RunDir
 
 __all__ = ["ACCELERATORS", "DEFAULT_TIME_BUDGET", "PullResult", "build_train_kernel", "kernel_log",
@@ -185,8 +186,8 @@ class PullResult:
     def summary(self) -> str:
         head = f"pulled kernel {self.ref} into {self.run_dir}"
         if self.finished:
-            scores = RunDir(self.run_dir).scores() or {}
-            cv = f", CV {scores['metric']} {scores['cv']:.4f}" if "cv" in scores else ""
+            scores = RunDir(self.run_dir).load(Scores, optional=True)
+            cv = f", CV {scores.metric} {scores.cv:.4f}" if scores else ""
             return f"{head}: finished{cv}; predict with: kit predict {self.run_dir} --data DATA"
         return (f"{head}: not finished ({len(self.folds_done)} of {self.n_folds} folds done); continue it with: "
                 f"kit kernel train --continue ... (or kit kernel build --train --continue, then push)")
@@ -284,12 +285,12 @@ def pull_kernel(ref: str, out: str | os.PathLike, data: str | os.PathLike | None
         _download(api, ref, source, staged)
         run, state = _run_in(staged, ref)
         log = next(staged.glob("*.log"), None)
-        n_folds, done = len(run.info()["folds"]), run.finished_folds()  # no config parse: it imports timm
+        n_folds, done = len(run.load(RunInfo).folds), run.finished_folds()  # no config parse: it imports timm
         _place(run, out)
         if data is not None:  # after the move: run.json keeps the data folder relative to where the run lives
             placed = RunDir(out)
             with placed.writing():
-                placed.write_info(Path(data).resolve(), placed.info()["folds"])
+                placed.save_info(Path(data).resolve(), placed.load(RunInfo).folds)
             (placed.path / LOCK_FILE).unlink(missing_ok=True)
         kept = None
         if log is not None:

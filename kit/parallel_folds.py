@@ -81,7 +81,7 @@ def _child(run_path: str, k: int, device: str, exclude: list[str] | None, thread
         show_messages()  # a fresh interpreter: the fold's messages go to its train.log
         try:
             cfg = run.config()
-            data = prepare_data(cfg, run.info()["data"], run, exclude=exclude)
+            data = prepare_data(cfg, run.data_dir(), run, exclude=exclude)
             train_fold(cfg, data, k, run)
         except KitError as e:
             log.error(f"kit train: error: fold {k}: {e}")

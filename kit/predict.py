@@ -6,13 +6,14 @@ The OOF images of each fold are predicted with the same TTA as the test images: 
 side by side, is the measured gain of TTA (``scores_tta.json``).
 
 This stage stops at per-fold predictions: it writes ``test_fold{k}.csv``, ``oof_tta.csv``, ``scores_tta.json`` and
-``predict.json`` into the run folder. Blending the folds is the ensemble's job (:func:`kit.ensemble.blend_folds`),
-writing the submission the submission module's; ``kit predict`` chains the three.
+``predict.json`` into the run folder. Blending the folds is :func:`kit.blend.blend_folds`'s job,
+writing the submission the submission module's; :func:`kit.pipeline.predict_and_submit` chains them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch import nn
 from kit.checkpoint import Checkpoint, load_checkpoint
 from kit.competitions import Competition
 from kit.data.dataset import ImageDataset
+from kit.data.folds import load_folds
 from kit.data.labels import load_test_table, load_train_table
 from kit.data.meta import load_encoder
 from kit.data.pack import Pack, split_pack
@@ -34,6 +36,7 @@ from kit.errors import ConfigError, KitError
 from kit.io import portable_path
 from kit.oof import prediction_frame, score_oof
 from kit.progress import Eta, Progress
+from kit.records import PredictInfo, RunInfo, TtaScores
 from kit.rundir import RunDir
 from kit.runtime import Runtime, default_workers, make_loader, resolve_device
 from kit.transforms import build_eval_transform
@@ -41,6 +44,8 @@ from kit.tta import TTA, default_views_per_forward, get_view_set
 
 __all__ = ["PredictResult", "format_tta_scores", "load_fold_model", "predict_dataset", "predict_run",
            "resolve_folds"]
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -99,7 +104,7 @@ class PredictResult:
     folds: list[int]
     test_files: dict[int, Path]
     oof_tta: Path | None
-    scores: dict | None
+    scores: TtaScores | None
     tta: TTA
 
 
@@ -109,10 +114,14 @@ def resolve_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
         unfinished = [f"fold{k}" for k in run.fold_numbers()
                       if run.best_path(k).is_file() and not run.result_path(k).is_file()]
         if unfinished:
-            print(f"note: {', '.join(unfinished)} not finished (no result.json): left out")
+            log.info(f"note: {', '.join(unfinished)} not finished (no result.json): left out; continue "
+                     f"{'them' if len(unfinished) > 1 else 'it'} with `kit train --resume {run.path}`")
         folds = run.finished_folds()
         if not folds:
-            raise KitError(f"{run.path} has no finished fold (no fold*/result.json): train it with kit train first")
+            started = [f"fold{k}" for k in run.fold_numbers()]
+            what = f"{', '.join(started)} did not finish" if started else "no fold has trained an epoch"
+            raise KitError(f"{run.path} has no finished fold (no fold*/result.json; {what}): continue it with "
+                           f"`kit train --resume {run.path}`")
     chosen = [int(k) for k in folds]
     if not chosen:
         raise ConfigError("no folds to predict")
@@ -135,22 +144,22 @@ def _encoded_meta(ckpt: Checkpoint, table: pd.DataFrame) -> np.ndarray | None:
     return meta
 
 
-def tta_scores(spec: Competition, before: pd.DataFrame, after: pd.DataFrame, tta: TTA) -> dict:
+def tta_scores(spec: Competition, before: pd.DataFrame, after: pd.DataFrame, tta: TTA) -> TtaScores:
     f0, cv0 = score_oof(spec, before)
     f1, cv1 = score_oof(spec, after)
-    return {"metric": spec.metric, "tta": {"views": list(tta.views), "merge": tta.merge},
-            "folds": {str(k): {"no_tta": f0[k], "tta": f1[k], "gain": f1[k] - f0[k]} for k in f0},
-            "cv": {"no_tta": cv0, "tta": cv1, "gain": cv1 - cv0},
-            "mean_of_folds": {"no_tta": float(np.mean(list(f0.values()))), "tta": float(np.mean(list(f1.values())))}}
+    return TtaScores(spec.metric, {"views": list(tta.views), "merge": tta.merge},
+                     {str(k): {"no_tta": f0[k], "tta": f1[k], "gain": f1[k] - f0[k]} for k in f0},
+                     {"no_tta": cv0, "tta": cv1, "gain": cv1 - cv0},
+                     {"no_tta": float(np.mean(list(f0.values()))), "tta": float(np.mean(list(f1.values())))})
 
 
-def format_tta_scores(scores: dict) -> str:
+def format_tta_scores(scores: TtaScores) -> str:
     """The side-by-side table of CV without and with TTA printed by ``kit predict``."""
-    label = f"TTA x{len(scores['tta']['views'])} ({scores['tta']['merge']})"
-    before = f"{scores['metric']} no TTA"
+    label = f"TTA x{len(scores.views)} ({scores.tta['merge']})"
+    before = f"{scores.metric} no TTA"
     w0, w1 = max(len(before), 8), max(len(label), 8)
     lines = [f"{'fold':>6}  {before:>{w0}}  {label:>{w1}}  {'gain':>8}"]
-    rows = [(k, v) for k, v in scores["folds"].items()] + [("CV", scores["cv"])]
+    rows = [(k, v) for k, v in scores.folds.items()] + [("CV", scores.cv)]
     for k, v in rows:
         lines.append(f"{k:>6}  {v['no_tta']:>{w0}.4f}  {v['tta']:>{w1}.4f}  {v['gain']:>+8.4f}")
     return "\n".join(lines)
@@ -186,7 +195,7 @@ class _RunPredictor:
         """The training table as the run saw it (the ids of its folds.csv, in table order), for the OOF metadata."""
         if self._train_rows is None:
             table = load_train_table(self.spec, self.data_dir, features=True)
-            kept = set(pd.read_csv(self.run.folds_path, dtype=str)[self.spec.id_col])
+            kept = set(load_folds(self.run.folds_path, self.spec.id_col).index)
             self._train_rows = table[table["id"].isin(kept)].reset_index(drop=True)
         return self._train_rows
 
@@ -223,9 +232,9 @@ def _cached(ckpt: Checkpoint) -> bool:
 
 
 def _data_dir(run: RunDir, data_dir: str | Path | None) -> Path:
-    folder = Path(data_dir) if data_dir else run.info()["data"]
+    folder = Path(data_dir) if data_dir else run.data_dir()
     if folder is None or not folder.is_dir():
-        raise KitError(f"data folder {folder} not found (from {run.info_path}); pass --data DIR")
+        raise KitError(f"data folder {folder} not found (from {run.record_path(RunInfo)}); pass --data DIR")
     return folder
 
 
@@ -248,8 +257,8 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
         test_files, oof_frames = {}, []
         images.start(chosen, len(fold_tta.views))
         also = " and each fold's out-of-fold images" if with_oof else ""
-        print(f"kit predict {run.path}: {dev}; folds {','.join(map(str, chosen))}; {len(images.test_table)} test "
-              f"images{also}; TTA x{len(fold_tta.views)} ({merge})", flush=True)
+        log.info(f"kit predict {run.path}: {dev}; folds {','.join(map(str, chosen))}; {len(images.test_table)} test "
+              f"images{also}; TTA x{len(fold_tta.views)} ({merge})")
         for i, k in enumerate(chosen):
             start, images.label = time.perf_counter(), f"fold {k} ({i + 1}/{len(chosen)})"
             model, ckpt, rt = load_fold_model(run.best_path(k), dev)
@@ -265,22 +274,20 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
             test_files[k] = run.write_csv(run.test_path(k),
                                           prediction_frame(spec, images.test_table["id"].to_numpy(), probs))
             oof_note = f"{len(oof_frames[-1])} out-of-fold + " if with_oof else ""
-            print(f"fold {k}: {oof_note}{len(images.test_table)} test images, TTA x{len(fold_tta.views)} "
-                  f"({merge}) in {time.perf_counter() - start:.1f}s", flush=True)
+            log.info(f"fold {k}: {oof_note}{len(images.test_table)} test images, TTA x{len(fold_tta.views)} "
+                  f"({merge}) in {time.perf_counter() - start:.1f}s")
         oof_path, scores = _write_oof_scores(run, spec, chosen, oof_frames, fold_tta) if with_oof else (None, None)
-        run.write_json(run.predict_info_path, {
-            "folds": chosen, "data": portable_path(folder, run.path),
-            "tta": {"views": list(fold_tta.views), "merge": merge},
-            "oof": oof_path.name if oof_path else None})
+        run.save(PredictInfo(chosen, portable_path(folder, run.path), oof_path.name if oof_path else None,
+                             {"views": list(fold_tta.views), "merge": merge}))
     return PredictResult(run.path, chosen, test_files, oof_path, scores, fold_tta)
 
 
 def _write_oof_scores(run: RunDir, spec: Competition, folds: list[int], frames: list[pd.DataFrame],
-                      tta: TTA) -> tuple[Path, dict]:
+                      tta: TTA) -> tuple[Path, TtaScores]:
     oof_tta = pd.concat(frames, ignore_index=True)
     path = run.write_csv(run.oof_tta_path, oof_tta)
     scores = tta_scores(spec, run.collect_oof(folds), oof_tta, tta)
-    run.write_json(run.scores_tta_path, scores)
-    print(format_tta_scores(scores))
+    run.save(scores)
+    log.info(format_tta_scores(scores))
     return path, scores
 

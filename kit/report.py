@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from kit.competitions import Competition
 from kit.io import atomic_path
 from kit.metrics import get_metric
+from kit.records import TtaScores
 from kit.rundir import RunDir
 
 __all__ = ["confusion_matrix", "roc_figure", "training_curves_figure", "write_report"]
@@ -177,9 +178,9 @@ def plot_training_curves(spec: Competition, run: RunDir, path: Path) -> Path | N
 def _multiclass(spec: Competition, run: RunDir, oof: pd.DataFrame, out: Path) -> list[Path]:
     """Confusion and recall without TTA, and with it once kit predict has written oof_tta.csv (each title says)."""
     written = [plot_confusion(spec, oof, out / "confusion.png"), plot_recall(spec, oof, out / "recall.png")]
-    oof_tta, info = run.oof_tta(), run.scores_tta()
+    oof_tta, info = run.oof_tta(), run.load(TtaScores, optional=True)
     if oof_tta is not None:
-        tta = f"TTA x{len(info['tta']['views'])}" if info else "TTA"
+        tta = f"TTA x{len(info.views)}" if info else "TTA"
         written += [plot_confusion(spec, oof_tta, out / "confusion_tta.png", tta),
                     plot_recall(spec, oof_tta, out / "recall_tta.png", tta)]
     return written

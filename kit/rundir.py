@@ -1,4 +1,8 @@
-"""The run folder: the contract between the stages, owned here and nowhere else.
+"""The run folder and the stack folder: the contract between the stages, owned here and nowhere else.
+
+A run (:class:`RunDir`, what ``kit train`` writes) and a stack (:class:`StackDir`, what ``kit stack`` writes) are two
+kinds of :class:`PredictionSource`; :func:`open_source` gives the right one. The JSON files are typed records
+(:mod:`kit.records`): ``folder.load(PredictInfo)`` reads one, ``folder.save(record)`` writes it under the lock.
 
 ::
 
@@ -18,8 +22,12 @@
         test_fold{k}.csv     each fold's test predictions (with TTA)                    kit predict
         oof_tta.csv, scores_tta.json, predict.json                                      kit predict
         report/*.png                                                                    kit report
+        decision.json        balanced accuracy: per-class decision weights              kit predict
         train.log            everything kit train printed into this folder (appended)   kit train
         .kit-lock            held by the process writing the folder
+
+    STACK/                   stack.json, folds.csv, oof.csv, scores.json, test_fold{k}.csv, predict.json,
+                             fold{k}/ (saved GBDTs), report/ (kit.stack: no config.yaml, no run.json)
 
 Readers need no lock. Writers work inside ``with run.writing():``, an exclusive ``flock`` on ``.kit-lock``; a second
 writer stops at once with one line naming the holder's pid and command. A fold's files are also covered by the
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -44,7 +53,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, TypeVar
 
 import pandas as pd
 
@@ -61,8 +70,22 @@ from kit.io import (
     write_error,
     write_text_atomic,
 )
+from kit.records import (
+    FoldResult,
+    PredictInfo,
+    Record,
+    RunInfo,
+    Scores,
+    StackInfo,
+    TtaScores,
+    read_record,
+    record_text,
+)
 
-__all__ = ["RunDir", "RunLockedError"]
+__all__ = ["Folder", "PredictionSource", "RunDir", "RunLockedError", "StackDir", "open_source"]
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Record)
 
 LOCK_FILE = ".kit-lock"
 _HELD: dict[Path, list] = {}  # resolved run path -> [fd, depth]: this process's locks
@@ -72,88 +95,36 @@ class RunLockedError(KitError):
     """Another process is writing the run folder."""
 
 
-class RunDir:
-    """Every path and reader of a run folder, and the lock its writers hold."""
+class Folder:
+    """What a run folder and a stack folder share: the folds, the prediction frames, the record files, the lock."""
 
-    CONFIG, INFO, FOLDS, AUGMENTATION = "config.yaml", "run.json", "folds.csv", "augmentation.yaml"
-    OOF, SCORES = "oof.csv", "scores.json"
-    OOF_TTA, SCORES_TTA, PREDICT_INFO = "oof_tta.csv", "scores_tta.json", "predict.json"
-    DECISION = "decision.json"
-    REPORT, LOG = "report", "train.log"
+    FOLDS, OOF, OOF_TTA, REPORT = "folds.csv", "oof.csv", "oof_tta.csv", "report"
+    kind = "folder"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._spec: Competition | None = None
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     @property
     def name(self) -> str:
-        """The run's name: its folder's name (also when given as '.')."""
+        """The folder's name (also when given as '.')."""
         return self.path.resolve().name
-
-    # ------------------------------------------------------------------------------------------ what a run is
-    def is_run(self) -> bool:
-        return (self.path / self.CONFIG).is_file() and (self.path / self.INFO).is_file()
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> RunDir:
-        """An existing run folder; anything else raises the one 'not a run folder' error."""
-        run = cls(path)
-        if not run.path.is_dir():
-            raise KitError(f"run folder {run.path} not found")
-        missing = [name for name in (cls.CONFIG, cls.INFO) if not (run.path / name).is_file()]
-        if missing:
-            raise KitError(f"{run.path} is not a kit run folder (no {' or '.join(missing)}): give a folder that "
-                           "kit train --out wrote")
-        return run
 
     # ------------------------------------------------------------------------------------------------- paths
     @property
-    def config_path(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def info_path(self) -> Path:
-        return self.path / self.INFO
-
-    @property
     def folds_path(self) -> Path:
         return self.path / self.FOLDS
-
-    @property
-    def augmentation_path(self) -> Path:
-        return self.path / self.AUGMENTATION
 
     @property
     def oof_path(self) -> Path:
         return self.path / self.OOF
 
     @property
-    def scores_path(self) -> Path:
-        return self.path / self.SCORES
-
-    @property
     def oof_tta_path(self) -> Path:
         return self.path / self.OOF_TTA
-
-    @property
-    def scores_tta_path(self) -> Path:
-        return self.path / self.SCORES_TTA
-
-    @property
-    def predict_info_path(self) -> Path:
-        return self.path / self.PREDICT_INFO
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / self.LOG
-
-    @property
-    def decision_path(self) -> Path:
-        """decision.json: the balanced-accuracy decision weights kit predict fitted (kit.decision)."""
-        return self.path / self.DECISION
 
     @property
     def report_dir(self) -> Path:
@@ -162,130 +133,64 @@ class RunDir:
     def fold_dir(self, k: int) -> Path:
         return self.path / f"fold{k}"
 
-    def best_path(self, k: int) -> Path:
-        return self.fold_dir(k) / "best.pt"
-
-    def last_path(self, k: int) -> Path:
-        return self.fold_dir(k) / "last.pt"
-
-    def history_path(self, k: int) -> Path:
-        return self.fold_dir(k) / "history.csv"
-
-    def fold_oof_path(self, k: int) -> Path:
-        return self.fold_dir(k) / "oof.csv"
-
-    def result_path(self, k: int) -> Path:
-        return self.fold_dir(k) / "result.json"
-
-    def fold_log_path(self, k: int) -> Path:
-        """The output of a fold trained in a process of its own (kit train --devices)."""
-        return self.fold_dir(k) / "train.log"
-
     def test_path(self, k: int) -> Path:
         return self.path / f"test_fold{k}.csv"
-
-    def checkpoints(self) -> list[Path]:
-        """Every checkpoint file of every fold."""
-        return sorted(self.path.glob("fold*/*.pt"))
-
-    # ----------------------------------------------------------------------------------------------- readers
-    def config(self) -> Config:
-        """config.yaml, with a relative ``model.weights`` taken from the run folder where that file exists."""
-        cfg = load_saved_config(self.config_path)
-        if cfg.model.weights and not Path(cfg.model.weights).is_absolute():
-            found = resolve_stored_path(cfg.model.weights, self.path)
-            if found.is_file():
-                cfg = replace(cfg, model=replace(cfg.model, weights=str(found)))
-        if cfg.data.extra:  # relative to the run folder, as run.json's data folder
-            extra = [{**e, "data": str(resolve_stored_path(e["data"], self.path))} for e in cfg.data.extra]
-            cfg = replace(cfg, data=replace(cfg.data, extra=extra))
-        return cfg
-
-    def competition(self) -> Competition:
-        if self._spec is None:
-            self._spec = get_competition(self.config().competition)
-        return self._spec
-
-    def info(self) -> dict[str, Any]:
-        """run.json: ``data`` (the data folder, a Path) and ``folds`` (of the last kit train call)."""
-        info = _read_json(self.info_path)
-        return {**info, "data": resolve_stored_path(info["data"], self.path) if info.get("data") else None,
-                "folds": [int(k) for k in info.get("folds", [])]}
 
     def fold_numbers(self) -> list[int]:
         """Every fold folder's number, finished or not."""
         return sorted(int(p.name[4:]) for p in self.path.glob("fold*") if p.is_dir() and p.name[4:].isdigit())
 
-    def finished_folds(self) -> list[int]:
-        """Folds whose training ended (result.json is written last)."""
-        return [k for k in self.fold_numbers() if self.result_path(k).is_file()]
+    # ----------------------------------------------------------------------------------------------- records
+    def load(self, record: type[R], fold: int | None = None, optional: bool = False) -> R | None:
+        """The record file ``record`` of this folder (of fold ``fold``); a missing one raises one line saying which
+        command writes it, or gives None when ``optional``."""
+        path = self.record_path(record, fold)
+        if optional and not path.is_file():
+            return None
+        return read_record(record, path, self._missing(record, path))
 
-    def unfinished_folds(self) -> list[int]:
-        """Folds with a checkpoint but no result.json: interrupted, resumable."""
-        return [k for k in self.fold_numbers() if not self.result_path(k).is_file() and self.last_path(k).is_file()]
+    def record_path(self, record: type[Record], fold: int | None = None) -> Path:
+        return (self.path if fold is None else self.fold_dir(fold)) / record.FILE
 
-    def fold_result(self, k: int) -> dict[str, Any]:
-        return _read_json(self.result_path(k))
+    def _missing(self, record: type[Record], path: Path) -> str:
+        if record is PredictInfo:
+            return f"{self.path} has no test predictions (no {path.name}): run `kit predict {self.path}` first"
+        if record is FoldResult:
+            return f"{path} is missing: the fold has not finished; continue it with `kit train --resume {self.path}`"
+        return f"{path} is missing: {self.path} is not a complete kit {self.kind} folder"
 
-    def history(self, k: int) -> pd.DataFrame:
-        path = self.history_path(k)
-        if not path.is_file():
-            raise KitError(f"{path} is missing: fold {k} of {self.path} has not trained an epoch")
-        return pd.read_csv(path)
+    def save(self, record: Record, fold: int | None = None) -> Path:
+        """Write a record file of this folder (of fold ``fold``), with its format version."""
+        path = self.record_path(type(record), fold)
+        self._check_writer(path)
+        return write_text_atomic(path, json.dumps(record_text(record), indent=2, default=float))
 
-    def _read_predictions(self, path: Path) -> pd.DataFrame:
+    def cv(self) -> tuple[float | None, float | None]:
+        """(CV without TTA, CV with TTA), None where the folder has not been scored or predicted yet."""
+        scores, tta = self.load(Scores, optional=True), self.load(TtaScores, optional=True)
+        return (scores.cv if scores else None), (tta.cv.get("tta") if tta else None)
+
+    # ------------------------------------------------------------------------------------------- predictions
+    def competition(self) -> Competition:
+        raise NotImplementedError
+
+    def predictions(self, path: Path) -> pd.DataFrame:
+        """A prediction frame of this folder (kit.oof's schema: oof.csv, oof_tta.csv, test_fold{k}.csv), ids as
+        strings: the one reader of those files."""
         return pd.read_csv(path, dtype={self.competition().id_col: str})
-
-    def fold_oof(self, k: int) -> pd.DataFrame:
-        path = self.fold_oof_path(k)
-        if not path.is_file():
-            raise KitError(f"{path} is missing: fold {k} of {self.path} has not finished")
-        return self._read_predictions(path)
-
-    def collect_oof(self, folds: list[int]) -> pd.DataFrame:
-        """The out-of-fold predictions of ``folds``, from each fold's own oof.csv."""
-        return pd.concat([self.fold_oof(k) for k in folds], ignore_index=True)
-
-    def oof(self) -> pd.DataFrame:
-        """The run's pooled oof.csv, or the folds' own while the run has not finished."""
-        if self.oof_path.is_file():
-            return self._read_predictions(self.oof_path)
-        folds = [k for k in self.fold_numbers() if self.fold_oof_path(k).is_file()]
-        if not folds:
-            raise KitError(f"{self.path} has no out-of-fold predictions (no oof.csv, no fold*/oof.csv)")
-        return self.collect_oof(folds)
-
-    def oof_tta(self) -> pd.DataFrame | None:
-        return self._read_predictions(self.oof_tta_path) if self.oof_tta_path.is_file() else None
 
     def test_predictions(self, k: int) -> pd.DataFrame:
         path = self.test_path(k)
         if not path.is_file():
             raise KitError(f"{path} is missing: run `kit predict {self.path}` again")
-        return self._read_predictions(path)
+        return self.predictions(path)
 
-    def predict_info(self) -> dict[str, Any]:
-        if not self.predict_info_path.is_file():
-            raise KitError(f"{self.path} has no test predictions (no {self.PREDICT_INFO}): run "
-                           f"`kit predict {self.path}` first")
-        return _read_json(self.predict_info_path)
-
-    def scores(self) -> dict[str, Any] | None:
-        return _read_json(self.scores_path) if self.scores_path.is_file() else None
-
-    def scores_tta(self) -> dict[str, Any] | None:
-        return _read_json(self.scores_tta_path) if self.scores_tta_path.is_file() else None
-
-    def cv(self) -> tuple[float | None, float | None]:
-        """(CV without TTA, CV with TTA), None where the run has not been scored or predicted yet."""
-        scores, tta = self.scores(), self.scores_tta()
-        plain = scores.get("cv") if scores else None
-        with_tta = tta["cv"].get("tta") if tta and isinstance(tta.get("cv"), dict) else None
-        return plain, with_tta
+    def oof_tta(self) -> pd.DataFrame | None:
+        return self.predictions(self.oof_tta_path) if self.oof_tta_path.is_file() else None
 
     # ----------------------------------------------------------------------------------------------- writers
     @contextmanager
-    def writing(self, fold: int | None = None) -> Iterator[RunDir]:
+    def writing(self, fold: int | None = None) -> Iterator[Folder]:
         """Hold the folder's write lock for the block (or, with ``fold``, the lock of that fold's folder alone: a
         fold trained in a process of its own writes only there); re-entrant within this process."""
         folder = self.path if fold is None else self.fold_dir(fold)
@@ -315,7 +220,7 @@ class RunDir:
         _HELD[key] = [fd, 1]
         removed = remove_orphans(folder)  # the lock is ours: any temporary file is a killed writer's
         if removed:
-            print(f"note: removed {removed} temporary file{'s' * (removed > 1)} left by an interrupted writer")
+            log.info(f"note: removed {removed} temporary file{'s' * (removed > 1)} left by an interrupted writer")
         try:
             yield self
         finally:
@@ -329,6 +234,133 @@ class RunDir:
         if path is not None and any(parent in _HELD for parent in Path(path).resolve().parents):
             return
         raise RuntimeError(f"bug: {self.path} written without its lock (use `with run.writing():`)")
+
+    def write_csv(self, path: Path, df: pd.DataFrame) -> Path:
+        """Write one of this run's CSV files (``path`` from one of the path properties)."""
+        self._check_writer(path)
+        return write_csv_atomic(df, path)
+
+
+class RunDir(Folder):
+    """Every path and reader of a run folder (kit train's), and the lock its writers hold."""
+
+    CONFIG, INFO, AUGMENTATION, LOG = "config.yaml", RunInfo.FILE, "augmentation.yaml", "train.log"
+    kind = "run"
+
+    # ------------------------------------------------------------------------------------------ what a run is
+    def is_run(self) -> bool:
+        return (self.path / self.CONFIG).is_file() and self.record_path(RunInfo).is_file()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunDir:
+        """An existing run folder; anything else raises the one 'not a run folder' error."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise KitError(f"run folder {run.path} not found")
+        if StackDir(path).is_stack():
+            raise KitError(f"{run.path} is a stack folder (kit stack), not a run: this command needs a folder that "
+                           "kit train --out wrote")
+        missing = [name for name in (cls.CONFIG, cls.INFO) if not (run.path / name).is_file()]
+        if missing:
+            raise KitError(f"{run.path} is not a kit run folder (no {' or '.join(missing)}): give a folder that "
+                           "kit train --out wrote")
+        return run
+
+    # ------------------------------------------------------------------------------------------------- paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def augmentation_path(self) -> Path:
+        return self.path / self.AUGMENTATION
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / self.LOG
+
+    def best_path(self, k: int) -> Path:
+        return self.fold_dir(k) / "best.pt"
+
+    def last_path(self, k: int) -> Path:
+        return self.fold_dir(k) / "last.pt"
+
+    def history_path(self, k: int) -> Path:
+        return self.fold_dir(k) / "history.csv"
+
+    def fold_oof_path(self, k: int) -> Path:
+        return self.fold_dir(k) / "oof.csv"
+
+    def result_path(self, k: int) -> Path:
+        return self.record_path(FoldResult, k)
+
+    def fold_log_path(self, k: int) -> Path:
+        """The output of a fold trained in a process of its own (kit train --devices)."""
+        return self.fold_dir(k) / "train.log"
+
+    def checkpoints(self) -> list[Path]:
+        """Every checkpoint file of every fold."""
+        return sorted(self.path.glob("fold*/*.pt"))
+
+    # ----------------------------------------------------------------------------------------------- readers
+    def config(self) -> Config:
+        """config.yaml, with a relative ``model.weights`` taken from the run folder where that file exists."""
+        cfg = load_saved_config(self.config_path)
+        if cfg.model.weights and not Path(cfg.model.weights).is_absolute():
+            found = resolve_stored_path(cfg.model.weights, self.path)
+            if found.is_file():
+                cfg = replace(cfg, model=replace(cfg.model, weights=str(found)))
+        if cfg.data.extra:  # relative to the run folder, as run.json's data folder
+            extra = [{**e, "data": str(resolve_stored_path(e["data"], self.path))} for e in cfg.data.extra]
+            cfg = replace(cfg, data=replace(cfg.data, extra=extra))
+        return cfg
+
+    def competition(self) -> Competition:
+        if self._spec is None:
+            self._spec = get_competition(self.config().competition)
+        return self._spec
+
+    def summary(self) -> dict[str, Any]:
+        """The row ``kit runs`` shows for this run."""
+        cfg = self.config()
+        cv, cv_tta = self.cv()
+        return {"run": self.name, "kind": self.kind, "competition": cfg.competition, "model": cfg.model.name,
+                "size": cfg.model.img_size, "epochs": cfg.train.epochs, "folds": len(self.finished_folds()),
+                "cv": cv, "cv_tta": cv_tta, "inputs": None, "path": str(self.path)}
+
+    def data_dir(self) -> Path | None:
+        """run.json's data folder (stored relative to the run folder), or None when it names none."""
+        info = self.load(RunInfo)
+        return resolve_stored_path(info.data, self.path) if info.data else None
+
+    def finished_folds(self) -> list[int]:
+        """Folds whose training ended (result.json is written last)."""
+        return [k for k in self.fold_numbers() if self.result_path(k).is_file()]
+
+    def history(self, k: int) -> pd.DataFrame:
+        path = self.history_path(k)
+        if not path.is_file():
+            raise KitError(f"{path} is missing: fold {k} of {self.path} has not trained an epoch")
+        return pd.read_csv(path)
+
+    def fold_oof(self, k: int) -> pd.DataFrame:
+        path = self.fold_oof_path(k)
+        if not path.is_file():
+            raise KitError(f"{path} is missing: fold {k} of {self.path} has not finished")
+        return self.predictions(path)
+
+    def collect_oof(self, folds: list[int]) -> pd.DataFrame:
+        """The out-of-fold predictions of ``folds``, from each fold's own oof.csv."""
+        return pd.concat([self.fold_oof(k) for k in folds], ignore_index=True)
+
+    def oof(self) -> pd.DataFrame:
+        """The run's pooled oof.csv, or the folds' own while the run has not finished."""
+        if self.oof_path.is_file():
+            return self.predictions(self.oof_path)
+        folds = [k for k in self.fold_numbers() if self.fold_oof_path(k).is_file()]
+        if not folds:
+            raise KitError(f"{self.path} has no out-of-fold predictions (no oof.csv, no fold*/oof.csv)")
+        return self.collect_oof(folds)
 
     def write_config(self, cfg: Config, extra: dict[str, Any] | None = None) -> Path:
         """config.yaml: the config with ``model.weights`` and ``data.extra``'s folders relative to the folder, and the
@@ -345,20 +377,9 @@ class RunDir:
             cfg = replace(cfg, data=replace(cfg.data, extra=sources))
         return write_text_atomic(self.config_path, config_to_yaml(cfg, extra=extra))
 
-    def write_info(self, data_dir: Path, folds: list[int]) -> Path:
+    def save_info(self, data_dir: Path, folds: list[int]) -> Path:
         """run.json: the data folder (relative to this folder) and the folds of the last kit train call."""
-        return self.write_json(self.info_path, {"data": portable_path(data_dir, self.path), "folds": list(folds)})
-
-    def write_json(self, path: Path, data: Any) -> Path:
-        """Write one of this run's JSON files (``path`` from one of the path properties)."""
-        self._check_writer(path)
-        return write_text_atomic(path, json.dumps(data, indent=2, default=float))
-
-    def write_csv(self, path: Path, df: pd.DataFrame) -> Path:
-        """Write one of this run's CSV files (``path`` from one of the path properties)."""
-        self._check_writer(path)
-        return write_csv_atomic(df, path)
-
+        return self.save(RunInfo(portable_path(data_dir, self.path), [int(k) for k in folds]))
 
     @contextmanager
     def logging(self) -> Iterator[None]:
@@ -386,13 +407,73 @@ class RunDir:
                 state["file"].close()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KitError(f"{path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise KitError(f"{path} is not valid JSON (line {e.lineno})") from None
+class StackDir(Folder):
+    """A stack folder (kit stack): stack.json, folds.csv, its OOF and test predictions, predict.json, the saved
+    GBDTs; no config.yaml, no checkpoints. It is a prediction source like a run."""
+
+    kind = "stack"
+
+    def is_stack(self) -> bool:
+        return self.record_path(StackInfo).is_file()
+
+    def info(self) -> StackInfo:
+        return self.load(StackInfo)
+
+    def competition(self) -> Competition:
+        if self._spec is None:
+            self._spec = get_competition(self.info().competition)
+        return self._spec
+
+    def data_dir(self) -> Path | None:
+        """The data folder the stack was built on (predict.json, relative to the stack folder)."""
+        info = self.load(PredictInfo, optional=True)
+        return resolve_stored_path(info.data, self.path) if info and info.data else None
+
+    def summary(self) -> dict[str, Any]:
+        """The row ``kit runs`` shows for this stack: its GBDTs, its folds, its CV, the runs it stacks."""
+        info = self.info()
+        cv, _ = self.cv()
+        return {"run": self.name, "kind": self.kind, "competition": info.competition,
+                "model": "+".join(info.models) or None, "size": None, "epochs": None,
+                "folds": len(self.fold_numbers()), "cv": cv, "cv_tta": None,
+                "inputs": ",".join(str(r.get("name", "?")).removeprefix("img_") for r in info.runs) or "metadata",
+                "path": str(self.path)}
+
+
+class PredictionSource(Protocol):
+    """A folder of out-of-fold and test predictions on one folds.csv: a run (:class:`RunDir`) or a stack
+    (:class:`StackDir`). What kit ensemble, submit, bundle, kernel and runs need of either."""
+
+    path: Path
+    kind: str
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def folds_path(self) -> Path: ...
+
+    def competition(self) -> Competition: ...
+
+    def load(self, record: type[R], fold: int | None = None, optional: bool = False) -> R | None: ...
+
+    def record_path(self, record: type[Record], fold: int | None = None) -> Path: ...
+
+    def predictions(self, path: Path) -> pd.DataFrame: ...
+
+    def test_predictions(self, k: int) -> pd.DataFrame: ...
+
+    def data_dir(self) -> Path | None: ...
+
+    def cv(self) -> tuple[float | None, float | None]: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+def open_source(path: str | os.PathLike) -> RunDir | StackDir:
+    """The run or stack folder at ``path``: a stack where stack.json is, else a run (with RunDir.open's checks)."""
+    stack = StackDir(path)
+    return stack if stack.is_stack() else RunDir.open(path)
 
 
 def _holder(fd: int) -> str:

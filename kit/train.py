@@ -18,7 +18,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +57,7 @@ from kit.metrics import get_metric
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
 from kit.oof import log_loss, prediction_frame, score_oof
 from kit.progress import Eta, Progress
+from kit.records import FoldResult, RunInfo, Scores
 from kit.rundir import RunDir
 from kit.runtime import (
     Runtime,
@@ -323,14 +324,6 @@ def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataF
 
 
 @dataclass
-class FoldResult:
-    fold: int
-    best_metric: float
-    best_epoch: int
-    epochs_run: int
-
-
-@dataclass
 class FoldProgress:
     """What changes from epoch to epoch, saved in last.pt."""
 
@@ -577,7 +570,7 @@ class FoldTrainer:
         p = self.progress
         result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history))
         if self.is_main:
-            self.run.write_json(self.run.result_path(self.k), asdict(result))  # last: marks the fold finished
+            self.run.save(result, fold=self.k)  # last: marks the fold finished
             if not self.cfg.train.keep_last:  # finished: nothing will resume from it
                 self.run.last_path(self.k).unlink(missing_ok=True)
         return result
@@ -628,7 +621,7 @@ def _write_start(run: RunDir, cfg: Config, data: RunData, data_dir: Path, folds:
     if data.fold_source is None or Path(data.fold_source).resolve() != run.folds_path.resolve():  # not a resume
         write_folds(run.folds_path, data.table["id"], data.fold, data.spec.id_col)
     run.write_config(cfg, {"weights": data.weights.record()} if data.weights else None)
-    run.write_info(data_dir, folds)
+    run.save_info(data_dir, folds)
     # the preset as albumentations describes it (with aug.on_device it runs per batch on the device instead)
     build_train_transform(cfg.aug.preset, data.input_size, cfg.aug.strength, data.native_size).save(
         run.augmentation_path)
@@ -640,8 +633,7 @@ def _finish(run: RunDir, spec: Competition, folds: list[int]) -> RunResult:
     run.write_csv(run.oof_path, oof)
     per_fold, pooled = score_oof(spec, oof)
     result = RunResult(run.path, per_fold, pooled, float(np.mean(list(per_fold.values()))), spec.metric)
-    run.write_json(run.scores_path, {"metric": spec.metric, "cv": pooled, "mean_of_folds": result.mean_fold_score,
-                                     "folds": {str(k): v for k, v in per_fold.items()}})
+    run.save(Scores(spec.metric, pooled, result.mean_fold_score, per_fold))
     return result
 
 
@@ -711,5 +703,4 @@ def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str
 def resume_config(run_dir: Path) -> tuple[Config, Path, list[int]]:
     """The saved config, data folder and fold list of an existing run folder."""
     run = RunDir.open(run_dir)
-    info = run.info()
-    return run.config(), info["data"], info["folds"]
+    return run.config(), run.data_dir(), run.load(RunInfo).folds

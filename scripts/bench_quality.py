@@ -178,7 +178,7 @@ def run_arms(args, folds_file: Path, images: np.ndarray, table: pd.DataFrame, fo
     fit = fit_nested(*oof_of(run_c))
     rows.append(_decision_row("(d)", "(c) + decision weights (nested CV)", fit, t_c + time.perf_counter() - start))
     print(f"== (d): mean of folds {fit.mean_after:.4f} pooled {fit.cv_after:.4f}", flush=True)
-    from kit.commands.predict import predict_and_submit
+    from kit.pipeline import predict_and_submit
 
     start = time.perf_counter()
     _, submission = predict_and_submit(run_c, tta="8", out_dir=args.out / "submissions", device="cpu", report=False,

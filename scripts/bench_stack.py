@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def image_run(args, data: Path, out: Path, metadata: bool = False) -> Path:
     """kit train + kit predict (TTA x4); with ``metadata`` the model's metadata branch takes every feature column."""
-    from kit.commands.predict import predict_and_submit
     from kit.config import load_config
+    from kit.pipeline import predict_and_submit
     from kit.train import train_folds
 
     cfg = load_config(ISIC, overrides=[

@@ -90,8 +90,8 @@ PREDICTED_RUNS = {
 def predicted_runs(demo_data, tmp_path_factory) -> dict:
     """name -> kit.predict.PredictResult of a tiny run trained with kit.train.train_folds and predicted with TTA by
     ``kit predict``'s chain; its ``submission`` attribute is the submission that wrote."""
-    from kit.commands.predict import predict_and_submit
     from kit.config import load_config
+    from kit.pipeline import predict_and_submit
     from kit.train import train_folds
 
     root = tmp_path_factory.mktemp("runs")

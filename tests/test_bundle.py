@@ -38,7 +38,8 @@ def write_run(run: Path, finished: tuple[int, ...] = (0, 1), unfinished: tuple[i
     (run / "config.yaml").write_text(f"competition: {HCD}\nn_folds: 3\n")
     (run / "run.json").write_text(json.dumps({"data": "/somewhere/data", "folds": [0, 1, 2]}))
     (run / "folds.csv").write_text("id,label,fold\na,0,0\nb,1,1\nc,0,2\n")
-    (run / "scores.json").write_text(json.dumps({"metric": "auc", "cv": 0.91234, "folds": {"0": 0.9, "1": 0.92}}))
+    (run / "scores.json").write_text(json.dumps({"metric": "auc", "cv": 0.91234, "mean_of_folds": 0.91,
+                                                        "folds": {"0": 0.9, "1": 0.92}}))
     (run / "oof.csv").write_text("id,fold,target,label\n")
     for k in finished + unfinished:
         (run / f"fold{k}").mkdir()

@@ -17,8 +17,8 @@ import torch
 
 from kit.checkpoint import load_checkpoint
 from kit.cli import main
-from kit.commands.predict import predict_and_submit
 from kit.config import load_config
+from kit.pipeline import predict_and_submit
 from kit.train import train_folds
 from kit.tta import TTA
 

@@ -63,8 +63,8 @@ def test_applied_weights_keep_a_probability_table():
 def test_kit_predict_fits_reports_and_applies_them(predicted_runs, tmp_path, capsys):
     """A copy of the session's multiclass (ISIC 2018) run: decision.json beside the predictions, and the submission
     is the fold blend with the weights applied (``on``) or not (``off``)."""
-    from kit.commands.predict import predict_and_submit
     from kit.ensemble import blend_folds
+    from kit.pipeline import predict_and_submit
 
     run = tmp_path / "multi"
     shutil.copytree(predicted_runs["multi"].run_dir, run)  # the session's runs are shared with other tests

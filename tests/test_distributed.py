@@ -23,6 +23,7 @@ from kit.cli import main
 from kit.config import load_config
 from kit.distributed import EpochSampler, Group
 from kit.errors import ConfigError
+from kit.records import FoldResult, Scores
 from kit.rundir import RunDir
 from kit.train import train_folds
 
@@ -62,8 +63,8 @@ def _assert_same_predictions(run: Path, reference: Path, atol: float) -> None:
     assert not oof["id"].duplicated().any()  # no row predicted twice (no padding of the last shard)
     assert sorted(oof["id"]) == sorted(folds["id"])  # every validation id, exactly once
     np.testing.assert_allclose(oof["pred"], ref["pred"], atol=atol)
-    scores, ref_scores = RunDir(run).scores(), RunDir(reference).scores()
-    assert scores["cv"] == pytest.approx(ref_scores["cv"], abs=1e-3)
+    scores, ref_scores = RunDir(run).load(Scores), RunDir(reference).load(Scores)
+    assert scores.cv == pytest.approx(ref_scores.cv, abs=1e-3)
 
 
 def _torchrun(*args: str) -> subprocess.Popen:
@@ -115,11 +116,11 @@ def test_sync_batchnorm_without_gpus_is_one_line():
 def test_a_fold_lock_covers_only_its_fold(tmp_path):
     run = RunDir(tmp_path / "run")
     with run.writing(fold=1):
-        run.write_json(run.result_path(1), {"ok": True})
+        run.save(FoldResult(1, 0.5, 1, 1), fold=1)
         with pytest.raises(RuntimeError, match="without its lock"):
-            run.write_json(run.scores_path, {})
+            run.save(Scores("auc", 0.5, 0.5, {}))
         with pytest.raises(RuntimeError, match="without its lock"):
-            run.write_json(run.result_path(0), {})
+            run.save(FoldResult(0, 0.5, 1, 1), fold=0)
     assert (run.fold_dir(1) / ".kit-lock").is_file()
 
 
@@ -237,7 +238,7 @@ def test_parallel_folds_match_sequential_and_a_failed_fold_reruns_alone(data, re
     assert "1 of 2 folds failed: fold 1" in err and f"--resume {run.path} --folds 1" in err, err
     assert "being written by" in err  # the end of the fold's own log
     assert run.result_path(0).is_file() and not run.result_path(1).is_file()
-    assert not run.oof_path.exists() and not run.scores_path.exists()  # no summary of a partial run
+    assert not run.oof_path.exists() and not run.record_path(Scores).exists()  # no summary of a partial run
 
     assert main(["train", "--resume", str(run.path), "--folds", "1", "--devices", "cpu", "--no-progress"]) == 0
     assert "fold 1: finished on cpu" in capsys.readouterr().out

@@ -12,7 +12,6 @@ import pytest
 from scipy.stats import rankdata
 
 from kit.cli import main
-from kit.commands.ensemble import ensemble_and_submit
 from kit.competitions import get_competition
 from kit.ensemble import (
     Member,
@@ -26,6 +25,7 @@ from kit.ensemble import (
 )
 from kit.errors import ConfigError, DataError, KitError
 from kit.metrics import auc, get_metric
+from kit.pipeline import ensemble_and_submit
 from kit.rundir import RunDir
 from kit.submission import read_submission, validate_file
 
@@ -33,7 +33,7 @@ HCD = "histopathologic-cancer-detection"
 
 
 def _data_dir(result) -> str:
-    return RunDir(result.run_dir).info()["data"]  # run.json holds it relative to the run folder
+    return RunDir(result.run_dir).data_dir()  # run.json holds it relative to the run folder
 
 
 # ---------------------------------------------------------------------------------------------- on real runs
@@ -47,8 +47,8 @@ def test_each_method_blends_two_runs_into_a_valid_submission(predicted_runs, tmp
     names = [r.name for r in result.scores]
     assert names == ["hcd_a", "hcd_b", "blend mean", "blend rank", "blend gmean", "blend fit"]
     # the members' CVs are those kit predict measured with TTA
-    assert result.scores[0].cv == pytest.approx(a.scores["cv"]["tta"])
-    assert result.scores[1].cv == pytest.approx(b.scores["cv"]["tta"])
+    assert result.scores[0].cv == pytest.approx(a.scores.cv["tta"])
+    assert result.scores[1].cv == pytest.approx(b.scores.cv["tta"])
     fit = result.scores[-1]
     assert fit.nested and fit.in_sample is not None and "nested" in fit.note
     assert not any(r.nested for r in result.scores[:-1])

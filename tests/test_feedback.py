@@ -146,11 +146,11 @@ def test_paths_inside_the_same_tree_are_stored_relative_and_resolved_back(demo_d
     cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     with run.writing():
         run.write_config(cfg)
-        run.write_info(project / "data", [0])
+        run.save_info(project / "data", [0])
     assert yaml.safe_load(run.config_path.read_text())["model"]["weights"] == "../../weights/w.pth"
     monkeypatch.chdir(tmp_path)  # read back from elsewhere: still the same files
     assert RunDir(project / "runs" / "r").config().model.weights == str(weights)
-    assert RunDir(project / "runs" / "r").info()["data"] == project / "data"
+    assert RunDir(project / "runs" / "r").data_dir() == project / "data"
     assert resolve_stored_path("/abs/old/data", run.path) == resolve_stored_path("/abs/old/data", tmp_path)
 
 

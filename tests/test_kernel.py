@@ -144,7 +144,7 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
     assert json.loads((working / "kit-submission.json").read_text())["run"] == Path(run).name
     assert "packing 10 images" in p.stdout + p.stderr and not (working / "kit-cache").exists()  # not kernel output
     # the kernel's numbers are kit predict's: each fold's best.pt with 8 TTA views, folds averaged
-    from kit.commands.predict import predict_and_submit
+    from kit.pipeline import predict_and_submit
 
     _, local = predict_and_submit(run, data, tta="8", out_dir=tmp_path / "local", report=False)
     ours, theirs = pd.read_csv(submission, dtype={"id": str}), pd.read_csv(local, dtype={"id": str})

@@ -30,6 +30,7 @@ from kit.budget import TimeBudget, TimeBudgetReached
 from kit.bundle import make_wheels_bundle
 from kit.errors import ConfigError
 from kit.kernel_train import build_train_kernel, resolved_config_yaml, train_kernel_metadata
+from kit.records import FoldResult, Scores
 from kit.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_the_first_session_installs_offline_and_stops_by_its_time_budget(session
     state = json.loads((working / "kit-kernel.json").read_text())
     assert state["finished"] is False and state["train_exit"] == 75 and state["run"] == "run"
     run = RunDir.open(working / "run")
-    assert run.last_path(0).is_file() and run.finished_folds() == [] and not run.scores_path.exists()
+    assert run.last_path(0).is_file() and run.finished_folds() == [] and not run.record_path(Scores).exists()
     assert len(run.history(0)) == 1  # one finished epoch, saved
     assert not (working / "kit-cache").exists()  # the packed cache is not part of the output
 
@@ -188,7 +189,7 @@ def output_of(working: Path) -> dict[str, bytes]:
 
 
 def test_pull_makes_a_local_run_that_predict_and_bundle_accept(sessions, tmp_path):
-    from kit.commands.predict import predict_and_submit
+    from kit.pipeline import predict_and_submit
     from kit.submission import validate_file
 
     working = sessions["root"] / "working-v2"
@@ -200,7 +201,7 @@ def test_pull_makes_a_local_run_that_predict_and_bundle_accept(sessions, tmp_pat
     assert f"pulled kernel {KERNEL} into {tmp_path / 'runs' / 'hcd'}: finished, CV auc" in p.stdout
     assert f"{KERNEL}: running" in p.stderr  # the wait is visible
     run = RunDir.open(tmp_path / "runs" / "hcd")
-    assert run.finished_folds() == [0, 1] and run.info()["data"] == sessions["data"].resolve()
+    assert run.finished_folds() == [0, 1] and run.data_dir() == sessions["data"].resolve()
     assert (run.path / "oof.csv").read_bytes() == (working / "run" / "oof.csv").read_bytes()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["hcd", "hcd.kernel.log"]  # no staging left
     _, submission = predict_and_submit(run.path, tta="1", report=False)  # the data folder now comes from run.json
@@ -343,7 +344,7 @@ def test_a_fold_stopped_early_and_then_by_the_budget_does_not_train_on(demo_data
         train_folds(cfg, data, run.path, folds=[0], on_epoch=budget)
     assert len(run.history(0)) == 2 and 0 not in run.finished_folds()
     train_folds(cfg, data, run.path, folds=[0])
-    assert len(run.history(0)) == 2 and run.fold_result(0)["epochs_run"] == 2
+    assert len(run.history(0)) == 2 and run.load(FoldResult, fold=0).epochs_run == 2
 
 
 def test_kit_train_refuses_a_time_budget_that_is_not_positive(demo_data, tmp_path, capsys):

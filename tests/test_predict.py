@@ -16,6 +16,7 @@ from kit.data.labels import load_test_table
 from kit.errors import DataError, KitError
 from kit.metrics import get_metric
 from kit.predict import predict_run
+from kit.records import record_text
 from kit.rundir import RunDir
 from kit.submission import read_submission, validate_file
 
@@ -32,7 +33,7 @@ def _spec(result):
 
 
 def _data_dir(result):
-    return RunDir(result.run_dir).info()["data"]  # run.json holds it relative to the run folder
+    return RunDir(result.run_dir).data_dir()  # run.json holds it relative to the run folder
 
 
 @pytest.mark.parametrize("name", ["hcd_a", "multi"])
@@ -60,7 +61,7 @@ def test_cv_without_and_with_tta_side_by_side(predicted_runs, name):
     result = predicted_runs[name]
     run = result.run_dir
     saved = json.loads((run / "scores_tta.json").read_text())
-    assert saved == result.scores
+    assert saved == record_text(result.scores)
     # "no TTA" is the CV training reported; "TTA" is recomputed here from the written oof_tta.csv
     assert saved["cv"]["no_tta"] == pytest.approx(json.loads((run / "scores.json").read_text())["cv"])
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -89,7 +90,7 @@ def test_identity_tta_reproduces_training_oof_from_the_checkpoint_alone(predicte
     again = pd.read_csv(result.oof_tta, dtype={spec.id_col: str}).set_index(spec.id_col).loc[oof.index]
     np.testing.assert_allclose(again[cols].to_numpy(), oof[cols].to_numpy(), atol=1e-5)
     assert (again["fold"] == oof["fold"]).all() and (again["target"] == oof["target"]).all()
-    assert result.scores["cv"]["gain"] == pytest.approx(0.0, abs=1e-9)
+    assert result.scores.cv["gain"] == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("name", ["hcd_a", "multi"])
@@ -128,7 +129,7 @@ def test_a_fold_without_checkpoint_is_named(predicted_runs, tmp_path):
     with pytest.raises(KitError, match=r"no checkpoint for 1 of the folds \[0, 1\]: .*fold1/best\.pt"):
         predict_run(run, tta="1")
     only0 = predict_run(run, folds=[0], tta="2")
-    assert list(only0.test_files) == [0] and set(only0.scores["folds"]) == {"0"}
+    assert list(only0.test_files) == [0] and set(only0.scores.folds) == {"0"}
     assert json.loads((run / "predict.json").read_text())["folds"] == [0]
 
 

@@ -15,6 +15,7 @@ import yaml
 from kit.checkpoint import load_checkpoint
 from kit.cli import main
 from kit.errors import KitError
+from kit.records import RunInfo
 from kit.rundir import RunDir, RunLockedError
 
 HCD = "histopathologic-cancer-detection"
@@ -59,9 +60,9 @@ def test_a_second_writer_stops_naming_the_holder(tmp_path, demo_data):
 def test_the_lock_is_reentrant_within_a_process(tmp_path):
     run = RunDir(tmp_path / "run")
     with run.writing(), run.writing():
-        run.write_json(run.info_path, {"data": None, "folds": []})
+        run.save(RunInfo(None, []))
     with pytest.raises(RuntimeError, match="without its lock"):
-        run.write_json(run.info_path, {})
+        run.save(RunInfo(None, []))
 
 
 def test_two_trainers_started_together_leave_one_consistent_run(tmp_path, demo_data):
@@ -114,9 +115,9 @@ def _plant(path: Path, marker: Path) -> None:
 @pytest.fixture
 def run_copy(predicted_runs, tmp_path) -> Path:
     copy = RunDir(shutil.copytree(predicted_runs["hcd_a"].run_dir, tmp_path / "run"))
-    info = RunDir(predicted_runs["hcd_a"].run_dir).info()
+    original = RunDir(predicted_runs["hcd_a"].run_dir)
     with copy.writing():  # run.json's data folder is relative to the run folder, which moved
-        copy.write_info(info["data"], info["folds"])
+        copy.save_info(original.data_dir(), original.load(RunInfo).folds)
     return copy.path
 
 
@@ -136,7 +137,7 @@ def test_predict_kernel_and_resume_refuse_a_planted_checkpoint(tmp_path, run_cop
     assert main(["predict", str(run_copy), "--tta", "1", "--out-dir", str(tmp_path / "subs"), "--no-report"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "best.pt: refused" in err
-    data = str(RunDir(run_copy).info()["data"])
+    data = str(RunDir(run_copy).data_dir())
     assert main(["kernel", "run", "--competition", HCD, "--data", data, "--weights", str(run_copy),
                  "--working", str(tmp_path / "working"), "--tta", "1"]) == 1
     assert "best.pt: refused" in capsys.readouterr().err

@@ -17,7 +17,8 @@ from kit.data.labels import load_test_table, load_train_table
 from kit.data.synthetic import ISIC_2024_TEST_COLUMNS, ISIC_2024_TRAIN_ONLY
 from kit.errors import ConfigError, DataError, KitError
 from kit.oof import prediction_frame
-from kit.rundir import RunDir
+from kit.records import PredictInfo, Scores
+from kit.rundir import RunDir, StackDir, open_source
 from kit.stack import StackSettings, run_stack
 
 pytest.importorskip("lightgbm")
@@ -39,7 +40,7 @@ def fake_run(path: Path, data: Path, fold_seed: int = 0, n_folds: int = 3, compe
     run = RunDir(path)
     with run.writing():
         run.write_config(load_config(competition, overrides=TINY_CFG))
-        run.write_info(data, list(range(n_folds)))
+        run.save_info(data, list(range(n_folds)))
         run.write_csv(run.folds_path, pd.DataFrame({spec.id_col: ids, "fold": fold}))
         oof = prediction_frame(spec, ids, score, fold=fold, target=y)
         run.write_csv(run.oof_path, oof)
@@ -48,8 +49,7 @@ def fake_run(path: Path, data: Path, fold_seed: int = 0, n_folds: int = 3, compe
             for k in range(n_folds):
                 run.write_csv(run.test_path(k), prediction_frame(spec, test["id"].to_numpy(),
                                                                  rng.uniform(0, 1, len(test))))
-            run.write_json(run.predict_info_path, {"folds": list(range(n_folds)), "data": str(data),
-                                                   "tta": {"views": ["id"], "merge": "mean"}, "oof": run.OOF_TTA})
+            run.save(PredictInfo(list(range(n_folds)), str(data), run.OOF_TTA, {"views": ["id"], "merge": "mean"}))
     return path
 
 
@@ -97,9 +97,11 @@ def test_synthetic_isic_2024_metadata_has_the_real_layout_and_signal(data, share
 
 
 # ------------------------------------------------------------------------------------------------ the folder
-def test_metadata_only_stack_is_a_run_folder(meta_stack, data):
-    stack = RunDir.open(meta_stack.path)
-    assert stack.competition().name == ISIC
+def test_metadata_only_stack_is_a_stack_folder(meta_stack, data):
+    stack = open_source(meta_stack.path)
+    assert isinstance(stack, StackDir) and stack.competition().name == ISIC
+    assert not (stack.path / "config.yaml").exists() and not (stack.path / "run.json").exists()  # no fake run
+    assert stack.summary()["kind"] == "stack" and stack.summary()["inputs"] == "metadata"
     info = json.loads((stack.path / "stack.json").read_text())
     assert info["runs"] == [] and info["models"] == ["lgbm"]
     features = set(info["features"])
@@ -111,16 +113,16 @@ def test_metadata_only_stack_is_a_run_folder(meta_stack, data):
     # patient-grouped folds of its own
     patients = pd.read_csv(data / "train-metadata.csv").set_index("isic_id")["patient_id"]
     assert oof.groupby(oof["isic_id"].map(patients))["fold"].nunique().max() == 1
-    scores = stack.scores()
-    assert scores["metric"] == "pauc80" and 0.1 < scores["cv"] <= 0.2 and scores["cv"] == meta_stack.cv
-    assert sorted(stack.predict_info()["folds"]) == [0, 1, 2]
+    scores = stack.load(Scores)
+    assert scores.metric == "pauc80" and 0.1 < scores.cv <= 0.2 and scores.cv == meta_stack.cv
+    assert sorted(stack.load(PredictInfo).folds) == [0, 1, 2] and stack.load(PredictInfo).kind == "stack"
     assert (stack.report_dir / "importance.png").stat().st_size > 1000
     test = pd.read_csv(stack.test_path(0))
     assert list(test["isic_id"]) == list(pd.read_csv(data / "test-metadata.csv")["isic_id"])
 
 
 def test_each_oof_row_comes_from_trees_that_never_saw_it(full_stack, image_run):
-    stack = RunDir.open(full_stack.path)
+    stack = open_source(full_stack.path)
     folds = pd.read_csv(stack.folds_path)
     assert folds.equals(pd.read_csv(RunDir(image_run).folds_path))  # the image run's own folds
     oof = pd.read_csv(stack.oof_path)
@@ -139,7 +141,7 @@ def test_an_image_run_lifts_the_stack_above_metadata_alone(full_stack, meta_stac
 
 def test_kit_ensemble_and_kit_submit_take_the_stack(full_stack, image_run, data, tmp_path):
     from kit.cli import main
-    from kit.commands.ensemble import ensemble_and_submit
+    from kit.pipeline import ensemble_and_submit
 
     result, path, _ = ensemble_and_submit([full_stack.path, image_run], method="fit", out_dir=tmp_path)
     assert {m.name for m in result.members} == {full_stack.path.name, "img"}

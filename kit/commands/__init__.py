@@ -26,13 +26,14 @@ def add_competition(parser, required: bool = False, help: str = "") -> None:
 def folds_in_file(path) -> int | None:
     """The number of folds of a folds CSV (its 'fold' column's largest value + 1); None when it cannot be read
     here (the folds check names the problem later)."""
-    import pandas as pd
+    from kit.data.folds import load_folds
+    from kit.errors import KitError
 
     try:
-        fold = pd.read_csv(path, usecols=["fold"])["fold"]
-        return int(fold.max()) + 1 if len(fold) and pd.api.types.is_integer_dtype(fold) else None
-    except (OSError, ValueError, pd.errors.ParserError):
+        fold = load_folds(path)
+    except (KitError, OSError):
         return None
+    return int(fold.max()) + 1 if len(fold) else None
 
 
 def with_folds_file(cfg, path):

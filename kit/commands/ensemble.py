@@ -1,4 +1,5 @@
-"""kit ensemble: blend the OOF and test predictions of several predicted runs into one submission."""
+"""kit ensemble: blend the OOF and test predictions of several predicted runs and stacks into one submission
+(:func:`kit.pipeline.ensemble_and_submit`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ def add_parser(sub):
                        "Prints the CV of each run and of every blend side by side (a fitted blend's CV is nested: "
                        "weights fitted on the other folds' OOF, scored on the held-out fold), then writes a "
                        "validated submission of the chosen blend and a JSON summary next to it.")
-    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="predicted run folders")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="predicted run folders or stack folders")
     p.add_argument("--method", default="mean",
                    help="mean | rank (percentile ranks, binary) | gmean | fit (ensemble selection on OOF)")
     p.add_argument("--fold-merge", default="mean", help="how each run's folds blend first: mean, rank, gmean "
@@ -24,25 +25,19 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def ensemble_and_submit(run_dirs, method="mean", out_dir="submissions", name="ensemble", data=None,
-                        fold_merge="mean", decision="auto"):
-    """``kit ensemble`` as a function: (EnsembleResult, the submission's path, its JSON summary's path)."""
-    from kit.ensemble import ensemble_runs, write_summary
-    from kit.submission import write_submission
-
-    result = ensemble_runs(run_dirs, method, data, fold_merge, decision=decision)
-    if result.decision_note:
-        print(result.decision_note)
-    path = write_submission(result.spec, [str(i) for i in result.test_ids], result.test, name, out_dir,
-                            expected_ids=result.expected_ids)
-    summary = write_summary(result, path.with_suffix(".json"))
-    n = len(result.members)
-    print(f"wrote {path} ({method} blend of {n} run{'s' * (n > 1)}; summary {summary.name})")
-    return result, path, summary
-
-
 def run(args) -> int:
+    from kit.pipeline import ensemble_and_submit
+
     _, path, _ = ensemble_and_submit(args.run_dirs, args.method, args.out_dir, args.name, args.data, args.fold_merge,
                                      args.decision)
     print(path)
     return 0
+
+
+def __getattr__(name: str):
+    """``ensemble_and_submit`` moved to kit.pipeline (kit 0.3); imported from here it still works."""
+    if name == "ensemble_and_submit":
+        from kit.pipeline import ensemble_and_submit
+
+        return ensemble_and_submit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """kit predict: TTA predictions of a run's folds on the test set (and their OOF images), then a submission.
 
-The command chains three stages: prediction (kit.predict), the blend of the folds (kit.ensemble) and the validated
-submission (kit.submission), then draws the report.
+The chain (prediction, the blend of the folds, decision weights, the validated submission, the report) is
+:func:`kit.pipeline.predict_and_submit`; the command parses, calls and prints.
 """
 
 from __future__ import annotations
@@ -33,33 +33,9 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, batch_size=None, fold_merge="mean",
-                       out_dir="submissions", device="auto", workers=None, report=True, decision="auto"):
-    """``kit predict`` as a function: (PredictResult, the submission's path)."""
-    from kit.decision import apply_weights, decide_run
-    from kit.ensemble import blend_folds, get_fold_blend
-    from kit.predict import predict_run
-    from kit.report import write_report
-    from kit.rundir import RunDir
-    from kit.submission import write_submission
-
-    get_fold_blend(fold_merge)  # a bad --fold-merge fails before any prediction
-    result = predict_run(run_dir, data, tta, merge, folds, batch_size, device, workers)
-    run = RunDir(result.run_dir)
-    test_ids, test = blend_folds(run.path, fold_merge)
-    weights = decide_run(run.path, decision)  # balanced accuracy: argmax towards the rare classes, rows renormalised
-    test = test if weights is None else apply_weights(test, weights)
-    expected = [str(i) for i in test_ids]
-    submission = write_submission(run.competition(), expected, test, run.name, out_dir, expected_ids=expected)
-    print(f"wrote {submission} ({fold_merge} of {len(result.folds)} fold{'s' * (len(result.folds) > 1)})")
-    if report:
-        paths = write_report(run.path)
-        print(f"report: {len(paths)} plots in {run.report_dir}")
-    return result, submission
-
-
 def run(args) -> int:
     from kit.commands import parse_folds
+    from kit.pipeline import predict_and_submit
 
     folds = parse_folds(args.folds) if args.folds else None
     _, submission = predict_and_submit(args.run_dir, args.data, args.tta, args.merge, folds, args.batch_size,
@@ -67,3 +43,12 @@ def run(args) -> int:
                                        report=not args.no_report, decision=args.decision)
     print(submission)
     return 0
+
+
+def __getattr__(name: str):
+    """``predict_and_submit`` moved to kit.pipeline (kit 0.3); imported from here it still works."""
+    if name == "predict_and_submit":
+        from kit.pipeline import predict_and_submit
+
+        return predict_and_submit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

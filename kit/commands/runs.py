@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 
-COLUMNS = ("run", "competition", "model", "size", "epochs", "folds", "cv", "cv_tta", "lb", "path")
-SORTS = ("cv", "cv_tta", "lb", "run", "competition", "model", "epochs")
+COLUMNS = ("run", "kind", "competition", "model", "size", "epochs", "folds", "cv", "cv_tta", "lb", "inputs", "path")
+SORTS = ("cv", "cv_tta", "lb", "run", "kind", "competition", "model", "epochs")
 
 
 def add_parser(sub):
-    p = sub.add_parser("runs", help="a table of the runs under a folder: model, size, epochs, CV, CV with TTA, "
-                       "leaderboard score", description="Every kit run folder under DIR (searched recursively: "
-                       "tune trials too), one row each: name, competition, model, input size, epochs, finished "
-                       "folds, CV, CV with TTA (after kit predict), and the best public leaderboard score that "
-                       "submissions/log.csv holds for the run.")
+    p = sub.add_parser("runs", help="a table of the runs and stacks under a folder: model, size, epochs, CV, CV "
+                       "with TTA, leaderboard score", description="Every kit run folder and stack folder under DIR "
+                       "(searched recursively: tune trials too), one row each: name, kind (run or stack), "
+                       "competition, model (a stack: its GBDTs), input size, epochs, finished folds, CV, CV with TTA "
+                       "(after kit predict), the best public leaderboard score that submissions/log.csv holds for "
+                       "it, and a stack's input runs.")
     p.add_argument("dir", metavar="DIR", nargs="?", default="runs", help="folder holding run folders (default runs)")
     p.add_argument("--sort", default="cv", choices=SORTS, help="sort by this column (scores: best first; names: "
                    "alphabetical); default cv")
@@ -40,28 +41,11 @@ def _lb_scores(log_path) -> dict[str, float]:
 
 
 def collect_runs(folder, log_path="submissions/log.csv") -> list[dict]:
-    """One row per run folder under ``folder`` (unreadable ones are skipped with a note)."""
-    from pathlib import Path
-
-    from kit.errors import KitError
-    from kit.rundir import RunDir
+    """:func:`kit.pipeline.collect_runs` with each row's best public score from the submissions log."""
+    from kit.pipeline import collect_runs as summaries
 
     lb = _lb_scores(log_path)
-    rows = []
-    for config in sorted(Path(folder).rglob(RunDir.CONFIG)):
-        run = RunDir(config.parent)
-        if not run.is_run():
-            continue
-        try:
-            cfg = run.config()
-            cv, cv_tta = run.cv()
-        except KitError as e:
-            print(f"note: {run.path} skipped ({e})")
-            continue
-        rows.append({"run": run.name, "competition": cfg.competition, "model": cfg.model.name,
-                     "size": cfg.model.img_size, "epochs": cfg.train.epochs, "folds": len(run.finished_folds()),
-                     "cv": cv, "cv_tta": cv_tta, "lb": lb.get(run.name), "path": str(run.path)})
-    return rows
+    return [{**row, "lb": lb.get(row["run"])} for row in summaries(folder)]
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:

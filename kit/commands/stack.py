@@ -1,4 +1,5 @@
-"""kit stack: gradient-boosted trees on the metadata and the image runs' OOF scores, then a submission."""
+"""kit stack: gradient-boosted trees on the metadata and the image runs' OOF scores, then a submission
+(:func:`kit.pipeline.stack_and_submit`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ def add_parser(sub):
                        "metadata, engineered size/shape/colour ratios, each numeric feature normalised within the "
                        "patient, the patient's lesion count) and the predicted runs' out-of-fold and test scores; "
                        "train LightGBM / XGBoost / CatBoost (several seeds each) fold by fold on the runs' own "
-                       "folds.csv; write STACK as a run folder (stack.json, oof.csv, test_fold{k}.csv, "
-                       "scores.json, predict.json, feature importances) that kit ensemble takes like a run, and a "
+                       "folds.csv; write the stack folder STACK (stack.json, folds.csv, oof.csv, "
+                       "test_fold{k}.csv, scores.json, predict.json, feature importances) that kit ensemble, submit, "
+                       "bundle and runs take like a run, and a "
                        "validated submission. Binary competitions with metadata only.")
     add_competition(p, required=True)
     p.add_argument("--data", default=None, help="competition data folder (default: the first run's)")
@@ -34,27 +36,8 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def stack_and_submit(competition, data, runs, out, settings=None, out_dir="submissions", submission=True):
-    """``kit stack`` as a function: (StackResult, the submission's path or None)."""
-    from kit.ensemble import blend_folds
-    from kit.rundir import RunDir
-    from kit.stack import format_result, run_stack
-    from kit.submission import write_submission
-
-    result = run_stack(competition, data, runs, out, settings)
-    print(format_result(result))
-    print(f"wrote {result.path} (stack.json, oof.csv, test_fold*.csv, scores.json, report/importance.png)")
-    if not submission:
-        return result, None
-    stack = RunDir(result.path)
-    test_ids, test = blend_folds(stack.path, "mean")
-    ids = [str(i) for i in test_ids]
-    path = write_submission(stack.competition(), ids, test, stack.name, out_dir, expected_ids=ids)
-    print(f"wrote {path}")
-    return result, path
-
-
 def run(args) -> int:
+    from kit.pipeline import stack_and_submit
     from kit.stack import StackSettings
 
     settings = StackSettings(models=[m.strip() for m in args.models.split(",") if m.strip()], seeds=args.seeds,
@@ -63,3 +46,12 @@ def run(args) -> int:
     stack_and_submit(args.competition, args.data, args.runs, args.out, settings, args.out_dir,
                      not args.no_submission)
     return 0
+
+
+def __getattr__(name: str):
+    """``stack_and_submit`` moved to kit.pipeline (kit 0.3); imported from here it still works."""
+    if name == "stack_and_submit":
+        from kit.pipeline import stack_and_submit
+
+        return stack_and_submit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

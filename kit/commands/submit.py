@@ -66,18 +66,20 @@ def origin(spec, path: str, run_dir: str | None, runs_dir: str = "runs") -> tupl
 
 
 def named_origin(run_dir: str | None, name: str, runs_dir: str = "runs") -> tuple[str, float | None]:
-    """(run name, its CV) of --run RUN_DIR, else of the run or stack ``name`` under ``runs_dir`` (its CV unknown
-    when it is not there); ("", None) without either."""
+    """(run name, its CV) of --run RUN_DIR (a run or a stack), else of the run or stack ``name`` under ``runs_dir``
+    (its CV unknown when it is not there); ("", None) without either."""
     from pathlib import Path
 
-    from kit.rundir import RunDir
+    from kit.rundir import RunDir, StackDir, open_source
 
     if run_dir is not None:
-        return _with_cv(RunDir.open(run_dir))
+        return _with_cv(open_source(run_dir))
     if not name:
         return "", None
-    run = RunDir(Path(runs_dir) / name)
-    return _with_cv(run) if run.is_run() else (name, None)
+    folder = Path(runs_dir) / name
+    if not (RunDir(folder).is_run() or StackDir(folder).is_stack()):
+        return name, None
+    return _with_cv(open_source(folder))
 
 
 def upload(spec, path: str, message: str | None, wait: float = 600.0, poll_every: float = 10.0,

@@ -69,9 +69,12 @@ def write_folds(path: Path, ids: pd.Series, fold: np.ndarray, id_col: str) -> Pa
     return write_csv_atomic(pd.DataFrame({id_col: ids.to_numpy(), "fold": fold}), path)
 
 
-def read_folds(path: Path, ids: pd.Series, id_col: str) -> np.ndarray:
-    """Fold per id from a ``folds.csv``; every id of the table must be there."""
-    df = read_csv(path, [id_col, "fold"], what="folds file")
+def load_folds(path: Path, id_col: str | None = None) -> pd.Series:
+    """The one reader of a ``folds.csv``: fold number per id (the index, strings), every row checked. ``id_col``
+    names the id column (None: the first column)."""
+    head = read_csv(path, ["fold"], what="folds file")
+    id_col = id_col or next((c for c in head.columns if c != "fold"), "id")
+    df = read_csv(path, [id_col, "fold"], what="folds file") if id_col not in head.columns else head
     folds = pd.to_numeric(df["fold"], errors="coerce")
     if folds.isna().any():
         i = int(np.flatnonzero(folds.isna().to_numpy())[0])
@@ -82,8 +85,12 @@ def read_folds(path: Path, ids: pd.Series, id_col: str) -> np.ndarray:
         raise DataError(f"{path} line {i + 2}: fold '{df['fold'].iloc[i]}' is not a fold number (0, 1, ...); "
                         f"{len(bad)} such rows")
     check_ids(df, id_col, path)  # a duplicate id would have two folds
-    mapping = pd.Series(folds.astype(int).to_numpy(), index=df[id_col])
-    fold = ids.map(mapping)
+    return pd.Series(folds.astype(int).to_numpy(), index=pd.Index(df[id_col].astype(str), name=id_col), name="fold")
+
+
+def read_folds(path: Path, ids: pd.Series, id_col: str) -> np.ndarray:
+    """Fold per id of ``ids`` from a ``folds.csv`` (:func:`load_folds`); every id of the table must be there."""
+    fold = ids.map(load_folds(path, id_col))
     if fold.isna().any():
         missing = ids[fold.isna()]
         raise DataError(f"{path}: {len(missing)} of {len(ids)} ids have no fold, first: {', '.join(missing[:5])}")

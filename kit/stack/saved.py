@@ -22,15 +22,16 @@ import pandas as pd
 
 from kit.competitions import get_competition
 from kit.errors import DataError, KitError
-from kit.io import atomic_path, read_json_file, resolve_stored_path, sha256_file
-from kit.rundir import RunDir
+from kit.io import atomic_path, resolve_stored_path, sha256_file
+from kit.records import StackInfo, read_record
+from kit.rundir import StackDir
 from kit.stack.features import FeatureRecipe, image_feature_names, image_score_features, rebuild_test_features
 from kit.stack.models import FORMATS, Predictor, load_model
 
 __all__ = ["RUNS", "SAVED_FORMAT", "STACK_INFO", "SavedStack", "image_test_scores", "is_stack", "load_models",
            "open_stack", "predict_folds", "predict_test", "save_models"]
 
-STACK_INFO = "stack.json"
+STACK_INFO = StackInfo.FILE
 SAVED_FORMAT = 1
 BLEND = "mean over seeds, then over models (test_fold{k}.csv), then over folds"
 RUNS = "runs"  # a bundled stack's copies of its image runs: runs/<feature name>/
@@ -80,7 +81,7 @@ def model_file(fold: int, model: str, seed: int) -> str:
     return f"fold{fold}/{model}_seed{seed}{FORMATS[model][0]}"
 
 
-def save_models(stack: RunDir, fits: list[dict]) -> list[dict]:
+def save_models(stack: StackDir, fits: list[dict]) -> list[dict]:
     """Write each fold's fitted models (``fit["models"]``: (model, seed) -> GBDT); their entries for stack.json."""
     entries = []
     for fit in fits:
@@ -100,9 +101,10 @@ def saved_info(recipe: FeatureRecipe, runs: list[dict], entries: list[dict]) -> 
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def _read_info(path: Path) -> dict:
-    info = read_json_file(path, f"{path.parent} is not a stack folder (no {STACK_INFO}): make one with kit stack")
-    if not isinstance(info.get("saved"), dict):
+def _read_info(path: Path) -> StackInfo:
+    info = read_record(StackInfo, path, f"{path.parent} is not a stack folder (no {STACK_INFO}): make one with "
+                       "kit stack")
+    if not isinstance(info.saved, dict):
         raise KitError(f"{path} records no saved models (a stack made by an older kit): run kit stack again")
     return info
 
@@ -111,16 +113,16 @@ def open_stack(stack_dir: str | Path) -> SavedStack:
     """The saved stack in ``stack_dir``; its model files are checked when they are loaded."""
     path = Path(stack_dir) / STACK_INFO
     info = _read_info(path)
-    saved = info["saved"]
+    saved = info.saved
     if saved.get("format") != SAVED_FORMAT:
         raise DataError(f"{path}: saved models of format {saved.get('format')!r}; this kit reads format "
                         f"{SAVED_FORMAT}: run kit stack again")
     try:
         models = [SavedModel(int(m["fold"]), str(m["model"]), int(m["seed"]), str(m["file"]), str(m["sha256"]))
                   for m in saved["models"]]
-        runs = {str(r["name"]): r for r in info.get("runs", [])}
-        stack = SavedStack(Path(stack_dir), str(info["competition"]), FeatureRecipe.from_json(saved["recipe"], path),
-                           [str(n) for n in saved["images"]], [str(f) for f in info["features"]], models, runs)
+        runs = {str(r["name"]): r for r in info.runs}
+        stack = SavedStack(Path(stack_dir), info.competition, FeatureRecipe.from_json(saved["recipe"], path),
+                           [str(n) for n in saved["images"]], [str(f) for f in info.features], models, runs)
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: the saved models' record is incomplete or malformed ({e!r})") from None
     unknown = sorted({m.model for m in models} - set(FORMATS)) + sorted(set(stack.images) - set(runs))
@@ -153,7 +155,7 @@ def load_models(stack: SavedStack) -> dict[SavedModel, Predictor]:
 # ---------------------------------------------------------------------------------------------------- predicting
 def image_test_scores(run_dir: str | Path) -> pd.Series:
     """A predicted image run's test scores, its folds averaged, indexed by id: the stack's image score input."""
-    from kit.ensemble import blend_folds
+    from kit.blend import blend_folds
 
     test_ids, test = blend_folds(run_dir, "mean")
     return pd.Series(test, index=[str(i) for i in test_ids])

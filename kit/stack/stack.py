@@ -1,5 +1,6 @@
 """The stacking stage: gradient-boosted trees on the metadata features and the image runs' out-of-fold scores,
-trained fold by fold on the image runs' own folds, written as a folder that the later stages take like a run.
+trained fold by fold on the image runs' own folds, written as a stack folder: a prediction source that the later
+stages take like a run (:class:`kit.rundir.StackDir`).
 
 For outer fold k the trees train on the rows of the other folds and predict fold k's rows (their stack OOF) and the
 test rows (``test_fold{k}.csv``). Fold k's rows carry the image OOF scores of image models that never trained on
@@ -8,19 +9,20 @@ them, and the trees that predict them never saw them either; the ids each fold t
 
     STACK/
         stack.json           the stack's own settings: models, seeds, parameters (tuned per fold), features, runs
-        config.yaml, run.json, folds.csv               so that RunDir.open and kit ensemble take the folder as a run
+        folds.csv                                      the folds the stack trained on (the runs' own)
         oof.csv, scores.json                           stack OOF (id, fold, target, pred) and its CV
         test_fold{k}.csv, predict.json                 each fold's test predictions; blend_folds / load_member read them
         fold{k}/train_ids.csv                          the ids fold k's trees trained on
         fold{k}/{model}_seed{s}.txt|.json|.cbm         each fitted GBDT in its library's format (kit/stack/saved.py)
         importance.csv, report/importance.png          feature importances (normalised, mean over folds and seeds)
 
-``config.yaml`` holds the competition's default kit config: RunDir.open needs it and ``RunDir.competition()`` reads
-the competition from it; nothing else of it applies to a stack, whose settings are in stack.json.
+No config.yaml and no run.json: a stack trained no image model; its competition and settings are in stack.json
+(:class:`kit.records.StackInfo`), its data folder in predict.json.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,20 +30,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit.blend import check_same_folds
 from kit.competitions import Competition, get_competition
-from kit.config import load_config
-from kit.data.folds import make_folds
-from kit.ensemble import check_same_folds
+from kit.data.folds import load_folds, make_folds, write_folds
 from kit.errors import ConfigError, DataError, KitError
 from kit.io import portable_path
 from kit.metrics import get_metric
 from kit.oof import prediction_frame, prediction_values
-from kit.rundir import RunDir
+from kit.records import PredictInfo, Scores, StackInfo
+from kit.rundir import RunDir, StackDir
 from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
 from kit.stack.models import DEFAULTS, GBDTS, build_model, importances, require
 from kit.stack.saved import STACK_INFO, image_test_scores, save_models, saved_info
 
 __all__ = ["STACK_INFO", "StackResult", "StackSettings", "run_stack"]
+
+log = logging.getLogger(__name__)
 
 IMPORTANCE = "importance.csv"
 
@@ -92,7 +96,7 @@ def _open_runs(spec: Competition, run_dirs: list[Path]) -> list[RunDir]:
             raise ConfigError(f"{run.path} is a {other} run; the stack is for {spec.name}")
         if not run.folds_path.is_file():
             raise KitError(f"{run.folds_path} is missing: {run.path} is not a complete kit run folder")
-        run.predict_info()  # not predicted: one line saying to run kit predict first
+        run.load(PredictInfo)  # not predicted: one line saying to run kit predict first
     if len(runs) > 1:
         check_same_folds([r.path for r in runs])
     return runs
@@ -100,15 +104,14 @@ def _open_runs(spec: Competition, run_dirs: list[Path]) -> list[RunDir]:
 
 def _run_folds(spec: Competition, run: RunDir, table: FeatureTable) -> np.ndarray:
     """The fold of each labelled row from the run's folds.csv; rows it lacks (excluded images) leave the table."""
-    folds = pd.read_csv(run.folds_path, dtype={spec.id_col: str})
-    mapping = pd.Series(folds["fold"].to_numpy(dtype=int), index=folds[spec.id_col].to_numpy())
+    mapping = load_folds(run.folds_path, spec.id_col)
     unknown = mapping.index.difference(pd.Index(table.train["id"]))
     if len(unknown):
         raise DataError(f"{run.folds_path}: {len(unknown)} ids are not in the competition's training metadata "
                         f"(first: {', '.join(unknown[:3])}); was the run trained on other data?")
     keep = table.train["id"].isin(mapping.index).to_numpy()
     if not keep.all():
-        print(f"note: {int((~keep).sum())} labelled rows are not in {run.folds_path} (excluded from the run); "
+        log.info(f"note: {int((~keep).sum())} labelled rows are not in {run.folds_path} (excluded from the run); "
               "the stack leaves them out too")
         table.train = table.train[keep].reset_index(drop=True)
     return mapping.reindex(table.train["id"].to_numpy()).to_numpy(dtype=int)
@@ -142,7 +145,7 @@ def load_inputs(competition: str, data_dir: str | Path | None, run_dirs: list[Pa
     if data_dir is None:
         if not runs:
             raise ConfigError("kit stack needs --data DIR (the competition folder) when no run is given")
-        data_dir = runs[0].info()["data"]
+        data_dir = runs[0].data_dir()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data folder not found: {data_dir}")
@@ -182,7 +185,7 @@ def _fold_params(inputs: _Inputs, settings: StackSettings, X: np.ndarray, train_
     for m in settings.models:
         params[m], score = tune_params(m, X[train_idx], y[train_idx], groups[train_idx], settings.tune, metric,
                                        seed=k, trees=settings.trees, base=params[m])
-        print(f"fold {k}: {m} tuned, {settings.tune} trials, inner-CV {inputs.spec.metric} {score:.4f}", flush=True)
+        log.info(f"fold {k}: {m} tuned, {settings.tune} trials, inner-CV {inputs.spec.metric} {score:.4f}")
     return params
 
 
@@ -225,22 +228,22 @@ def _check_models(settings: StackSettings) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-def _check_out(stack: RunDir) -> None:
+def _check_out(stack: StackDir) -> None:
     """Refuse a run folder that is not a stack (checked before any work, and again under the lock)."""
-    if stack.path.is_dir() and stack.is_run() and not (stack.path / STACK_INFO).is_file():
+    if stack.path.is_dir() and RunDir(stack.path).is_run() and not stack.is_stack():
         raise KitError(f"{stack.path} is a kit run folder, not a stack: give kit stack another --out")
 
 
-def _prepare_folder(stack: RunDir) -> None:
-    """Clear an old stack's per-fold files."""
+def _prepare_folder(stack: StackDir) -> None:
+    """Clear an old stack's per-fold files (and the config.yaml and run.json that kit 0.2 wrote into a stack)."""
     _check_out(stack)
-    for old in stack.path.glob("test_fold*.csv"):
-        old.unlink()
+    for old in [*stack.path.glob("test_fold*.csv"), stack.path / RunDir.CONFIG, stack.path / RunDir.INFO]:
+        old.unlink(missing_ok=True)
     for k in stack.fold_numbers():
         shutil.rmtree(stack.fold_dir(k), ignore_errors=True)
 
 
-def _scores(inputs: _Inputs, fits: list[dict], pred: np.ndarray, models: list[str]) -> dict:
+def _scores(inputs: _Inputs, fits: list[dict], pred: np.ndarray, models: list[str]) -> Scores:
     spec, y = inputs.spec, inputs.table.train["target"].to_numpy()
     metric = get_metric(spec.metric)
     per_fold = {f["k"]: metric(y[f["held"]], pred[f["held"]]) for f in fits}
@@ -250,46 +253,42 @@ def _scores(inputs: _Inputs, fits: list[dict], pred: np.ndarray, models: list[st
         for f in fits:
             p[f["held"]] = f["val"][m]
         per_model[m] = metric(y, p)
-    return {"metric": spec.metric, "cv": metric(y, pred), "mean_of_folds": float(np.mean(list(per_fold.values()))),
-            "folds": {str(k): v for k, v in per_fold.items()}, "models": per_model,
-            "inputs": {r["name"]: r["cv"] for r in inputs.runs}}
+    return Scores(spec.metric, metric(y, pred), float(np.mean(list(per_fold.values()))), per_fold, per_model,
+                  {r["name"]: r["cv"] for r in inputs.runs})
 
 
-def _write_stack(stack: RunDir, inputs: _Inputs, settings: StackSettings, fits: list[dict]) -> dict:
+def _write_stack(stack: StackDir, inputs: _Inputs, settings: StackSettings, fits: list[dict]) -> Scores:
     spec, table = inputs.spec, inputs.table
     ids, y = table.train["id"].to_numpy(), table.train["target"].to_numpy()
     pred = np.empty(len(ids))
     for f in fits:
         pred[f["held"]] = np.mean([f["val"][m] for m in settings.models], axis=0)
     folds = [f["k"] for f in fits]
-    stack.write_config(load_config(spec.name))
-    stack.write_info(inputs.data_dir, folds)
-    stack.write_csv(stack.folds_path, pd.DataFrame({spec.id_col: ids, "fold": inputs.fold}))
+    stack._check_writer()
+    write_folds(stack.folds_path, pd.Series(ids), inputs.fold, spec.id_col)
     stack.write_csv(stack.oof_path, prediction_frame(spec, ids, pred, fold=inputs.fold, target=y))
     for f in fits:
         test = np.mean([f["test"][m] for m in settings.models], axis=0)
         stack.write_csv(stack.test_path(f["k"]), prediction_frame(spec, table.test["id"].to_numpy(), test))
         stack.write_csv(stack.fold_dir(f["k"]) / "train_ids.csv", pd.DataFrame({spec.id_col: f["train_ids"]}))
     scores = _scores(inputs, fits, pred, settings.models)
-    stack.write_json(stack.scores_path, scores)
-    stack.write_json(stack.predict_info_path, {"folds": folds, "data": portable_path(inputs.data_dir, stack.path),
-                                               "oof": stack.OOF, "stack": True})
+    stack.save(scores)
+    stack.save(PredictInfo(folds, portable_path(inputs.data_dir, stack.path), stack.OOF, kind="stack"))
     _write_importance(stack, table.features, fits, settings.models)
     saved = saved_info(table.recipe, inputs.runs, save_models(stack, fits))
-    stack.write_json(stack.path / STACK_INFO, {
-        "competition": spec.name, "metric": spec.metric, **asdict(settings),
-        "defaults": {m: DEFAULTS[m] for m in settings.models}, "features": table.features,
-        # paths relative to the stack folder, as a run's: stack.json travels in a bundle without the user's home
-        "runs": [{**r, "path": portable_path(r["path"], stack.path)} for r in inputs.runs],
+    # paths relative to the stack folder, as a run's: stack.json travels in a bundle without the user's home
+    runs = [{**r, "path": portable_path(r["path"], stack.path)} for r in inputs.runs]
+    stack.save(StackInfo(spec.name, spec.metric, table.features, runs, saved, {
+        **asdict(settings), "defaults": {m: DEFAULTS[m] for m in settings.models},
         "categorical": table.categorical, "unknown_categories": table.unknown,
         "test_metadata": portable_path(table.test_source, stack.path),
         "fold_params": {str(f["k"]): f["params"] for f in fits},
         "tuning": "nested: Optuna on each outer fold's training part, scored by an inner grouped CV"
-        if settings.tune else None, "saved": saved})
+        if settings.tune else None}))
     return scores
 
 
-def _write_importance(stack: RunDir, features: list[str], fits: list[dict], models: list[str]) -> None:
+def _write_importance(stack: StackDir, features: list[str], fits: list[dict], models: list[str]) -> None:
     rows = {m: np.mean([f["importance"][m] for f in fits], axis=0) for m in models}
     df = pd.DataFrame({"feature": features, **rows})
     df["mean"] = df[models].mean(axis=1)
@@ -325,18 +324,18 @@ def run_stack(competition: str, data_dir: str | Path | None, run_dirs: list[str 
     fold on the runs' folds (or patient-grouped folds of its own with no run); write the stack folder ``out``."""
     settings = settings or StackSettings()
     _check_models(settings)
-    _check_out(RunDir(out))
+    _check_out(StackDir(out))
     inputs = load_inputs(competition, data_dir, [Path(r) for r in run_dirs], settings)
     X, X_test = inputs.table.matrices()
-    print(f"stack: {len(X)} rows, {len(inputs.table.features)} features, {len(settings.models)} models x "
-          f"{settings.seeds} seeds, {len(np.unique(inputs.fold))} folds", flush=True)
+    log.info(f"stack: {len(X)} rows, {len(inputs.table.features)} features, {len(settings.models)} models x "
+          f"{settings.seeds} seeds, {len(np.unique(inputs.fold))} folds")
     fits = [_fit_fold(inputs, settings, X, X_test, int(k)) for k in np.unique(inputs.fold)]
-    stack = RunDir(out)
+    stack = StackDir(out)
     with stack.writing():
         _prepare_folder(stack)
         scores = _write_stack(stack, inputs, settings, fits)
-    return StackResult(stack.path, scores["metric"], scores["cv"], {int(k): v for k, v in scores["folds"].items()},
-                       scores["models"], scores["inputs"], inputs.table.features)
+    return StackResult(stack.path, scores.metric, scores.cv, scores.folds, scores.models, scores.inputs,
+                       inputs.table.features)
 
 
 def format_result(result: StackResult) -> str:
