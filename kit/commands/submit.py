@@ -128,14 +128,14 @@ def run(args) -> int:
         return submit_kernel(spec, args)
     if args.file is None:
         raise ConfigError("give the submission FILE to upload (or, in a code competition, --kernel OWNER/SLUG)")
-    if spec.code_competition and not args.dry_run:
-        raise ConfigError(f"{spec.name} is a code competition: Kaggle scores a kernel re-run on the hidden test set, "
-                          f"not an uploaded file; submit the kernel: kit submit -c {spec.name} --kernel OWNER/SLUG "
-                          "--version N -m MESSAGE")
     # the upload must only ever see a file that passed validation: validate first, always
     rows = validate_file(spec, args.file, args.data, expected_ids(spec, args.data, args.ids_from))
     print(f"valid: {rows} rows in {args.file} ({spec.name})")
     name, cv = origin(spec, args.file, args.run, args.runs_dir)
     if args.dry_run:
         return 0
+    if spec.code_competition:
+        raise ConfigError(f"{spec.name} is a code competition: Kaggle scores a kernel re-run on the hidden test set, "
+                          f"not an uploaded file; submit the kernel: kit submit -c {spec.name} --kernel OWNER/SLUG "
+                          "--version N -m MESSAGE")
     return upload(spec, args.file, args.message, args.wait, args.poll_every, name, cv)
