@@ -24,8 +24,9 @@ def add_parser(sub):
                    "the kernel output's ids are then compared with the local test set)")
     p.add_argument("--ids-from", metavar="SAMPLE.csv", default=None,
                    help="take the expected test ids from this CSV's id column instead of --data")
-    p.add_argument("--run", default=None, metavar="RUN_DIR", help="the run the submission came from, logged with "
-                   "its CV (default: the run named in the file name, <competition>-<run>-<time>.csv, under --runs-dir)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR", help="the run or stack the submission came from, logged "
+                   "with its CV (default: the run named in the file name, <competition>-<run>-<time>.csv, under "
+                   "--runs-dir; with --kernel: the one the kernel's kit-submission.json names)")
     p.add_argument("--runs-dir", default="runs", help="where to look for that run (default runs)")
     p.add_argument("--dry-run", action="store_true", help="validate only; upload nothing")
     p.add_argument("-m", "--message", default=None, help="submission description shown on Kaggle")
