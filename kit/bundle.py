@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 
 from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
-from kit.io import read_json_file, write_text_atomic
+from kit.io import read_json_file, replace_dir, write_text_atomic
 from kit.records import Decision, RunInfo, Scores
 from kit.rundir import LOCK_FILE, PredictionSource, RunDir, open_source
 
@@ -249,18 +249,6 @@ def _cv_text(run: PredictionSource) -> str:
     return f"CV {scores.metric} {scores.cv:.4f}" if scores else "no CV score"
 
 
-def _replace_dir(staged: Path, out: Path) -> None:
-    """Put the finished bundle in place of ``out``: a reader sees the old bundle or the new one, never half of one."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staged, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staged, out)
-
-
 def _copy_stack(stack_dir: Path, folds: Sequence[int] | None, dest: Path) -> dict[str, dict]:
     """The stack folder a kernel predicts with: stack.json, scores.json, its model files (checked), and
     ``runs/<name>/`` for each image run it names; each run's chosen folds, by name."""
@@ -344,7 +332,7 @@ def _write_bundle(out: str | os.PathLike, fill, wheel_cache: str | os.PathLike |
             wheels += fetch_wheels(_pinned(requirement), staged, pythons, wheel_cache)
         fill(staged, kit_wheel, wheels)
         staged.chmod(0o755)  # mkdtemp makes it 0700
-        _replace_dir(staged, out)
+        replace_dir(staged, out)  # a reader sees the old bundle or the new one, never half of one
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

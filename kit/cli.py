@@ -1,5 +1,6 @@
 """The ``kit`` command. Each subcommand lives in ``kit/commands/<name>.py`` with an ``add_parser(subparsers)``.
 
+The library logs (:mod:`kit.console`); the command shows its messages as plain lines.
 A ``KitError`` (bad input, unknown name) is printed as one line with a non-zero exit; anything else is a bug and
 keeps its traceback.
 """

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from kit.competitions import Competition
 from kit.errors import ConfigError, KaggleError
-from kit.kaggle import DEFAULT_LOG, SubmissionResult, api_errors, authenticated_client, sha256_of, submit_and_poll
+from kit.io import sha256_file
+from kit.kaggle import DEFAULT_LOG, SubmissionResult, api_errors, authenticated_client, submit_and_poll
 from kit.kernel import ORIGIN, check_kernel_ref, kernel_status, read_origin
 from kit.kernel_train import RUNNING
 
@@ -78,7 +79,7 @@ def submit_code(spec: Competition, kernel: str, version: int | None, path: Path,
     """Submit the kernel version whose output ``path`` is (validated by the caller), poll its score, log it."""
     check_code_competition(spec)
     which = kernel_version_ref(kernel, version)
-    made = SubmissionResult(competition=spec.name, file=path, sha256=sha256_of(path), message=message, ref=0,
+    made = SubmissionResult(competition=spec.name, file=path, sha256=sha256_file(path), message=message, ref=0,
                             status="pending", run=run, cv=cv, kernel=which)
     api, source = authenticated_client()
     hints = {404: f"Kaggle found no competition {spec.name} open to this account or no kernel {which}{{said}}",

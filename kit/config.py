@@ -365,7 +365,7 @@ def from_dict(data: dict[str, Any]) -> Config:
             top_kwargs[key] = cls(**kwargs)
         elif key in top_fields:
             top_kwargs[key] = _check_value(key, top_fields[key], value)
-        elif key in ("kit",):  # provenance written by save_config: ignored on load
+        elif key in ("kit",):  # the provenance section of a run's config.yaml (config_to_yaml): ignored on load
             continue
         else:
             raise _unknown(key)
@@ -462,15 +462,14 @@ def check_buildable(cfg: Config) -> None:
     """Checks of user input that need more than the values: the weights file exists, the image size fits the model
     (one forward of a zero image on the CPU), the augmentation preset builds at its strength. ``load_config`` runs
     them; ``from_dict`` does not, since it also reads saved configs (whose weights may live elsewhere)."""
-    from kit.models import check_input_size
+    from kit.models import check_input_size, check_pretrained
     from kit.transforms import check_preset
-    from kit.weights import pretrained_name
 
     if cfg.model.weights and not Path(cfg.model.weights).is_file():
         raise ConfigError(f"config key model.weights={cfg.model.weights}: file not found")
     if cfg.model.img_size is not None:
         check_input_size(cfg.model.name, cfg.model.img_size)
-    pretrained_name(cfg.model.name, cfg.model.pretrained)  # a bad tag fails before anything is fetched
+    check_pretrained(cfg.model.name, cfg.model.pretrained)  # a bad tag fails before anything is fetched
     check_preset(cfg.aug.preset, cfg.aug.strength)
 
 
@@ -498,12 +497,6 @@ def config_to_yaml(cfg: Config, with_provenance: bool = True, extra: dict[str, A
     if with_provenance:
         data["kit"] = {**provenance(), **(extra or {})}
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    from kit.io import write_text_atomic
-
-    return write_text_atomic(path, config_to_yaml(cfg, extra=extra))
 
 
 def load_saved_config(path: str | Path) -> Config:

@@ -18,8 +18,8 @@ Without ``torchrun`` everything here is the identity: :func:`current_group` is r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator
@@ -33,6 +33,8 @@ from kit.errors import ConfigError, KitError
 from kit.rundir import RunDir
 
 __all__ = ["DistributedError", "EpochSampler", "Group", "current_group", "session"]
+
+log = logging.getLogger(__name__)
 
 
 class DistributedError(KitError):
@@ -206,7 +208,7 @@ def session(device: str) -> Iterator[Group]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group(backend, timeout=_timeout())
     group = current_group()
-    print(f"kit: rank {group.rank}/{group.world} pid {os.getpid()} ({backend})", file=sys.stderr, flush=True)
+    log.info(f"kit: rank {group.rank}/{group.world} pid {os.getpid()} ({backend})")  # before rank > 0 is quieted
     quiet = None if group.is_main else open(os.devnull, "w")  # noqa: SIM115 - closed below
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():

@@ -1,18 +1,22 @@
-"""Atomic file writes: a reader never sees a half-written file, and an interrupted write loses nothing."""
+"""The file primitives every stage shares, each written once: atomic writes (a reader never sees a half-written
+file, and an interrupted write loses nothing), atomic directory swaps, figure saving, JSON reading, SHA-256 of
+files, and the ``flock`` behind the run folder's and the pack's locks."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import pandas as pd
 
@@ -90,6 +94,54 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def replace_dir(staged: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Put the finished folder ``staged`` in place of ``out`` (same file system): a reader sees the old folder or the
+    new one, never half of one."""
+    staged, out = Path(staged), Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(staged, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(staged, out)
+    return out
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110, **savefig) -> Path:
+    """Write the matplotlib figure ``fig`` as a PNG at ``path``, atomically (a figure made with
+    ``matplotlib.figure.Figure`` gets the Agg canvas here: no pyplot, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)  # attaches the canvas to the figure
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig)
+    return Path(path)
+
+
+def take_lock(path: str | os.PathLike, on_busy: Callable[[], object] | None = None) -> tuple[int, bool]:
+    """Open the lock file ``path`` (created if missing) and take its exclusive ``flock``, which dies with the
+    process (or ``os.close``): a killed holder never leaves a stale lock. Returns (its descriptor, whether another
+    process held it). A held lock is waited for after ``on_busy()`` when ``on_busy`` is given; without it the
+    descriptor comes back unlocked, for the caller to read who holds it, and close."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, False
+    except BlockingIOError:
+        if on_busy is None:
+            return fd, True
+    try:
+        on_busy()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, True
 
 
 def read_json_file(path: str | os.PathLike, missing: str) -> dict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -22,10 +22,12 @@ from typing import Any, Callable, Iterator, Mapping
 
 from kit.competitions import get_competition
 from kit.errors import DataError, KaggleError
-from kit.io import write_text_atomic
+from kit.io import sha256_file, write_text_atomic
 
 __all__ = ["LOG_COLUMNS", "SubmissionResult", "api_errors", "append_log", "authenticated_client",
-           "credentials_source", "sha256_of", "submit_and_poll", "upload_submission"]
+           "credentials_source", "submit_and_poll", "upload_submission"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LOG = Path("submissions") / "log.csv"
 LOG_COLUMNS = ("time", "competition", "file", "sha256", "message", "ref", "status", "public_score", "run", "cv")
@@ -71,7 +73,7 @@ def upload_submission(competition: str, path: str | os.PathLike, message: str, t
     path = Path(path)
     if not path.is_file():
         raise DataError(f"submission file {path} not found")
-    made = SubmissionResult(competition=slug, file=path, sha256=sha256_of(path), message=message, ref=0,
+    made = SubmissionResult(competition=slug, file=path, sha256=sha256_file(path), message=message, ref=0,
                             status="pending", run=run, cv=cv)
     api, source = authenticated_client()
     return submit_and_poll(api, source, made, lambda: api.competition_submit(str(path), message, slug, quiet=True),
@@ -103,14 +105,6 @@ def submit_and_poll(api: Any, source: str, made: SubmissionResult, send: Callabl
                      error=getattr(submission, "error_description", None) or None)
     append_log(result, log_path)
     return result
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- credentials: the client's own sources, in its order (kaggle 2.2.4 authenticate()) -----------------------------
@@ -179,7 +173,7 @@ def _client(source: str) -> Any:
                           "(an access token is checked online: is it expired or revoked?); "
                           + HOW_TO_AUTHENTICATE.format(config=_config_dir() / "kaggle.json"))
     if printed.getvalue().strip():
-        print(printed.getvalue().rstrip(), file=sys.stderr)  # for example its warning about kaggle.json permissions
+        log.warning(printed.getvalue().rstrip())  # for example its warning about kaggle.json permissions
     return kaggle.api
 
 

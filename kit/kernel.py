@@ -78,9 +78,11 @@ def kernel_metadata(competition: str, owner: str, wheels_dataset: str, weights_d
 
 def render_script(competition: str, wheels_dataset: str, weights_dataset: str, tta: str = "8") -> str:
     """The kernel script: the template with the competition, the two datasets and the TTA view set filled in."""
+    from kit.stack.models import GBDTS
+
     spec = get_competition(competition)
     values = {"COMPETITION": spec.name, "WHEELS_DATASET": wheels_dataset, "WEIGHTS_DATASET": weights_dataset,
-              "TTA": str(tta)}
+              "TTA": str(tta), "GBDT_MODULES": {name: gbdt.module for name, gbdt in GBDTS.items()}}
     return fill_template(TEMPLATE, values, spec.title)
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from kit.bundle import WHEELS_SLUG, check_dataset_ref, check_owner
 from kit.competitions import get_competition
 from kit.errors import ConfigError, KaggleError, KitError
-from kit.io import write_text_atomic
+from kit.io import replace_dir, write_text_atomic
 from kit.kernel import CODE_FILE, METADATA, fill_template, kernel_status
 from kit.records import RunInfo, Scores
 from kit.rundir import LOCK_FILE, RunDir
@@ -222,14 +222,7 @@ def _place(run: RunDir, out: Path) -> None:
     """Move the downloaded run folder to ``out``, replacing a run folder there (never anything else)."""
     if out.exists() and not RunDir(out).is_run() and any(out.iterdir()):
         raise KitError(f"{out} exists and is not a run folder: choose another --out")
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(run.path, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(run.path, out)
+    replace_dir(run.path, out)
 
 
 def _output_build(api, ref: str, source: str, into: Path) -> str | None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from kit.errors import ConfigError
 from kit.registry import Registry
-from kit.weights import read_state_dict, resolve_weights
+from kit.weights import pretrained_name, read_state_dict, resolve_weights
 
 MIN_IMG_SIZE = 8
 """The smallest input side kit trains at: below it the augmentations divide by zero or flip 1-pixel arrays."""
@@ -136,6 +136,15 @@ def check_model_name(name: str) -> None:
     raise ConfigError(f"unknown model '{name}'{hint} (any timm model name, or one of {', '.join(KIT_MODELS)})")
 
 
+def check_pretrained(name: str, pretrained: bool | str) -> None:
+    """Raise when ``model.pretrained`` asks for weights that ``name`` does not have: kit's own models have none, a
+    timm model only its tags."""
+    if pretrained not in (False, None) and name in KIT_MODELS:
+        raise ConfigError(f"model.pretrained: kit's own model {name} has no pretrained weights; give a file with "
+                          "model.weights=FILE or set model.pretrained=false")
+    pretrained_name(name, pretrained)
+
+
 def check_input_size(name: str, img_size: int) -> None:
     """Raise when ``img_size`` pixels are too few for ``name`` (a pooling or conv layer left with no output), or
     when the model takes one fixed size only: one forward of the features on a zero image, on the CPU."""
@@ -169,6 +178,7 @@ def create_backbone(name: str, num_classes: int, weights: str | None = None, img
     """A timm (or kit) model with ``num_classes`` outputs (0 = features only); initial weights from a local file,
     timm's pretrained weights through the Hugging Face cache (``pretrained``: True or a tag), or none."""
     check_model_name(name)
+    check_pretrained(name, pretrained)
     kwargs: dict = {"num_classes": num_classes}
     if drop_rate:
         kwargs["drop_rate"] = drop_rate

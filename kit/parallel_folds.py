@@ -26,9 +26,9 @@ from kit.errors import ConfigError, KitError
 from kit.rundir import RunDir
 from kit.train import EpochCallback, RunData, prepare_data, train_fold
 
-log = logging.getLogger(__name__)
-
 __all__ = ["ParallelFolds", "parse_devices"]
+
+log = logging.getLogger(__name__)
 
 
 def parse_devices(text: str) -> list[str]:
@@ -71,9 +71,9 @@ def _child(run_path: str, k: int, device: str, exclude: list[str] | None, thread
     run = RunDir(run_path)
     log_path = run.fold_log_path(k)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
-        os.dup2(log.fileno(), 1)  # output of C extensions and warnings too
-        os.dup2(log.fileno(), 2)
+    with open(log_path, "a", buffering=1) as out, redirect_stdout(out), redirect_stderr(out):
+        os.dup2(out.fileno(), 1)  # output of C extensions and warnings too
+        os.dup2(out.fileno(), 2)
         import torch
 
         if threads:

@@ -156,7 +156,8 @@ class Progress:
                 self.bar.set_postfix_str(f"overall ETA {self.overall.eta()}", refresh=False)
         elif self.enabled and time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            print(self.line(), file=self.stream, flush=True)
+            self.stream.write(self.line() + "\n")  # a progress bar's plain form, not a log record
+            self.stream.flush()
 
     def close(self) -> None:
         if self.bar is not None:

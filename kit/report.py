@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from kit.competitions import Competition
-from kit.io import atomic_path
+from kit.io import save_figure
 from kit.metrics import get_metric
 from kit.records import TtaScores
 from kit.rundir import RunDir
@@ -28,10 +27,7 @@ DPI = 110
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)  # attaches the Agg canvas to the figure
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=DPI, bbox_inches="tight")
 
 
 # ------------------------------------------------------------------------------------------------------ binary

@@ -43,7 +43,6 @@ nothing of the user's home directory travels with a run that is uploaded.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -65,6 +64,7 @@ from kit.io import (
     remove_orphans,
     resolve_stored_path,
     sha256_file,
+    take_lock,
     tee_output,
     write_csv_atomic,
     write_error,
@@ -202,14 +202,12 @@ class Folder:
             finally:
                 _HELD[key][1] -= 1
             return
-        try:
+        try:  # a read-only place, or a file where the folder must be: one line naming it
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:  # a read-only place, or a file where the folder must be: one line naming it
+            fd, busy = take_lock(folder / LOCK_FILE)
+        except OSError as e:
             raise (write_error(folder, e) or e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if busy:
             holder = _holder(fd)
             os.close(fd)
             raise RunLockedError(f"{folder} is being written by {holder}: wait for it to end, or use another "

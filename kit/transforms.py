@@ -28,10 +28,6 @@ def register_preset(name: str) -> Callable[[PresetFn], PresetFn]:
     return AUG_PRESETS.register(name)
 
 
-def preset_names() -> list[str]:
-    return sorted(AUG_PRESETS.names())
-
-
 @register_preset("none")
 def _none(size: int, s: float) -> list:
     return []

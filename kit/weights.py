@@ -25,13 +25,13 @@ from pathlib import Path
 import timm
 
 from kit.errors import ConfigError
+from kit.io import sha256_file
 
-__all__ = ["WeightsSource", "file_sha256", "populate_hf_cache", "pretrained_name", "read_state_dict",
+__all__ = ["WeightsSource", "populate_hf_cache", "pretrained_name", "read_state_dict",
            "resolve_weights"]
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 """The files timm asks the Hub for, in its order (safetensors first)."""
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,6 @@ class WeightsSource:
         return f"weights {self.kind}:{self.name} (sha256 {self.sha256[:12]})"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file, computed once per (path, size, mtime)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
-
-
 def read_state_dict(path: str | os.PathLike) -> dict:
     """A state dict from a .safetensors or torch file (``weights_only``: tensors and plain values only); a file that
     is not one raises one line naming it."""
@@ -92,14 +78,10 @@ def read_state_dict(path: str | os.PathLike) -> dict:
 
 def pretrained_name(name: str, pretrained: bool | str) -> str | None:
     """The timm model name with the pretrained tag to load (``tf_efficientnet_lite0.in1k``), None for no weights;
-    raises for kit's own models, models without pretrained weights and unknown tags, listing the known ones."""
+    raises for models without pretrained weights and unknown tags, listing the known ones (kit's own models are
+    refused by :func:`kit.models.check_pretrained`: this module, below kit.models, knows timm's names alone)."""
     if pretrained is False or pretrained is None:
         return None
-    from kit.models import KIT_MODELS
-
-    if name in KIT_MODELS:
-        raise ConfigError(f"model.pretrained: kit's own model {name} has no pretrained weights; give a file with "
-                          "model.weights=FILE or set model.pretrained=false")
     tags = timm.list_pretrained(f"{name}.*")
     if not tags:
         raise ConfigError(f"model.pretrained: timm has no pretrained weights for {name}; give a file with "
@@ -157,13 +139,13 @@ def resolve_weights(name: str, pretrained: bool | str, weights: str | None) -> W
         path = Path(weights)
         if not path.is_file():
             raise ConfigError(f"config key model.weights={weights}: file not found")
-        return WeightsSource("file", path.name, file_sha256(path), path, name)
+        return WeightsSource("file", path.name, sha256_file(path), path, name)
     full = pretrained_name(name, pretrained)
     if full is None:
         return WeightsSource("scratch", model=name)
     hub_id = _hub_id(full)
     path = _cached_hub_file(hub_id)
-    return WeightsSource("hf-hub", hub_id, file_sha256(path), path, full)
+    return WeightsSource("hf-hub", hub_id, sha256_file(path), path, full)
 
 
 def populate_hf_cache(file: str | os.PathLike, model: str, cache_dir: str | os.PathLike | None = None,
@@ -184,7 +166,7 @@ def populate_hf_cache(file: str | os.PathLike, model: str, cache_dir: str | os.P
     full = pretrained_name(model.split(".")[0], model.split(".", 1)[1] if "." in model else True)
     repo = _hub_id(full).partition("@")[0]
     root = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
-    sha = file_sha256(file)
+    sha = sha256_file(file)
     commit = hashlib.sha1(f"kit-local:{sha}".encode()).hexdigest()  # any 40-hex name; refs/main points at it
     blob = root / "blobs" / sha
     blob.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from kit.competitions import get_competition
+from kit.console import show_messages
 from kit.data.dataset import ImageDataset
 from kit.data.labels import load_train_table
 from kit.data.pack import split_pack
@@ -182,4 +183,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.console import show_messages
 from kit.data.readers import decode_jpeg, fit_square
 
 SIIM = Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-isic-melanoma-classification" / "jpeg" / "train"
@@ -64,4 +65,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

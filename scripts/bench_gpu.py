@@ -27,6 +27,7 @@ import timm
 import torch
 from torch import nn
 
+from kit.console import show_messages
 from kit.predict import predict_dataset
 from kit.runtime import Runtime, compile_model, predict_loader
 from kit.train import train_one_epoch
@@ -263,4 +264,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from kit.config import load_config
+from kit.console import show_messages
 from kit.data.synthetic import make_demo_data
 from kit.train import train_folds
 
@@ -84,4 +85,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

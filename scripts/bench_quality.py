@@ -41,10 +41,10 @@ import torch
 
 from kit.competitions import get_competition
 from kit.config import load_config
-from kit.data.dataset import load_image_cache
+from kit.console import show_messages
 from kit.data.folds import make_folds, write_folds
 from kit.data.labels import load_train_table
-from kit.data.readers import open_store
+from kit.data.readers import fit_square, open_store
 from kit.decision import fit_nested
 from kit.metrics import balanced_accuracy
 from kit.weights import populate_hf_cache
@@ -52,6 +52,12 @@ from kit.weights import populate_hf_cache
 COMPETITION = "isic-2018-task3"
 PRESET = "isic-2018-task3-cpu"
 ROOT = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def load_images(spec, data: Path, ids: list[str], size: int) -> np.ndarray:
+    """The anchor's images: each decoded whole and area-resized to ``size`` x ``size`` (as kit's pack does)."""
+    store = open_store(spec, data, "train")
+    return np.stack([fit_square(store.read(k), size) for k in ids])
 
 
 def anchor_fold(images: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, epochs: int,
@@ -237,7 +243,7 @@ def main() -> None:
     fold = make_folds(table["target"].to_numpy(), table["group"].to_numpy(), args.folds, 42, list(spec.classes))
     args.out.mkdir(parents=True, exist_ok=True)
     folds_file = write_folds(args.out / "folds.csv", table["id"], fold, spec.id_col)
-    images = load_image_cache(open_store(spec, args.data, "train"), list(table["id"]), args.size)
+    images = load_images(spec, args.data, list(table["id"]), args.size)
     print(f"{len(table)} of {len(full)} images at {args.size} px, {args.folds} lesion-grouped folds, {args.epochs} "
           f"epochs, torch threads {torch.get_num_threads()}", flush=True)
     rows = run_ablation(args, folds_file) if args.ablation else run_arms(args, folds_file, images, table, fold)
@@ -249,4 +255,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from kit.console import show_messages
 from kit.data.pack import human_bytes, pack_path
 from kit.data.synthetic import (
     ISIC_2024_TEST_COLUMNS,
@@ -168,4 +169,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from kit import tune
 from kit.config import load_config
+from kit.console import show_messages
 from kit.data.synthetic import make_demo_data
 
 HCD = "histopathologic-cancer-detection"
@@ -88,4 +89,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

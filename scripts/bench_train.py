@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kit.competitions import get_competition
+from kit.console import show_messages
 from kit.data.dataset import ImageDataset
 from kit.data.labels import load_train_table
 from kit.data.readers import fit_square, open_store
@@ -98,4 +99,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

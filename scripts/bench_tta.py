@@ -20,6 +20,7 @@ from typing import Callable
 import timm
 import torch
 
+from kit.console import show_messages
 from kit.tta import TTA
 
 
@@ -95,4 +96,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    show_messages()  # kit's messages, shown as the kit command shows them
     main()

@@ -50,6 +50,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_module(name: str) -> bool:
+    path = KIT.parent.joinpath(*name.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
 def kit_imports(path: Path) -> set[str]:
     """Every kit module ``path`` imports, at the top or inside a function (a lazy import is still a dependency)."""
     found = set()
@@ -57,9 +62,10 @@ def kit_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "kit"}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "kit" and not node.level:
-            # `from kit import tune` imports kit.tune; `from kit.x import name` imports kit.x
-            found |= {f"kit.{a.name}" for a in node.names if (KIT / a.name).exists() or (KIT / f"{a.name}.py").exists()} \
-                if node.module == "kit" else {node.module}
+            # `from kit import tune` imports kit.tune; `from kit.stack import models` kit.stack.models;
+            # `from kit.x import name` imports kit.x
+            modules = {f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}")}
+            found |= modules or ({node.module} if node.module != "kit" else set())
     return found
 
 
@@ -82,9 +88,83 @@ def test_the_layer_check_catches_a_backward_import(tmp_path):
     assert layer_of("kit.ensemble") > layer_of("kit.predict")
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the kit modules it imports (each import resolved to the module or package that holds the name)."""
+    paths = {module_name(p): p for p in SOURCES}
+
+    def resolve(name: str) -> str:
+        while name not in paths:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    return {me: {resolve(m) for m in kit_imports(path)} - {me} for me, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as [a, b, ..., a], or None (depth-first search, iterative)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path, todo = [root], [iter(sorted(graph[root]))]
+        state[root] = 1
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                todo.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                todo.append(iter(sorted(graph.get(nxt, ()))))
+    return None
+
+
+def test_no_import_cycle_in_kit():
+    """No two modules import each other, directly or through others, lazily or not, on one floor or across."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle_on_one_floor():
+    graph = import_graph()
+    assert "kit.weights" in graph["kit.models"]  # kit.models builds with kit.weights
+    graph["kit.weights"] = graph["kit.weights"] | {"kit.models"}
+    cycle = find_cycle(graph)
+    assert cycle is not None and {"kit.models", "kit.weights"} <= set(cycle) and cycle[0] == cycle[-1]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
 def test_every_module_has_a_layer():
     for path in SOURCES:
         layer_of(module_name(path))
+
+
+# A library logs, a command prints (kit/console.py): only these may print, and the kernel scripts run before kit exists.
+MAY_PRINT = ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")
+
+
+def prints(path: Path) -> list[int]:
+    """The lines where ``path`` calls or passes ``print`` (a print in a string or a comment does not count)."""
+    return sorted(node.lineno for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Name) and node.id == "print")
+
+
+def test_library_modules_log_instead_of_printing():
+    library = [p for p in SOURCES if not any(module_name(p) == m or module_name(p).startswith(m + ".")
+                                             for m in MAY_PRINT)]
+    found = [f"{p.relative_to(KIT.parent)}:{line}" for p in library for line in prints(p)]
+    assert not found, "print() in library modules (log = logging.getLogger(__name__); log.info(...)): " + \
+        ", ".join(found)
+
+
+def test_the_print_check_sees_calls_and_defaults_but_not_words(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text('"""print(x) in a docstring"""\n# print(y)\ndef f(log=print):\n    print("z")\n')
+    assert prints(source) == [3, 4]
 
 
 def test_no_function_is_longer_than_a_screen():

@@ -16,8 +16,9 @@ import yaml
 from kit.cli import main
 from kit.config import load_config
 from kit.errors import ConfigError
+from kit.io import sha256_file
 from kit.models import build_model, frozen_modules
-from kit.weights import file_sha256, populate_hf_cache, pretrained_name, resolve_weights
+from kit.weights import populate_hf_cache, pretrained_name, resolve_weights
 
 LITE0 = "tf_efficientnet_lite0"
 ISIC = "isic-2018-task3"
@@ -51,7 +52,7 @@ def test_pretrained_true_loads_the_cached_hub_weights_offline(hf_cache, shared_w
     assert model.classifier.out_features == 7  # timm dropped the 1,000-class head
     source = resolve_weights(LITE0, "in1k", None)
     assert source.record() == {"source": "hf-hub:timm/tf_efficientnet_lite0.in1k",
-                               "sha256": file_sha256(shared_weights)}
+                               "sha256": sha256_file(shared_weights)}
 
 
 def test_the_cache_layout_is_huggingface_hubs(hf_cache, shared_weights):
@@ -62,7 +63,7 @@ def test_the_cache_layout_is_huggingface_hubs(hf_cache, shared_weights):
     repo = hf_cache / "models--timm--tf_efficientnet_lite0.in1k"
     commit = (repo / "refs" / "main").read_text()
     assert (repo / "snapshots" / commit / "model.safetensors").is_symlink()
-    assert (repo / "blobs" / file_sha256(shared_weights)).exists()
+    assert (repo / "blobs" / sha256_file(shared_weights)).exists()
 
 
 def test_kit_train_records_the_weights_source_not_the_path(hf_cache, shared_weights, demo_data, tmp_path):
@@ -80,7 +81,7 @@ def test_kit_train_records_the_weights_source_not_the_path(hf_cache, shared_weig
     text = (tmp_path / "run" / "config.yaml").read_text()
     saved = yaml.safe_load(text)
     assert saved["kit"]["weights"] == {"source": "hf-hub:timm/tf_efficientnet_lite0.in1k",
-                                       "sha256": file_sha256(shared_weights)}
+                                       "sha256": sha256_file(shared_weights)}
     assert str(hf_cache) not in text and str(shared_weights.parent) not in text
 
 
@@ -110,7 +111,7 @@ def test_model_weights_loads_the_shared_file_and_records_its_name(shared_weights
                                        f"model.weights={shared_weights}"])
     train_folds(cfg, data, tmp_path / "run", folds=[0])
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["kit"]["weights"] == {"source": f"file:{shared_weights.name}", "sha256": file_sha256(shared_weights)}
+    assert saved["kit"]["weights"] == {"source": f"file:{shared_weights.name}", "sha256": sha256_file(shared_weights)}
 
 
 def test_training_from_scratch_says_so_at_the_start(demo_data, tmp_path, capsys):

@@ -7,6 +7,7 @@ registry (or a renamed one) cannot slip past this file. Everything runs on the C
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,15 +194,32 @@ def check_sampler(name: str, entry) -> None:
     assert isinstance(entry(0), optuna.samplers.BaseSampler)
 
 
-def check_gbdt(name: str, factory) -> None:
-    from kit.stack.models import importances
+def check_gbdt(name: str, spec) -> None:
+    """A GBDT spec is whole: it builds, fits, predicts probabilities, searches its space, saves in its own format
+    and reads that back to the same predictions, and the offline kernel checks its module."""
+    import tempfile
 
+    import optuna
+
+    from kit.kernel import render_script
+    from kit.stack.models import GBDTSpec, build_model, importances, load_model
+
+    assert isinstance(spec, GBDTSpec) and spec.name == name and spec.trees in spec.defaults
     X = np.random.default_rng(0).normal(size=(80, 4))
     y = (X[:, 0] > 0).astype(int)
-    model = factory({"iterations" if name == "cat" else "n_estimators": 5}, 0).fit(X, y)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    model = build_model(name, spec.space(trial), 0, trees=5).fit(X, y)
     p = model.predict(X)
     assert p.shape == (80,) and ((p >= 0) & (p <= 1)).all()
     assert np.isclose(importances(model).sum(), 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"model{spec.suffix}"
+        model.save(path)
+        data = path.read_bytes()
+    assert data.startswith(spec.magic) and spec.library().__name__ == spec.module
+    assert np.allclose(load_model(name, data, path)(X), p, atol=1e-6)
+    script = render_script("isic-2024-challenge", "me/wheels", "me/weights")
+    assert f"{name!r}: {spec.module!r}" in script
 
 
 def check_batch_augmentation(name: str, entry) -> None:

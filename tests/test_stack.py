@@ -214,7 +214,7 @@ def test_a_category_unseen_in_training_becomes_unknown_with_one_warning(data, tm
     test.loc[:4, "attribution"] = "A New Hospital"
     test.to_csv(copy / "test-metadata.csv", index=False)
     result = run_stack(ISIC, copy, [], tmp_path / "s", StackSettings(**FAST, n_folds=2))
-    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert len(warnings) == 1 and "'attribution'" in warnings[0] and "A New Hospital" in warnings[0]
     assert json.loads((result.path / "stack.json").read_text())["unknown_categories"] == {"attribution": 5}
     assert np.isfinite(pd.read_csv(result.path / "test_fold0.csv")["pred"]).all()
@@ -281,12 +281,12 @@ def test_the_saved_models_repredict_each_folds_test_predictions(full_stack, imag
 
 @pytest.mark.parametrize("model", ["lgbm", "xgb", "cat"])
 def test_every_gbdt_is_saved_in_its_own_format_and_repredicts(data, tmp_path, model):
-    from kit.stack.models import FORMATS
+    from kit.stack.models import GBDTS
     from kit.stack.saved import predict_folds
 
-    pytest.importorskip({"lgbm": "lightgbm", "xgb": "xgboost", "cat": "catboost"}[model])
+    pytest.importorskip(GBDTS.get(model).module)
     result = run_stack(ISIC, data, [], tmp_path / "s", StackSettings(models=[model], seeds=2, trees=8, n_folds=2))
-    suffix, magic, _ = FORMATS[model]
+    suffix, magic = GBDTS.get(model).suffix, GBDTS.get(model).magic
     files = sorted(str(p.relative_to(result.path)) for p in result.path.glob("fold*/*") if p.suffix == suffix)
     assert files == [f"fold{k}/{model}_seed{s}{suffix}" for k in (0, 1) for s in (0, 1)]
     assert all((result.path / f).read_bytes().startswith(magic) for f in files)

@@ -160,7 +160,8 @@ TTA = "8"
 
 IMPORTS = ("kit.cli", "kit.kernel", "kit.predict", "kit.ensemble", "kit.submission", "torch", "timm",
            "albumentations", "sklearn", "pandas", "PIL", "yaml", "simplejpeg", "tifffile", "h5py")
-GBDT_MODULES = {"lgbm": "lightgbm", "xgb": "xgboost", "cat": "catboost"}
+# each stack model's library module (kit.stack.models.GBDTS, filled in by kit kernel build)
+GBDT_MODULES = {'lgbm': 'lightgbm', 'xgb': 'xgboost', 'cat': 'catboost'}
 
 
 def find_weights(looked: list[str]) -> Path | None:

@@ -9,7 +9,7 @@ Every check names the file, line and column at fault. Line numbers count the hea
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ import pandas as pd
 from kit.competitions import META_ALIASES, Competition, get_competition
 from kit.data.columns import feature_columns, group_column, header, metadata_path, read_features, test_metadata_path
 from kit.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_csv(path: Path, required: list[str], what: str = "file", columns: set[str] | None = None) -> pd.DataFrame:
@@ -130,8 +132,8 @@ def _join_metadata(spec: Competition, data_dir: Path, df: pd.DataFrame, id_col: 
     missing = ~df[id_col].isin(meta[id_col])
     if missing.any():  # each becomes its own group in the folds and gets no metadata: say so, with how many
         first = ", ".join(df[id_col][missing].astype(str).head(3))
-        print(f"warning: {path}: {int(missing.sum())} of {len(df)} ids of {spec.labels_file} have no row (first: "
-              f"{first}); they get no metadata and each is its own group in the folds", file=sys.stderr)
+        log.warning(f"warning: {path}: {int(missing.sum())} of {len(df)} ids of {spec.labels_file} have no row "
+                    f"(first: {first}); they get no metadata and each is its own group in the folds")
     return merged
 
 

@@ -17,7 +17,7 @@ gives them their own encoder (:mod:`kit.data.meta_sites`), so they predict exact
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +29,15 @@ from kit.errors import KitError
 
 __all__ = ["CategoricalColumn", "MetaEncoder", "NumericColumn", "load_encoder"]
 
+log = logging.getLogger(__name__)
+
 FORMAT = 2
 TABLE_KEYS = ("id", "target", "group", "diagnosis")
 """Columns of a kit table that are not metadata (``diagnosis``: the free-text label of train.target=diagnosis)."""
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    log.warning(f"warning: {message}")
 
 
 def _numbers(values: pd.Series) -> np.ndarray:

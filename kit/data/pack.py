@@ -17,9 +17,9 @@ naming what changed, ``ensure_pack`` rebuilds it and says why. A killed build re
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -38,8 +38,10 @@ from kit import __version__
 from kit.competitions import Competition, get_competition
 from kit.data.readers import FolderStore, Hdf5Store, ImageStore, check_images_exist, fit_square, open_store
 from kit.errors import ConfigError, DataError
-from kit.io import write_csv_atomic, write_text_atomic
+from kit.io import take_lock, write_csv_atomic, write_text_atomic
 from kit.progress import Progress
+
+logger = logging.getLogger(__name__)  # `logger`: the functions below take a `log` callable (kit pack's own)
 
 FORMAT = 1
 IMAGES, IDS, MANIFEST, DONE, LOCK = "images.u8", "ids.csv", "manifest.json", "done.u8", ".lock"
@@ -613,18 +615,11 @@ def _locked(path: Path, log: Callable[[str], None]) -> Iterator[bool]:
     lock). Yields whether another process held it first, i.e. may have built the pack meanwhile."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd, waited = take_lock(path / LOCK, on_busy=lambda: log(f"waiting for another process that is building {path}"))
     except OSError as e:
         raise PackError(f"cannot create the pack folder {path} ({e.strerror or e}); pass --cache-dir or set "
                         "KIT_CACHE_DIR") from e
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError:
-            log(f"waiting for another process that is building {path}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            waited = True
         yield waited
     finally:
         os.close(fd)
@@ -649,7 +644,7 @@ def _workers(workers: int | None) -> int:
 
 def build_pack(spec: str | Competition, data_dir: str | Path, split: str, size: int, ids: Sequence[str],
                cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
-               log: Callable[[str], None] = print) -> Pack:
+               log: Callable[[str], None] = logger.info) -> Pack:
     """Build the pack of ``ids`` (its row order) at ``size`` x ``size``, resuming an interrupted build of the same
     source; a complete pack there is rebuilt. Returns the verified pack (status 'built' or 'resumed')."""
     spec, ids, path = _prepare(spec, data_dir, split, size, ids, cache_dir)
@@ -659,7 +654,7 @@ def build_pack(spec: str | Competition, data_dir: str | Path, split: str, size: 
 
 def ensure_pack(spec: str | Competition, data_dir: str | Path, split: str, size: int, ids: Sequence[str],
                 cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
-                rebuild: bool = False, log: Callable[[str], None] = print) -> Pack:
+                rebuild: bool = False, log: Callable[[str], None] = logger.info) -> Pack:
     """The valid pack of ``ids`` (same set; rows in the pack's order, map them with ``Pack.index``), reused when it
     is valid, resumed when its build was interrupted, rebuilt with a line naming what changed when it is stale."""
     spec, ids, path = _prepare(spec, data_dir, split, size, ids, cache_dir)
@@ -684,7 +679,7 @@ def ensure_pack(spec: str | Competition, data_dir: str | Path, split: str, size:
 
 def split_pack(spec: str | Competition, data_dir: str | Path, split: str, size: int,
                ids: Sequence[str] | None = None, cache_dir: str | Path | None = None, workers: int | None = None,
-               rebuild: bool = False, log: Callable[[str], None] = print) -> Pack:
+               rebuild: bool = False, log: Callable[[str], None] = logger.info) -> Pack:
     """The pack of a whole split as `kit pack` makes it: every labelled training id, or the test list.
 
     Train, predict, tune and the kernel all ask for this one set whatever subset they read (a fold, an excluded id,

@@ -60,7 +60,7 @@ def decode_jpeg(data: bytes, source: str, min_side: int | None = None) -> np.nda
 
 def fit_square(img: np.ndarray, size: int | None) -> np.ndarray:
     """Resize to ``size`` x ``size`` (INTER_AREA down, INTER_LINEAR up); ``None`` or already that size: unchanged.
-    The one resize of the in-RAM cache and of the packed cache, so both hold the same pixels."""
+    The one resize of the packed cache (kit/data/pack.py), so every reader of a pack sees the same pixels."""
     if size is None or img.shape[:2] == (size, size):
         return img
     import cv2

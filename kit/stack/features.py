@@ -14,6 +14,7 @@ and the image runs' scores, for the labelled rows and the test rows alike.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from kit.errors import ConfigError, DataError
 __all__ = ["ENGINEERED", "FeatureRecipe", "FeatureTable", "add_image_score", "fit_recipe",
            "image_feature_names", "image_score_features", "metadata_features", "patient_normalise",
            "rebuild_test_features"]
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-6
 
@@ -132,7 +135,8 @@ def _encode_categories(df: pd.DataFrame, categories: dict[str, list[str]], repor
             unknown[c] = int(unseen.sum())
             if report:
                 seen = ", ".join(repr(v) for v in values[unseen].unique()[:3])
-                print(f"warning: {unknown[c]} test rows have a '{c}' unseen in training ({seen}); coded as unknown")
+                log.warning(f"warning: {unknown[c]} test rows have a '{c}' unseen in training ({seen}); coded as "
+                            "unknown")
         codes = pd.Categorical(values.where(values.isin(vocab)), categories=vocab).codes.astype(np.float64)
         df[c] = np.where(codes < 0, np.nan, codes)
     return unknown

@@ -2,7 +2,7 @@
 kernel runs after the image models, on a hidden test set.
 
 ``kit stack`` saves every fitted GBDT (per outer fold, model and seed) in its library's own format
-(:data:`kit.stack.models.FORMATS`, never a pickle) as ``fold{k}/{model}_seed{s}{suffix}``, and records under
+(:class:`kit.stack.models.GBDTSpec`, never a pickle) as ``fold{k}/{model}_seed{s}{suffix}``, and records under
 ``"saved"`` in stack.json what rebuilds the test features identically without the training data: the feature recipe
 fitted on the training rows (:class:`kit.stack.features.FeatureRecipe`), the image runs that feed the score features
 (their feature names, ``runs`` in stack.json), the feature order, and each model file with its SHA-256. Loading
@@ -26,7 +26,7 @@ from kit.io import atomic_path, resolve_stored_path, sha256_file
 from kit.records import StackInfo, read_record
 from kit.rundir import StackDir
 from kit.stack.features import FeatureRecipe, image_feature_names, image_score_features, rebuild_test_features
-from kit.stack.models import FORMATS, Predictor, load_model
+from kit.stack.models import GBDTS, Predictor, load_model
 
 __all__ = ["RUNS", "SAVED_FORMAT", "STACK_INFO", "SavedStack", "image_test_scores", "is_stack", "load_models",
            "open_stack", "predict_folds", "predict_test", "save_models"]
@@ -78,7 +78,7 @@ def is_stack(folder: str | Path) -> bool:
 
 
 def model_file(fold: int, model: str, seed: int) -> str:
-    return f"fold{fold}/{model}_seed{seed}{FORMATS[model][0]}"
+    return f"fold{fold}/{model}_seed{seed}{GBDTS.get(model).suffix}"
 
 
 def save_models(stack: StackDir, fits: list[dict]) -> list[dict]:
@@ -125,7 +125,7 @@ def open_stack(stack_dir: str | Path) -> SavedStack:
                            [str(n) for n in saved["images"]], [str(f) for f in info.features], models, runs)
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: the saved models' record is incomplete or malformed ({e!r})") from None
-    unknown = sorted({m.model for m in models} - set(FORMATS)) + sorted(set(stack.images) - set(runs))
+    unknown = sorted({m.model for m in models} - set(GBDTS)) + sorted(set(stack.images) - set(runs))
     if unknown or not models:
         raise DataError(f"{path}: {'unknown models or runs ' + ', '.join(unknown) if unknown else 'no model'} in "
                         "its saved models' record")
@@ -138,7 +138,8 @@ def _model_bytes(stack: SavedStack, entry: SavedModel) -> bytes:
     if not path.is_file():
         raise KitError(f"model file {path} is missing: the stack folder (or its bundle) is incomplete")
     data = path.read_bytes()
-    suffix, magic, what = FORMATS[entry.model]
+    spec = GBDTS.get(entry.model)
+    magic, what = spec.magic, spec.format
     if not data.startswith(magic):
         kind = "a pickle, which kit never loads" if data[:1] == b"\x80" else f"not a {what}"
         raise DataError(f"model file {path} is {kind}: refused (kit stack writes {what}s only)")

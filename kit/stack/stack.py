@@ -40,7 +40,7 @@ from kit.oof import prediction_frame, prediction_values
 from kit.records import PredictInfo, Scores, StackInfo
 from kit.rundir import RunDir, StackDir
 from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
-from kit.stack.models import DEFAULTS, GBDTS, build_model, importances, require
+from kit.stack.models import GBDTS, build_model, importances, require
 from kit.stack.saved import STACK_INFO, image_test_scores, save_models, saved_info
 
 __all__ = ["STACK_INFO", "StackResult", "StackSettings", "run_stack"]
@@ -55,7 +55,7 @@ class StackSettings:
     models: list[str] = field(default_factory=lambda: ["lgbm", "xgb", "cat"])
     seeds: int = 3
     trees: int | None = None
-    """Boosting rounds of every model (default: each model's own, see kit.stack.models.DEFAULTS)."""
+    """Boosting rounds of every model (default: each model's own, see kit.stack.models.GBDTS)."""
     tune: int = 0
     """Optuna trials per model and outer fold (0: no search, the defaults)."""
     n_folds: int = 5
@@ -280,7 +280,7 @@ def _write_stack(stack: StackDir, inputs: _Inputs, settings: StackSettings, fits
     # paths relative to the stack folder, as a run's: stack.json travels in a bundle without the user's home
     runs = [{**r, "path": portable_path(r["path"], stack.path)} for r in inputs.runs]
     stack.save(StackInfo(spec.name, spec.metric, table.features, runs, saved, {
-        **asdict(settings), "defaults": {m: DEFAULTS[m] for m in settings.models},
+        **asdict(settings), "defaults": {m: GBDTS.get(m).defaults for m in settings.models},
         "categorical": table.categorical, "unknown_categories": table.unknown,
         "test_metadata": portable_path(table.test_source, stack.path),
         "fold_params": {str(f["k"]): f["params"] for f in fits},
@@ -300,22 +300,18 @@ def _write_importance(stack: StackDir, features: list[str], fits: list[dict], mo
 
 def plot_importance(df: pd.DataFrame, path: Path, title: str, top: int = 30) -> Path:
     """A horizontal bar chart of the ``top`` features' mean importance (matplotlib's Agg canvas, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from kit.io import atomic_path
+    from kit.io import save_figure
 
     head = df.head(top).iloc[::-1]
     fig = Figure(figsize=(7, 0.25 * len(head) + 1.2))
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.barh(head["feature"], head["mean"], color="tab:blue")
     ax.set(xlabel="importance (normalised, mean over models, folds and seeds)", title=title)
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 # --------------------------------------------------------------------------------------------------------- run

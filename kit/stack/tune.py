@@ -1,4 +1,5 @@
-"""Optuna search of a GBDT's parameters, nested inside the stack's folds.
+"""Optuna search of a GBDT's parameters (the search space of its :class:`kit.stack.models.GBDTSpec`), nested
+inside the stack's folds.
 
 For each outer fold the search sees only that fold's training part: it scores a trial by an inner CV on inner folds
 made from the training part alone (grouped by patient, stratified), and the outer fold's models are then trained
@@ -9,45 +10,16 @@ CV would be scored on the very predictions that chose the parameters: optimistic
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from kit.data.folds import make_folds
 from kit.stack.models import GBDTS, build_model
 
-__all__ = ["INNER_FOLDS", "SPACES", "tune_params"]
+__all__ = ["INNER_FOLDS", "tune_params"]
 
 INNER_FOLDS = 3
-
-
-def _lgbm(trial) -> dict[str, Any]:
-    return {"learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
-            "num_leaves": trial.suggest_int("num_leaves", 8, 128, log=True),
-            "min_child_samples": trial.suggest_int("min_child_samples", 5, 100, log=True),
-            "subsample": trial.suggest_float("subsample", 0.5, 1.0),
-            "colsample_bytree": trial.suggest_float("colsample_bytree", 0.3, 1.0),
-            "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
-            "reg_alpha": trial.suggest_float("reg_alpha", 1e-3, 10.0, log=True)}
-
-
-def _xgb(trial) -> dict[str, Any]:
-    return {"learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
-            "max_depth": trial.suggest_int("max_depth", 2, 8),
-            "min_child_weight": trial.suggest_float("min_child_weight", 0.1, 20.0, log=True),
-            "subsample": trial.suggest_float("subsample", 0.5, 1.0),
-            "colsample_bytree": trial.suggest_float("colsample_bytree", 0.3, 1.0),
-            "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
-            "reg_alpha": trial.suggest_float("reg_alpha", 1e-3, 10.0, log=True)}
-
-
-def _cat(trial) -> dict[str, Any]:
-    return {"learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
-            "depth": trial.suggest_int("depth", 3, 8),
-            "l2_leaf_reg": trial.suggest_float("l2_leaf_reg", 0.5, 20.0, log=True)}
-
-
-SPACES: dict[str, Callable[[Any], dict[str, Any]]] = {"lgbm": _lgbm, "xgb": _xgb, "cat": _cat}
 
 
 def inner_cv(name: str, params: dict, X: np.ndarray, y: np.ndarray, inner: np.ndarray, metric, seed: int,
@@ -72,6 +44,6 @@ def tune_params(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, tri
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     base = dict(base or {})
-    study.optimize(lambda t: inner_cv(name, {**base, **SPACES[name](t)}, X, y, inner, metric, seed, trees),
+    study.optimize(lambda t: inner_cv(name, {**base, **GBDTS.get(name).space(t)}, X, y, inner, metric, seed, trees),
                    n_trials=trials)
     return {**base, **study.best_params}, float(study.best_value)

@@ -31,7 +31,8 @@ TTA = "__TTA__"
 
 IMPORTS = ("kit.cli", "kit.kernel", "kit.predict", "kit.ensemble", "kit.submission", "torch", "timm",
            "albumentations", "sklearn", "pandas", "PIL", "yaml", "simplejpeg", "tifffile", "h5py")
-GBDT_MODULES = {"lgbm": "lightgbm", "xgb": "xgboost", "cat": "catboost"}
+# each stack model's library module (kit.stack.models.GBDTS, filled in by kit kernel build)
+GBDT_MODULES = "__GBDT_MODULES__"
 
 
 def find_weights(looked: list[str]) -> Path | None:

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from kit.config import Config, config_to_yaml
 from kit.errors import KitError
-from kit.io import atomic_path, write_text_atomic
+from kit.io import save_figure, write_text_atomic
 from kit.tune.space import trial_config
 from kit.tune.study import FAIL_REASON, study_base_config
 
@@ -60,8 +60,7 @@ def _save_figure(ax: Any, path: Path) -> Path:
     fig = ax.figure
     fig.set_size_inches(8, 5)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -11,9 +11,9 @@ the session broken, and the trial could not even be marked failed.
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -27,6 +27,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from kit.errors import ConfigError
 
 __all__ = ["deferred_interrupt", "default_storage_url", "experimental_warnings_once", "open_storage", "redact_url"]
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -52,8 +54,8 @@ def experimental_warnings_once() -> Iterator[None]:
             yield
         finally:
             if features:
-                print(f"note: kit tune uses Optuna features marked experimental (their interface may change): "
-                      f"{', '.join(features)}", file=sys.stderr)
+                log.warning(f"note: kit tune uses Optuna features marked experimental (their interface may change): "
+                            f"{', '.join(features)}")
 
 
 @contextmanager

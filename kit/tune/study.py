@@ -11,6 +11,7 @@ adopts the dead trial's folder, and its folds resume from their ``last.pt``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -37,6 +38,8 @@ from kit.tune.storage import deferred_interrupt
 
 __all__ = ["FAIL_REASON", "TRIAL_FAILURES", "TuneSetup", "counted", "objective", "open_study", "run_study",
            "study_base_config", "worker_id"]
+
+log = logging.getLogger(__name__)
 
 TRIAL_FAILURES: tuple[type[BaseException], ...] = (TrainingError, ConfigError, torch.cuda.OutOfMemoryError,
                                                    MemoryError)
@@ -223,8 +226,8 @@ def run_study(study: optuna.Study, setup: TuneSetup, n_trials: int, poll_s: floa
             return ran
         if state == "wait":
             if not announced:
-                print(f"kit tune: {n_trials} trials are finished or running elsewhere; waiting for them "
-                      f"(a trial whose worker dies is retried here)", flush=True)
+                log.info(f"kit tune: {n_trials} trials are finished or running elsewhere; waiting for them "
+                         f"(a trial whose worker dies is retried here)")
                 announced = True
             time.sleep(poll_s)
             continue
@@ -236,5 +239,5 @@ def run_study(study: optuna.Study, setup: TuneSetup, n_trials: int, poll_s: floa
             raise
         ran.extend(current)
         for number in current:
-            print(_trial_line(study, number, progress, n_trials), flush=True)
+            log.info(_trial_line(study, number, progress, n_trials))
         current.clear()
