@@ -20,7 +20,7 @@ from kit.io import write_error
 
 # Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
 # libraries such as torch inside their ``run`` functions).
-COMMANDS = ["competitions", "demo_data", "folds", "check_data", "pack", "config", "train", "predict", "ensemble",
+COMMANDS = ["competitions", "demo_data", "folds", "check_data", "pack", "config", "train", "predict", "pseudo", "ensemble",
             "report", "runs", "submit", "bundle", "kernel", "tune", "stack"]
 
 

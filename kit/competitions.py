@@ -122,7 +122,7 @@ register(Competition(
     sample_submission="sample_submission.csv",
     metric="auc",
     submission_columns=("id", "label"),
-    notes="positive = tumour tissue in the centre 32x32; no slide ids (pass --groups for slide-grouped folds)",
+    notes="positive = tumour tissue in the centre 32x32; no slide ids (kit folds --groups MAPPING.csv for slide-grouped folds)",
     aliases=("hcd",),
 ))
 

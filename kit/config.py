@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import operator
 import re
 import subprocess
@@ -18,6 +19,8 @@ from typing import Any, Callable
 import yaml
 
 from kit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -130,6 +133,9 @@ class ModelConfig:
                               ge=0)
     backbone_lr_scale: float = _f(0.1, "the backbone's learning rate relative to the head's once unfrozen "
                                        "(fine-tuning at a lower rate)", gt=0.0)
+    init_from: str | None = _f(None, "warm start: an earlier run folder whose fold{k}/best.pt starts fold k (growing "
+                                     "sizes: a 64 px run, then a 128 px run from it); refused unless its folds agree "
+                                     "with this run's; its weights replace model.pretrained and model.weights")
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,12 @@ class DataConfig:
                                  "(never validated, never in oof.csv or the CV): a list of {competition: NAME, data: "
                                  "DIR}; kit train --extra-data NAME=DIR", factory=list, check=_check_extra,
                            valid="a list of {competition: NAME, data: DIR}")
+    pseudo: str | None = _f(None, "pseudo-labels: a predicted run folder (kit predict) of this competition and image "
+                                  "size; fold k trains also on the test images its test_fold{k}.csv is confident "
+                                  "about (never validated, never in oof.csv or the CV); kit pseudo RUN")
+    pseudo_threshold: float = _f(0.9, "keep a test image when its top probability (binary: p or 1 - p) is at least "
+                                      "this", ge=0.0, le=1.0)
+    pseudo_hard: bool = _f(False, "pseudo-labels as the argmax class instead of the predicted probabilities")
 
 
 @dataclass(frozen=True)
@@ -324,6 +336,13 @@ def _check_together(cfg: Config) -> None:
     if t.negatives_per_positive and t.balanced_sampler:
         raise ConfigError("config keys train.negatives_per_positive and train.balanced_sampler are two ways to "
                           "rebalance the classes: set one of them")
+    if cfg.data.pseudo and t.target != "competition":
+        raise ConfigError(f"config key data.pseudo is not valid with train.target={t.target}: the test predictions "
+                          "are the competition's target")
+    soft = cfg.data.pseudo and not cfg.data.pseudo_hard
+    if soft and space.task != "binary" and resolve_loss(t.loss, space.task) != "ce":  # focal gathers class indices
+        raise ConfigError(f"config key data.pseudo with soft labels needs train.loss=ce (got {t.loss}); set "
+                          "data.pseudo_hard=true for hard labels")
     if m.use_metadata and not spec.has_metadata:
         raise ConfigError(f"config key model.use_metadata=true is not valid; {spec.name} has no metadata")
     if cfg.aug.on_device:
@@ -453,9 +472,41 @@ def load_config(competition: str | None = None, preset: str | None = None,
         if isinstance(overrides, list):
             overrides = parse_overrides(overrides)
         data = _deep_update(data, overrides)
+        _users_values_win(data, overrides)
     cfg = from_dict(data)
     check_buildable(cfg)
+    if 0 < cfg.model.freeze_epochs >= cfg.train.epochs:
+        log.warning("note: model.freeze_epochs=%d >= train.epochs=%d: only the head trains, the backbone stays "
+                    "frozen throughout (lower model.freeze_epochs to fine-tune it)", cfg.model.freeze_epochs,
+                    cfg.train.epochs)
     return cfg
+
+
+def preset_competition(preset: str) -> str | None:
+    """The competition a preset names (``competition:`` in its YAML), None when it names none."""
+    name = read_yaml(resolve_preset(preset)).get("competition")
+    return str(name) if name else None
+
+
+def _users_values_win(data: dict[str, Any], given: dict[str, Any]) -> None:
+    """Where a ``--set`` value contradicts a preset's default that the user did not set, the user's value wins and
+    the preset's gives way, with one line each (a shipped preset must survive ``epochs=1`` or a weights file)."""
+    model, train = data.setdefault("model", {}), data.setdefault("train", {})
+    set_model, set_train = given.get("model") or {}, given.get("train") or {}
+    epochs = train.get("epochs")
+    if "epochs" in set_train and isinstance(epochs, int) and epochs >= 1:
+        for section, key, values, bound in (("train", "warmup_epochs", train, epochs - 1),
+                                            ("model", "freeze_epochs", model, epochs)):
+            own = set_train if section == "train" else set_model
+            value = values.get(key)
+            if key not in own and isinstance(value, int) and value > bound:
+                values[key] = bound
+                log.warning("note: %s.%s=%d of the preset lowered to %d to fit train.epochs=%d", section, key,
+                            value, bound, epochs)
+    if set_model.get("weights") and "pretrained" not in set_model and model.get("pretrained") not in (False, None):
+        log.warning("note: model.weights=%s given: the preset's model.pretrained=%s is turned off (the file gives "
+                    "the initial weights)", set_model["weights"], yaml.safe_dump(model["pretrained"]).split("\n")[0])
+        model["pretrained"] = False
 
 
 def check_buildable(cfg: Config) -> None:

@@ -41,6 +41,7 @@ from kit.metrics import get_metric
 from kit.oof import prediction_values
 from kit.records import PredictInfo
 from kit.rundir import open_source
+from kit.words import article
 
 __all__ = [
     "BLENDS",
@@ -150,8 +151,8 @@ def nested_predictions(blend: Blend, preds: Sequence[np.ndarray], target: np.nda
 
 def score_blends(members: list[Member], methods: Sequence[str] | None = None) -> tuple[list[BlendScore],
                                                                                        dict[str, np.ndarray]]:
-    """Scores of each member and each blend (a fitted blend's CV nested over the folds), and each blend's final
-    weights (fitted on all OOF)."""
+    """Scores of each member and each blend (a fitted blend's CV nested over the folds; left out where the OOF has
+    one fold), and each blend's final weights (fitted on all OOF)."""
     spec = members[0].spec
     metric = get_metric(spec.metric)
     target, fold = members[0].target, members[0].fold
@@ -161,6 +162,8 @@ def score_blends(members: list[Member], methods: Sequence[str] | None = None) ->
     weights: dict[str, np.ndarray] = {}
     for method in methods or list_blends():
         blend = get_blend(method)
+        if blend.fitted and len(np.unique(fold)) < 2:
+            continue  # a nested CV needs a held-out fold and others to fit on (a run trained with --folds 0)
         w = blend.weights(preds, target, metric)
         weights[method] = w
         named = dict(zip(names, (float(x) for x in w), strict=True))
@@ -216,7 +219,7 @@ def _load_members(run_dirs: Sequence[Path], fold_blend: str) -> list[Member]:
     spec = members[0].spec
     for m in members[1:]:
         if m.spec.name != spec.name:
-            raise ConfigError(f"{m.run_dir} is a {m.spec.name} run but {members[0].run_dir} is {spec.name}")
+            raise ConfigError(f"{m.run_dir} is {article(m.spec.name)} run but {members[0].run_dir} is {spec.name}")
     check_same_folds(run_dirs)
     if len({m.name for m in members}) < len(members):
         for m in members:
@@ -261,6 +264,10 @@ def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", data_dir
     if blend.note(spec.task):
         log.info(f"note: {blend.note(spec.task)}")
     rows, weights = score_blends(members)
+    if method not in weights:
+        raise ConfigError(f"kit ensemble --method {method} fits weights with a nested CV, which needs out-of-fold predictions of "
+                          f"at least 2 folds; these have fold {members[0].fold[0]} only: use "
+                          f"{', '.join(n for n, b in BLENDS.items() if not b.fitted)}")
     if verbose:
         log.info(format_scores(spec.metric, rows, method))
     w = weights[method]

@@ -99,6 +99,10 @@ def stack_and_submit(competition, data, runs, out, settings=None, out_dir="submi
     result = run_stack(competition, data, runs, out, settings)
     log.info(format_result(result))
     log.info(f"wrote {result.path} (stack.json, oof.csv, test_fold*.csv, scores.json, report/importance.png)")
+    from kit.report import write_report
+
+    drawn = write_report(result.path)  # the ROC of the stack's OOF, as kit predict draws a run's
+    log.info(f"report: {', '.join(p.name for p in drawn)} in {result.path / 'report'}")
     if not submission:
         return result, None
     path = submit_folds(result.path, "mean", out_dir=out_dir)

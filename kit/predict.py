@@ -41,6 +41,7 @@ from kit.rundir import RunDir
 from kit.runtime import Runtime, default_workers, make_loader, resolve_device
 from kit.transforms import build_eval_transform
 from kit.tta import TTA, default_views_per_forward, get_view_set
+from kit.words import article
 
 __all__ = ["PredictResult", "format_tta_scores", "load_fold_model", "predict_dataset", "predict_run",
            "resolve_folds"]
@@ -263,7 +264,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
             start, images.label = time.perf_counter(), f"fold {k} ({i + 1}/{len(chosen)})"
             model, ckpt, rt = load_fold_model(run.best_path(k), dev)
             if ckpt.competition != spec.name:
-                raise KitError(f"{run.best_path(k)} is a {ckpt.competition} model; the run is {spec.name}")
+                raise KitError(f"{run.best_path(k)} is {article(ckpt.competition)} model; the run is {spec.name}")
             bs = batch_size or max(1, 2 * ckpt.config["train"]["batch_size"]
                                    // default_views_per_forward(dev, len(fold_tta.views)))
             n_workers = default_workers(ckpt.config["train"]["num_workers"], dev) if workers is None else workers

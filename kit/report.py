@@ -18,12 +18,18 @@ from matplotlib.ticker import MaxNLocator
 from kit.competitions import Competition
 from kit.io import save_figure
 from kit.metrics import get_metric
-from kit.records import TtaScores
-from kit.rundir import RunDir
+from kit.oof import prediction_values
+from kit.records import Scores, TtaScores
+from kit.rundir import RunDir, open_source
 
 __all__ = ["confusion_matrix", "roc_figure", "training_curves_figure", "write_report"]
 
 DPI = 110
+
+
+def _cv(spec: Competition, oof: pd.DataFrame) -> str:
+    """'CV auc 0.9123': the pooled out-of-fold score, for titles."""
+    return _cv_text(spec, get_metric(spec.metric)(oof["target"].to_numpy(), prediction_values(spec, oof)))
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -67,7 +73,8 @@ def roc_figure(spec: Competition, oof: pd.DataFrame, oof_tta: pd.DataFrame | Non
                 label=_roc_label(spec, name, df))
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
-           title=f"{spec.name}: out-of-fold ROC (n={len(oof)})")
+           title=f"{spec.name}: out-of-fold ROC (n={len(oof)}), {_cv(spec, oof)}"
+           + (f", with TTA {_cv(spec, oof_tta).rsplit(' ', 1)[1]}" if oof_tta is not None else ""))
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -112,24 +119,31 @@ def plot_confusion(spec: Competition, oof: pd.DataFrame, path: Path, tta: str = 
     ax.set_xticks(range(n), spec.classes, rotation=45, ha="right")
     ax.set_yticks(range(n), [f"{c} (n={cm[i].sum()})" for i, c in enumerate(spec.classes)])
     ax.set(xlabel="predicted class", ylabel="true class",
-           title=f"{spec.name}: out-of-fold confusion, {tta} (normalised)")
+           title=f"{spec.name}: out-of-fold confusion, {tta} (normalised), {_cv(spec, oof)}")
     return _save(fig, path)
 
 
-def plot_recall(spec: Competition, oof: pd.DataFrame, path: Path, tta: str = "no TTA") -> Path:
-    """Recall of each class, with the balanced accuracy (their mean over present classes) as a line."""
-    cm, _, recall = _class_stats(spec, oof)
-    fig = Figure(figsize=(1.5 + 0.6 * len(spec.classes), 4))
+def plot_recall(spec: Competition, oof: pd.DataFrame, path: Path, oof_tta: pd.DataFrame | None = None,
+                tta: str = "TTA") -> Path:
+    """Recall of each class without TTA (and with it, side by side, once kit predict has run), with the balanced
+    accuracy (their mean over present classes) of each as a line."""
+    series = [("no TTA", oof, "tab:blue")] + ([(tta, oof_tta, "tab:orange")] if oof_tta is not None else [])
+    fig = Figure(figsize=(1.5 + 0.6 * len(spec.classes) * len(series), 4))
     ax = fig.add_subplot()
-    x = np.arange(len(spec.classes))
-    ax.bar(x, np.nan_to_num(recall), color="tab:blue")
-    for i, r in enumerate(recall):
-        ax.text(i, (0 if np.isnan(r) else r) + 0.02, "n=0" if np.isnan(r) else f"{r:.2f}", ha="center", fontsize=8)
-    balanced = float(np.nanmean(recall))
-    ax.axhline(balanced, color="tab:red", ls="--", label=f"balanced accuracy {balanced:.4f}")
+    x, width = np.arange(len(spec.classes)), 0.8 / len(series)
+    for s, (name, df, colour) in enumerate(series):
+        recall = _class_stats(spec, df)[2]
+        at = x + (s - (len(series) - 1) / 2) * width
+        ax.bar(at, np.nan_to_num(recall), width, color=colour, label=name)
+        for i, r in enumerate(recall):
+            ax.text(at[i], (0 if np.isnan(r) else r) + 0.02, "n=0" if np.isnan(r) else f"{r:.2f}", ha="center",
+                    fontsize=7)
+        balanced = float(np.nanmean(recall))
+        ax.axhline(balanced, color=colour, ls="--", label=f"balanced accuracy {balanced:.4f}, {name}")
     ax.set_xticks(x, spec.classes, rotation=45, ha="right")
-    ax.set(ylim=(0, 1.1), ylabel="recall", title=f"{spec.name}: per-class recall (out-of-fold, {tta})")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set(ylim=(0, 1.15), ylabel="recall", title=f"{spec.name}: per-class recall (out-of-fold, "
+           f"{' and '.join(name for name, _, _ in series)}), {_cv(spec, oof)}")
+    ax.legend(loc="upper right", fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -141,8 +155,9 @@ def training_curves_figure(spec: Competition, run: RunDir) -> Figure | None:
     histories = {k: run.history(k) for k in run.fold_numbers() if run.history_path(k).is_file()}
     if not histories:
         return None
-    fig = Figure(figsize=(15, 4))
+    fig = Figure(figsize=(15, 4.4), layout="constrained")  # room for the figure title above the panels' titles
     loss_ax, metric_ax, lr_ax = fig.subplots(1, 3)
+    last = max(int(h["epoch"].max()) for h in histories.values())
     for k, h in sorted(histories.items()):
         line, = loss_ax.plot(h["epoch"], h["train_loss"], marker="o", ms=3, label=f"fold {k} train")
         if "val_loss" in h:
@@ -158,11 +173,18 @@ def training_curves_figure(spec: Competition, run: RunDir) -> Figure | None:
     metric_ax.set(xlabel="epoch", ylabel=spec.metric, title=f"validation {spec.metric} (circle: best epoch)")
     lr_ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)", yscale="log")
     for ax in (loss_ax, metric_ax, lr_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
+        ax.set_xlim(0.5, last + 0.5)  # one epoch: a tick at 1, not an axis from 0.945 to 1.050
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{run.name}: training curves")
+    scores = run.load(Scores, optional=True)
+    cv = f", {_cv_text(spec, scores.cv)}" if scores is not None else ""
+    fig.suptitle(f"{run.name}: training curves{cv}")
     return fig
+
+
+def _cv_text(spec: Competition, value: float) -> str:
+    return f"CV {spec.metric} {value:.4f}"
 
 
 def plot_training_curves(spec: Competition, run: RunDir, path: Path) -> Path | None:
@@ -172,30 +194,35 @@ def plot_training_curves(spec: Competition, run: RunDir, path: Path) -> Path | N
 
 # ---------------------------------------------------------------------------------------------------- entry
 def _multiclass(spec: Competition, run: RunDir, oof: pd.DataFrame, out: Path) -> list[Path]:
-    """Confusion and recall without TTA, and with it once kit predict has written oof_tta.csv (each title says)."""
-    written = [plot_confusion(spec, oof, out / "confusion.png"), plot_recall(spec, oof, out / "recall.png")]
+    """Confusion without TTA and, once kit predict has written oof_tta.csv, with it (each title says); one recall
+    plot with both side by side."""
     oof_tta, info = run.oof_tta(), run.load(TtaScores, optional=True)
+    tta = (f"TTA x{len(info.views)}" if info else "TTA") if oof_tta is not None else "TTA"
+    written = [plot_confusion(spec, oof, out / "confusion.png"), plot_recall(spec, oof, out / "recall.png", oof_tta,
+                                                                             tta)]
+    stale = out / "recall_tta.png"  # drawn by kit before recall.png held both
+    stale.unlink(missing_ok=True)
     if oof_tta is not None:
-        tta = f"TTA x{len(info.views)}" if info else "TTA"
-        written += [plot_confusion(spec, oof_tta, out / "confusion_tta.png", tta),
-                    plot_recall(spec, oof_tta, out / "recall_tta.png", tta)]
+        written.append(plot_confusion(spec, oof_tta, out / "confusion_tta.png", tta))
     return written
 
 
 
 def write_report(run_dir: str | Path) -> list[Path]:
-    """Draw every plot that the run's files allow into ``RUN_DIR/report/``; return the paths written."""
-    run = RunDir.open(run_dir)
+    """Draw every plot that the run's (or a stack's) files allow into ``RUN_DIR/report/``; return the paths
+    written."""
+    run = open_source(run_dir)
     spec = run.competition()
     out = run.report_dir
-    oof = run.oof()
+    is_run = isinstance(run, RunDir)  # a stack has OOF predictions but no training histories
+    oof = run.oof() if is_run else run.predictions(run.oof_path)
     written = []
     with run.writing():
         if spec.is_binary:
             written.append(plot_roc(spec, oof, out / "roc.png", run.oof_tta()))
         else:
             written += _multiclass(spec, run, oof, out)
-        curves = plot_training_curves(spec, run, out / "training_curves.png")
+        curves = plot_training_curves(spec, run, out / "training_curves.png") if is_run else None
         if curves is not None:
             written.append(curves)
     return written

@@ -52,7 +52,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import pandas as pd
 
@@ -311,7 +311,7 @@ class RunDir(Folder):
         if cfg.data.extra:  # relative to the run folder, as run.json's data folder
             extra = [{**e, "data": str(resolve_stored_path(e["data"], self.path))} for e in cfg.data.extra]
             cfg = replace(cfg, data=replace(cfg.data, extra=extra))
-        return cfg
+        return _run_paths(cfg, lambda p: str(resolve_stored_path(p, self.path)))
 
     def competition(self) -> Competition:
         if self._spec is None:
@@ -373,6 +373,7 @@ class RunDir(Folder):
         if cfg.data.extra:
             sources = [{**e, "data": portable_path(e["data"], self.path)} for e in cfg.data.extra]
             cfg = replace(cfg, data=replace(cfg.data, extra=sources))
+        cfg = _run_paths(cfg, lambda p: portable_path(p, self.path))
         return write_text_atomic(self.config_path, config_to_yaml(cfg, extra=extra))
 
     def save_info(self, data_dir: Path, folds: list[int]) -> Path:
@@ -403,6 +404,15 @@ class RunDir(Folder):
         finally:
             if state["file"] is not None:
                 state["file"].close()
+
+
+def _run_paths(cfg: Config, convert: Callable[[str], str]) -> Config:
+    """``cfg`` with the other runs it names (``model.init_from``, ``data.pseudo``) passed through ``convert``."""
+    if cfg.model.init_from:
+        cfg = replace(cfg, model=replace(cfg.model, init_from=convert(cfg.model.init_from)))
+    if cfg.data.pseudo:
+        cfg = replace(cfg, data=replace(cfg.data, pseudo=convert(cfg.data.pseudo)))
+    return cfg
 
 
 class StackDir(Folder):

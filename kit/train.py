@@ -57,6 +57,7 @@ from kit.metrics import get_metric
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
 from kit.oof import log_loss, prediction_frame, score_oof
 from kit.progress import Eta, Progress
+from kit.pseudo import PseudoSource, describe_pseudo, load_pseudo_sources, soft_targets
 from kit.records import FoldResult, RunInfo, Scores
 from kit.rundir import RunDir
 from kit.runtime import (
@@ -69,7 +70,9 @@ from kit.runtime import (
     resolve_device,
 )
 from kit.transforms import build_eval_transform, build_train_transform
+from kit.warm_start import InitRun, open_init_run
 from kit.weights import WeightsSource, resolve_weights
+from kit.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ class EpochStats:
     images_per_s: float
     images: int = 0
     """The epoch's training rows (with data.extra: the fold's own and every extra one; subsampled: those drawn)."""
+    pseudo_images: int = 0
+    """Of those, the pseudo-labelled test images (data.pseudo)."""
 
 
 def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime,
@@ -124,7 +129,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         progress.postfix_fn = lambda: f"loss {loss_sum.item() / max(n_seen, 1):.4f}"
     for step, batch in enumerate(loader):
         x, meta = rt.inputs(batch)
-        y = batch["target"].to(rt.device, non_blocking=True)
+        # soft targets (data.pseudo): probabilities for every row; BCE and CE take them as they are
+        y = batch["soft" if "soft" in batch else "target"].to(rt.device, non_blocking=True)
         loss = loss_fn(rt.forward(model, x, meta), y.float() if rt.binary else y)
         _step(loss, model, optimizer, rt, grad_clip)
         global_step = epoch * steps_per_epoch + step + 1
@@ -234,12 +240,20 @@ class RunData:
     weights: WeightsSource | None = None
     """Where the initial weights came from (recorded in config.yaml as a name and sha256, not a path)."""
     extra: list[ExtraSource] = field(default_factory=list)
-    """``data.extra``: sources whose rows (``dataset`` rows len(table) on) join every fold's training part only."""
+    """``data.extra``, then ``data.pseudo`` (one source per fold): sources whose rows (``dataset`` rows len(table)
+    on) join the training part of every fold (a pseudo source: of its own fold) only."""
+    init: InitRun | None = None
+    """``model.init_from``: the earlier run whose fold checkpoints start the folds (its folds checked)."""
 
-    @property
-    def extra_rows(self) -> np.ndarray:
-        """The ``dataset`` rows of the extra sources."""
-        return np.arange(len(self.table), len(self.dataset.ids))
+    def training_only_rows(self, k: int, pseudo_only: bool = False) -> np.ndarray:
+        """The ``dataset`` rows that train fold ``k`` and validate none: every ``data.extra`` row and fold ``k``'s
+        pseudo-labelled test images (``pseudo_only``: those alone)."""
+        rows, start = [np.empty(0, dtype=np.int64)], len(self.table)
+        for source in self.extra:
+            if source.trains_fold(k) and (isinstance(source, PseudoSource) or not pseudo_only):
+                rows.append(np.arange(start, start + len(source.table)))
+            start += len(source.table)
+        return np.concatenate(rows)
 
 
 def _assign_folds(cfg: Config, spec: Competition, table: pd.DataFrame, run: RunDir,
@@ -274,28 +288,66 @@ def prepare_data(cfg: Config, data_dir: Path, run: RunDir, folds_file: Path | No
     targets = run_targets(space, spec, table, data_dir / spec.labels_file)
     extra = load_extra_sources(cfg.data.extra, space, spec)
     fold, fold_source = _assign_folds(cfg, spec, table, run, folds_file)
-    meta_encoder = meta = None
-    if cfg.model.use_metadata:
-        if not spec.has_metadata:
-            raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
-        meta_encoder = MetaEncoder.fit(table)  # the competition's own rows: extra rows are encoded with its fit
-        meta = np.concatenate([meta_encoder.transform(t) for t in [table, *(e.table for e in extra)]])
-        log.info(f"metadata branch: {meta_encoder.size} features from {len(meta_encoder.columns)} columns")
-    n_meta = 0 if meta is None else meta.shape[1]
+    meta_encoder = _meta_encoder(cfg, spec, table)
+    n_meta = 0 if meta_encoder is None else meta_encoder.size
+    init = open_init_run(cfg.model.init_from, spec, table["id"], fold) if cfg.model.init_from else None
+    weights = _initial_weights(cfg, init, resuming=run.config_path.is_file())
     # built once with its weights file before anything is written: a bad name, size or file fails here
-    weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
-    log.info(f"model {cfg.model.name}: {weights.describe()}" + ("; set model.pretrained=true or model.weights=FILE "
-             "to start from ImageNet weights" if weights.kind == "scratch" else ""))
-    probe = build_model(cfg.model.name, space.num_outputs, cfg.model.weights, cfg.model.img_size,
-                        cfg.model.drop_rate, n_meta, cfg.model.pretrained)
+    weights_file, pretrained = _weights_args(cfg, init)
+    probe = build_model(cfg.model.name, space.num_outputs, weights_file, cfg.model.img_size, cfg.model.drop_rate,
+                        n_meta, pretrained)
     dcfg = data_config(probe, cfg.model.img_size)
     del probe
     size = dcfg["input_size"][-1]
+    extra = [*extra, *load_pseudo_sources(cfg, spec, data_dir, table["id"], fold, size)]
+    # the competition's own rows fit the encoder: extra rows are encoded with its fit
+    meta = None if meta_encoder is None else np.concatenate([meta_encoder.transform(t)
+                                                             for t in [table, *(e.table for e in extra)]])
     all_targets = np.concatenate([targets, *(e.targets for e in extra)])
     dataset = _run_dataset(cfg, spec, data_dir, table, all_ids, store, size, meta, all_targets, extra)
+    dataset.soft = soft_targets(spec, all_targets, extra)
     description = ModelDescription(cfg.model.name, space.num_outputs, cfg.model.img_size, cfg.model.drop_rate, n_meta)
     return RunData(spec, table, fold, dataset, meta_encoder, size, size if cfg.train.cache_images else None,
-                   dcfg["mean"], dcfg["std"], description, space, all_targets, fold_source, weights, extra)
+                   dcfg["mean"], dcfg["std"], description, space, all_targets, fold_source, weights, extra, init)
+
+
+def _meta_encoder(cfg: Config, spec: Competition, table: pd.DataFrame) -> MetaEncoder | None:
+    """The metadata branch's encoder fitted on the run's own rows (None without the branch)."""
+    if not cfg.model.use_metadata:
+        return None
+    if not spec.has_metadata:
+        raise ConfigError(f"model.use_metadata is on but {spec.name} has no metadata")
+    encoder = MetaEncoder.fit(table)
+    log.info(f"metadata branch: {encoder.size} features from {len(encoder.columns)} columns")
+    return encoder
+
+
+def _weights_args(cfg: Config, init: InitRun | None) -> tuple[str | None, bool | str]:
+    """(model.weights, model.pretrained) to build with: none of them under a warm start, which loads its own."""
+    return (None, False) if init is not None else (cfg.model.weights, cfg.model.pretrained)
+
+
+def _initial_weights(cfg: Config, init: InitRun | None, resuming: bool) -> WeightsSource | None:
+    """Where the initial weights come from, said in one line; None under a warm start (``model.init_from``)."""
+    if init is not None:
+        ignored = [k for k, v in (("model.pretrained", cfg.model.pretrained), ("model.weights", cfg.model.weights))
+                   if v]
+        log.info(f"model {cfg.model.name}: {init.describe()}" + (f"; {' and '.join(ignored)} not used" if ignored
+                 else ""))
+        return None
+    weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
+    log.info(_weights_line(cfg, weights, resuming))
+    return weights
+
+
+def _weights_line(cfg: Config, weights: WeightsSource, resuming: bool) -> str:
+    """Where the model's weights come from; on a resume the folds with a last.pt continue from it instead."""
+    if resuming:
+        return (f"model {cfg.model.name}: folds with a last.pt continue from it; a fold not started yet begins from "
+                f"{weights.describe()}")
+    hint = ("; set model.pretrained=true or model.weights=FILE to start from ImageNet weights"
+            if weights.kind == "scratch" else "")
+    return f"model {cfg.model.name}: {weights.describe()}{hint}"
 
 
 def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataFrame, all_ids: list[str],
@@ -360,8 +412,9 @@ class FoldTrainer:
         self.dist = current_group()  # rank 0 of 1 outside torchrun
         device = self.dist.device(resolve_device(t.device))
         self.workers = default_workers(t.num_workers, device)
-        # the extra sources' rows train every fold and validate none
-        self.train_idx = np.concatenate([np.flatnonzero(data.fold != k), data.extra_rows])
+        # the extra sources' rows train every fold, fold k's pseudo-labelled test images fold k; they validate none
+        self.train_idx = np.concatenate([np.flatnonzero(data.fold != k), data.training_only_rows(k)])
+        self.pseudo_idx = data.training_only_rows(k, pseudo_only=True)
         self.val_idx = np.flatnonzero(data.fold == k)
         self.targets = data.table["target"].to_numpy()  # the competition's: what validation scores
         if len(np.unique(self.targets[self.val_idx])) < 2:
@@ -377,9 +430,7 @@ class FoldTrainer:
         seed_everything(t.seed + k)  # the same initial weights for a fold, whatever ran before it
         self.rt = Runtime.create(device, t.amp, t.channels_last, data.mean, data.std, data.space.task == "binary",
                                  data.model.n_meta > 0)
-        self.model = self.rt.place(build_model(cfg.model.name, data.space.num_outputs, cfg.model.weights,
-                                               cfg.model.img_size, cfg.model.drop_rate, data.model.n_meta,
-                                               cfg.model.pretrained))
+        self.model = self.rt.place(self._initial_model())
         if t.sync_bn:  # before the optimizer: it replaces the BatchNorm modules
             self.model = self.dist.sync_batchnorm(self.model, device)
         if t.compile:
@@ -388,6 +439,15 @@ class FoldTrainer:
         self.progress = FoldProgress()
         self.handlers: list[EpochHandler] = []
         self.stop: str | None = None  # set by a handler: the fold ends after this epoch
+
+    def _initial_model(self) -> nn.Module:
+        """The fold's network: from its weights file, timm's pretrained weights, scratch, or (``model.init_from``)
+        the same fold's best weights of an earlier run."""
+        cfg, d = self.cfg, self.data
+        weights, pretrained = _weights_args(cfg, d.init)
+        model = build_model(cfg.model.name, d.space.num_outputs, weights, cfg.model.img_size, cfg.model.drop_rate,
+                            d.model.n_meta, pretrained)
+        return model if d.init is None else d.init.load_into(model, self.k, d.model)
 
     def _subset(self, idx: np.ndarray, transform) -> ImageDataset:
         return self.data.dataset.subset(idx).with_transform(transform)
@@ -509,7 +569,8 @@ class FoldTrainer:
                       overall_weight=1 / max(len(loader), 1)) as bar:
             stats = train_one_epoch(d.wrap(self.model, self.rt.device), loader, self.optimizer, self.loss_fn, self.rt,
                                     self.scheduler, self.ema, t.grad_clip, epoch, bar)
-        stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world, len(dataset))
+        stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world, len(dataset),
+                           int(np.isin(dataset.rows, self.pseudo_idx).sum()))
         if not math.isfinite(stats.loss):
             raise TrainingError(f"fold {self.k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
                                 f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
@@ -534,6 +595,8 @@ class FoldTrainer:
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss,
                self.data.spec.metric: val_metric, "lr": lr, "images_per_s": stats.images_per_s,
                "train_images": stats.images}
+        if self.cfg.data.pseudo:  # of train_images, the test images of data.pseudo
+            row["pseudo_images"] = stats.pseudo_images
         end = EpochEnd(epoch + 1, stats.loss, stats.images_per_s, stats.images, val_metric, val_loss, val_probs, lr,
                        self.progress.update(epoch + 1, val_metric, val_loss), eval_model, row)
         for handler in self.handlers:
@@ -675,6 +738,8 @@ def train_folds(cfg: Config, data_dir: str | Path, run_dir: str | Path, folds: l
         try:
             dist.on_main(_start, run, fresh, overwrite)
             data = prepare_data(cfg, data_dir, run, Path(folds_file) if folds_file else None, exclude)
+            if data.init is not None:
+                data.init.check_folds(folds)
         except BaseException:
             if dist.is_main and created and not run.config_path.exists():  # a failed start leaves nothing behind
                 shutil.rmtree(run.path, ignore_errors=True)
@@ -692,11 +757,18 @@ def start_line(cfg: Config, data: RunData, folds: list[int], run: RunDir) -> str
     amp, _ = resolve_amp(cfg.train.amp, device)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp]
     images = "from the pack" if cfg.train.cache_images else "decoded from the files each epoch"
-    weights = f"weights {Path(cfg.model.weights).name}" if cfg.model.weights else "from scratch"
-    extra = "".join(f" + {e.describe()} (training only)" for e in data.extra)
+    weights = (f"warm start from {cfg.model.init_from}" if cfg.model.init_from else
+               data.weights.short() if data.weights else "from scratch")
+    if run.config_path.is_file() and any(run.last_path(k).is_file() for k in folds):
+        weights = f"continuing from each fold's last.pt (initial weights: {weights})"
+    fresh_folds = data.fold_source is not None and Path(data.fold_source).resolve() != run.folds_path.resolve()
+    fold_file = f" (from {data.fold_source})" if fresh_folds else ""
+    extra = "".join(f" + {e.describe()} (training only)" for e in data.extra if not isinstance(e, PseudoSource))
+    extra += describe_pseudo(data.extra)
     target = f"; trains on {len(data.space.classes)} classes, scores {data.space.scored}" if data.space.scored else ""
     return (f"kit train {run.path}: {device}, {precision}; {len(data.table)} images{extra} ({images}, "
-            f"{data.input_size} px); folds {','.join(map(str, folds))} of {cfg.n_folds}; {cfg.train.epochs} epochs; "
+            f"{data.input_size} px); folds {','.join(map(str, folds))} of {cfg.n_folds}{fold_file}; "
+            f"{plural(cfg.train.epochs, 'epoch')}; "
             f"{cfg.model.name}, {weights}{target}")
 
 

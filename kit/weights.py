@@ -18,6 +18,7 @@ absolute path).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ __all__ = ["WeightsSource", "populate_hf_cache", "pretrained_name", "read_state_
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 """The files timm asks the Hub for, in its order (safetensors first)."""
+HUB_TIMEOUT_S = 5.0
+"""How long kit waits for the Hub to answer before it says it cannot be reached."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,12 @@ class WeightsSource:
         if self.kind == "scratch":
             return {"source": "scratch (random initial weights)", "sha256": None}
         return {"source": f"{self.kind}:{self.name}", "sha256": self.sha256}
+
+    def short(self) -> str:
+        """For the start line: ``from scratch``, ``weights FILE`` or ``ImageNet weights hf-hub:REPO``."""
+        if self.kind == "scratch":
+            return "from scratch"
+        return f"weights {self.name}" if self.kind == "file" else f"pretrained weights {self.kind}:{self.name}"
 
     def describe(self) -> str:
         if self.kind == "scratch":
@@ -108,26 +118,72 @@ def _hub_id(full_name: str) -> str:
 
 def _cached_hub_file(hub_id: str) -> Path:
     """The weights file of ``hub_id``, the way timm fetches it: from the Hugging Face cache, downloading it when
-    the cache lacks it and the Hub can be reached; one line saying how to give a file otherwise."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    the cache lacks it and the Hub answers; one line saying how to give a file otherwise, within seconds."""
+    from huggingface_hub import constants, try_to_load_from_cache
 
     repo, _, revision = hub_id.partition("@")
-    last: Exception | None = None
     for filename in HF_FILES:
-        try:
-            return Path(hf_hub_download(repo, filename, revision=revision or None))
-        except EntryNotFoundError as e:  # LocalEntryNotFoundError too: the next file may be cached
-            last = e
-        except Exception as e:  # offline, no network, HTTP errors: timm would fail the same way
-            last = e
-            break
-    reason = (str(last).strip().splitlines() or [type(last).__name__])[0][:160]
-    offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-    raise ConfigError(
-        f"model.pretrained: the weights {hub_id} are not in the Hugging Face cache {constants.HF_HUB_CACHE}{offline} "
-        f"and cannot be downloaded here ({type(last).__name__}: {reason}); run once with internet to fill the cache, "
-        "or give a local file: --set model.pretrained=false --set model.weights=FILE")
+        found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    if constants.HF_HUB_OFFLINE:
+        raise _not_available(hub_id, "HF_HUB_OFFLINE is set")
+    log.warning("fetching %s from the Hugging Face Hub (%s) into %s", hub_id, constants.ENDPOINT,
+                constants.HF_HUB_CACHE)
+    _check_hub_reachable(hub_id)
+    return _download(repo, revision or None, hub_id)
+
+
+def _check_hub_reachable(hub_id: str) -> None:
+    """One request with a short timeout: huggingface_hub itself retries an unreachable Hub for ~25 s per file."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT_S)
+    except Exception as e:  # httpx raises connect, timeout, proxy and TLS errors of many types
+        raise _not_available(hub_id, f"the Hub {constants.ENDPOINT} cannot be reached: {_reason(e)}") from e
+
+
+def _download(repo: str, revision: str | None, hub_id: str) -> Path:
+    """The first of HF_FILES the repository has, with huggingface_hub's retry warnings kept quiet (kit says what
+    failed, in one line)."""
+    import logging
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level, hub_log.level = hub_log.level, logging.ERROR
+    last: Exception | None = None
+    try:
+        for filename in HF_FILES:
+            try:
+                return Path(hf_hub_download(repo, filename, revision=revision))
+            except EntryNotFoundError as e:  # the next file may exist
+                last = e
+            except Exception as e:  # HTTP errors, a dropped connection: timm would fail the same way
+                last = e
+                break
+    finally:
+        hub_log.setLevel(level)
+    raise _not_available(hub_id, f"the download failed: {_reason(last)}")
+
+
+def _reason(e: BaseException | None) -> str:
+    """An exception as one whole line: its type and its first line."""
+    if e is None:
+        return "no file"
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}".rstrip(": ")
+
+
+def _not_available(hub_id: str, why: str) -> ConfigError:
+    from huggingface_hub import constants
+
+    return ConfigError(
+        f"model.pretrained: the weights {hub_id} are not in the Hugging Face cache {constants.HF_HUB_CACHE} and "
+        f"cannot be downloaded here ({why}); run once with internet to fill the cache, or give a local file: "
+        "--set model.pretrained=false --set model.weights=FILE")
 
 
 def resolve_weights(name: str, pretrained: bool | str, weights: str | None) -> WeightsSource:

@@ -1,29 +1,34 @@
-"""Quality on real images: kit's presets against a hand-written baseline on the real ISIC 2018 Task 3 images.
+"""Quality on real images: kit's recipes and presets on the real ISIC 2018 Task 3 images (HAM10000).
 
 Every arm trains on the same lesion-grouped folds (kit's make_folds over HAM10000 lesion ids), at the same image
 size and for the same epochs, and is scored by balanced accuracy on its out-of-fold predictions (mean of folds, and
-pooled over all OOF rows):
+pooled over all OOF rows), with its wall time.
 
-    (0) the anchor baseline (../shared/anchors/anchor_isic2018_baseline.py) re-implemented on these folds: resnet18
-        from scratch, flips, class-weighted CE, AdamW, OneCycle, normalisation by the training images' mean and std;
-    (a) kit train, preset isic-2018-task3-cpu, resnet18 from scratch;
-    (b) the same with tf_efficientnet_lite0 from scratch;
-    (c) the same with the shared ImageNet weights through timm's pretrained route (a Hugging Face cache built in a
-        temporary folder from ../shared/weights, HF_HUB_OFFLINE=1): head first, then the whole backbone;
-    (d) (c) with the balanced-accuracy decision weights (kit.decision, nested over the folds);
-    (e) (d) with 8-view TTA (kit predict --tta 8; OOF and test images alike).
+--suite recipes (the default): the winners' training toolbox, one recipe at a time on top of the CPU preset
+    (isic-2018-task3-cpu: tf_efficientnet_lite0 with the shared ImageNet weights, head first, then all of it):
+    (p) the preset;
+    (mix) + mixup 0.2 / CutMix 1.0, the last epoch unmixed (train.mixup, train.cutmix, train.mixup_off_epochs);
+    (swa) + SWA over the last 2 epochs (train.swa_epochs); (topk) + the 2 best epochs averaged (train.top_k);
+    (grow) growing sizes: half the epochs at half the size, then the rest at full size from those weights
+        (model.init_from; each size its own pack);
+    (pl) + one pseudo-label round: (p)'s confident test predictions as soft labels (data.pseudo; fold k from (p)'s
+        fold k model); its time includes (p)'s training and prediction;
+    (ens) the blend of every arm with weights fitted by kit ensemble --method fit (nested CV over the folds).
+    Every arm is predicted (kit predict --tta 1, no decision weights); the best arm's submission and the blend's
+    (1,512 official test images) are checked with kit submit --dry-run. An arm whose config keys this kit does not
+    have is listed as skipped.
+--suite presets: the anchor script's recipe against kit's presets, pretrained weights, decision weights and TTA.
+--suite ablation: kit 0.1's ISIC preset taken apart, one change at a time (compare with the presets' arm (a)).
 
-Defaults, sized for the 2-core machine shared with other jobs (measured there: about 3 GFLOPS left to one
-process, 20x below the 68 GFLOPS the anchor's 125 s/epoch implies when alone): 2 folds, 2,000 training images
-(whole lesions drawn at random), 48 px (the shipped 128 px images area-resized), 5 epochs, one torch thread. That is
-about 10 minutes alone and about an hour on the shared machine. Closer to the anchor's own setting (all 5,984
-images, 128 px, 8 epochs, 2 threads) it takes about 2 hours alone: pass --limit 0 --size 128 --epochs 8 --threads 2.
-The best arm's test predictions (1,512 official test images) are written as a submission by kit predict.
+Sizes: --limit images (whole lesions drawn at random; 0 = all 5,984), --size px (the shipped 128 px images
+area-resized), --epochs, --folds, --threads. The defaults (2,000 images, 48 px, 5 epochs, 2 folds, 1 thread) are
+sized for about 90 minutes of the recipes suite on the 2-core machine shared with other jobs (one arm of the presets
+suite took about 6 minutes there at load 8-10; the recipes suite trains 6.5 arms and predicts 7); closer to the real
+setting is --limit 0 --size 128 --epochs 8 --folds 5 --threads 2 (many hours on that machine).
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_quality.py [--data ../shared/data/isic-2018-task3]
-        [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors] [--folds 2]
-        [--size 48] [--epochs 5] [--limit 2000] [--threads 1] [--out /tmp/bench_quality] [--skip-anchor]
-        [--ablation]    # instead: kit 0.1's ISIC preset taken apart, one change at a time (compare with arm (a))
+    PYTHONPATH=. .venv/bin/python scripts/bench_quality.py [--suite recipes|presets|ablation]
+        [--data ../shared/data/isic-2018-task3] [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors]
+        [--folds 2] [--size 48] [--epochs 5] [--limit 2000] [--threads 1] [--out /tmp/bench_quality] [--skip-anchor]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from kit.data.folds import make_folds, write_folds
 from kit.data.labels import load_train_table
 from kit.data.readers import fit_square, open_store
 from kit.decision import fit_nested
+from kit.errors import ConfigError
 from kit.metrics import balanced_accuracy
 from kit.weights import populate_hf_cache
 
@@ -198,24 +204,116 @@ def run_arms(args, folds_file: Path, images: np.ndarray, table: pd.DataFrame, fo
     return rows
 
 
+RECIPES = {
+    "(p)": ("p_preset", "the CPU preset: lite0 ImageNet, head then all", []),
+    "(mix)": ("mix", "(p) + mixup 0.2 / CutMix 1.0, last epoch unmixed",
+              ["train.mixup=0.2", "train.cutmix=1.0", "train.mixup_off_epochs=1"]),
+    "(swa)": ("swa", "(p) + SWA over the last 2 epochs", ["train.swa_epochs=2"]),
+    "(topk)": ("topk", "(p) + the 2 best epochs averaged", ["train.top_k=2"]),
+}
+"""--suite recipes: arm -> (run name, what, overrides on the preset); growing sizes and pseudo-labels are two-step."""
+
+
+def _predicted(args, run: Path) -> tuple[Path, float]:
+    """kit predict on the run (test images and OOF, no TTA, no decision weights): its submission and the seconds."""
+    from kit.pipeline import predict_and_submit
+
+    start = time.perf_counter()
+    _, submission = predict_and_submit(run, tta="1", out_dir=args.out / "submissions", device="cpu", report=False,
+                                       decision="off")
+    return submission, time.perf_counter() - start
+
+
+def _grow(args, folds_file: Path) -> tuple[Path, float, str]:
+    """Half the epochs at half the size, then the rest at full size from those weights (model.init_from)."""
+    small, first = max(32, args.size // 2), max(1, args.epochs // 2)
+    second = max(1, args.epochs - first)
+    stage1, t1 = kit_arm(args, "grow_stage1", folds_file, [f"model.img_size={small}", f"train.epochs={first}"])
+    # the second stage goes on fine-tuning: every weight at the rate the preset gives the backbone after its head epoch
+    preset = load_config(COMPETITION, PRESET)
+    lr = preset.train.lr * preset.model.backbone_lr_scale
+    stage2, t2 = kit_arm(args, "grow", folds_file, [f"model.init_from={stage1}", "model.freeze_epochs=0",
+                                                    f"train.epochs={second}", f"train.lr={lr}"])
+    return stage2, t1 + t2, f"{first} epochs at {small} px, then {second} at {args.size} px from them (lr {lr:g})"
+
+
+def run_recipes(args, folds_file: Path) -> list[dict]:
+    rows: list[dict] = []
+    add = _adder(rows)
+    runs: dict[str, tuple[Path, float, Path]] = {}  # arm -> (run, seconds with its prediction, submission)
+    for arm, (name, what, overrides) in RECIPES.items():
+        try:
+            if name in args.skip:
+                raise ConfigError("--skip")
+            run, seconds = kit_arm(args, name, folds_file, overrides)
+        except ConfigError as e:  # a recipe whose keys this kit lacks
+            rows.append({"arm": arm, "what": what, "mean_of_folds": float("nan"), "pooled": float("nan"),
+                         "wall_s": 0.0, "note": f"skipped: {str(e).split('. ')[0]}"})
+            print(f"== {arm} skipped: {e}", flush=True)
+            continue
+        add(arm, what, *oof_of(run), seconds)
+        runs[arm] = (run, seconds, *_predicted(args, run))
+    run, seconds, note = _grow(args, folds_file)
+    add("(grow)", "growing sizes from (p)'s recipe", *oof_of(run), seconds, note)
+    runs["(grow)"] = (run, seconds, *_predicted(args, run))
+    preset, t_p, _, t_pred = runs["(p)"]
+    run, seconds = kit_arm(args, "pl", folds_file, [f"data.pseudo={preset}", f"data.pseudo_threshold={args.pseudo}"])
+    pseudo = pd.read_csv(run / "fold0" / "history.csv")["pseudo_images"].iloc[-1]
+    add("(pl)", f"(p) + one pseudo-label round (threshold {args.pseudo})", *oof_of(run), t_p + t_pred + seconds,
+        f"fold 0 trains on {pseudo} test images")
+    runs["(pl)"] = (run, t_p + t_pred + seconds, *_predicted(args, run))
+    return rows + _ensemble_rows(args, rows, runs)
+
+
+def _ensemble_rows(args, rows: list[dict], runs: dict) -> list[dict]:
+    """The fitted blend of every arm (nested CV), and both submissions (best arm, blend) checked by kit submit."""
+    from kit.cli import main as kit
+    from kit.pipeline import ensemble_and_submit
+
+    start = time.perf_counter()
+    result, blend_sub, _ = ensemble_and_submit([r[0] for r in runs.values()], "fit", args.out / "submissions",
+                                               "bench-blend")
+    score = next(r for r in result.scores if r.name == "blend fit")
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in score.weights.items() if v)
+    seconds = sum(r[1] + r[3] for r in runs.values()) + time.perf_counter() - start
+    best = max((r for r in rows if r["arm"] in runs), key=lambda r: r["pooled"])
+    best_sub = runs[best["arm"]][2]
+    for path in (best_sub, blend_sub):
+        code = kit(["submit", str(path), "-c", COMPETITION, "--data", str(args.data), "--dry-run"])
+        print(f"== kit submit --dry-run {path}: exit {code}", flush=True)
+        if code:
+            raise SystemExit(f"kit submit --dry-run rejected {path}")
+    best["note"] = "; ".join(filter(None, [best["note"], f"best arm: {best_sub.name} passes kit submit --dry-run"]))
+    print(f"== (ens) blend fit: mean of folds {score.mean_of_folds:.4f} pooled {score.cv:.4f}", flush=True)
+    return [{"arm": "(ens)", "what": "every arm blended, weights fitted (kit ensemble --method fit, nested CV)",
+             "mean_of_folds": score.mean_of_folds, "pooled": score.cv, "wall_s": seconds,
+             "note": f"weights {weights}; submission {blend_sub.name} passes kit submit --dry-run"}]
+
+
 def _decision_row(arm: str, what: str, fit, seconds: float) -> dict:
     return {"arm": arm, "what": what, "mean_of_folds": fit.mean_after, "pooled": fit.cv_after, "wall_s": seconds,
             "note": f"applied by auto: {fit.helps}"}
 
 
 def table_text(rows: list[dict]) -> str:
-    base = next((r for r in rows if r["arm"] == "(0)"), None)
-    lines = ["| arm | what | bal. acc. mean of folds | pooled | wall s | vs (0): pooled diff, time ratio |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """The markdown table; differences against the anchor (0), or against the preset (p) in the recipes suite."""
+    base = next((r for r in rows if r["arm"] in ("(0)", "(p)")), None)
+    vs = f"vs {base['arm']}: pooled diff, time ratio" if base else "vs -"
+    lines = [f"| arm | what | bal. acc. mean of folds | pooled | wall s | {vs} | note |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        vs = (f"{r['pooled'] - base['pooled']:+.3f}, {r['wall_s'] / base['wall_s']:.2f}x" if base else "")
+        diff = (f"{r['pooled'] - base['pooled']:+.3f}, {r['wall_s'] / base['wall_s']:.2f}x"
+                if base and r["wall_s"] else "")
         lines.append(f"| {r['arm']} | {r['what']} | {r['mean_of_folds']:.4f} | {r['pooled']:.4f} | "
-                     f"{r['wall_s']:.0f} | {vs} |")
+                     f"{r['wall_s']:.0f} | {diff} | {r.get('note', '')} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", choices=("recipes", "presets", "ablation"), default="recipes",
+                    help="recipes: the training toolbox on the CPU preset (default); presets: the anchor against "
+                    "kit's presets; ablation: kit 0.1's ISIC preset taken apart")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / COMPETITION)
     ap.add_argument("--weights", type=Path, default=ROOT / "weights" / "tf_efficientnet_lite0.imagenet.safetensors")
     ap.add_argument("--folds", type=int, default=2)
@@ -224,11 +322,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_quality")
     ap.add_argument("--limit", type=int, default=2000, help="train on this many images (whole lesions; 0 = all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a machine shared with others)")
-    ap.add_argument("--skip-anchor", action="store_true")
-    ap.add_argument("--ablation", action="store_true", help="only the arms that take kit 0.1's preset apart")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    # an offline Hugging Face cache holding the shared file as timm's Hub weights: timm's own pretrained route
+    ap.add_argument("--pseudo", type=float, default=0.9, help="the pseudo-label round's data.pseudo_threshold")
+    ap.add_argument("--skip-anchor", action="store_true", help="presets suite: leave out the anchor's arm (0)")
+    ap.add_argument("--skip", type=lambda text: text.split(","), default=[], metavar="ARMS",
+                    help="recipes suite: leave out these of mix,swa,topk (e.g. swa,topk)")
+    return ap.parse_args()
+
+
+def offline_weights(args) -> None:
+    """An offline Hugging Face cache holding the shared file as timm's Hub weights: timm's own pretrained route."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     cache = args.out / "hf-cache"
     os.environ["HF_HUB_CACHE"] = str(cache)
@@ -236,6 +338,12 @@ def main() -> None:
 
     hf_constants.HF_HUB_CACHE, hf_constants.HF_HUB_OFFLINE = str(cache), True
     populate_hf_cache(args.weights, "tf_efficientnet_lite0", cache)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    offline_weights(args)
     spec = get_competition(COMPETITION)
     full = load_train_table(spec, args.data)
     table = subset(full, args.limit)
@@ -243,13 +351,20 @@ def main() -> None:
     fold = make_folds(table["target"].to_numpy(), table["group"].to_numpy(), args.folds, 42, list(spec.classes))
     args.out.mkdir(parents=True, exist_ok=True)
     folds_file = write_folds(args.out / "folds.csv", table["id"], fold, spec.id_col)
-    images = load_images(spec, args.data, list(table["id"]), args.size)
-    print(f"{len(table)} of {len(full)} images at {args.size} px, {args.folds} lesion-grouped folds, {args.epochs} "
-          f"epochs, torch threads {torch.get_num_threads()}", flush=True)
-    rows = run_ablation(args, folds_file) if args.ablation else run_arms(args, folds_file, images, table, fold)
+    print(f"{args.suite}: {len(table)} of {len(full)} images at {args.size} px, {args.folds} lesion-grouped folds, "
+          f"{args.epochs} epochs, torch threads {torch.get_num_threads()}", flush=True)
+    start = time.perf_counter()
+    if args.suite == "recipes":
+        rows = run_recipes(args, folds_file)
+    elif args.suite == "ablation":
+        rows = run_ablation(args, folds_file)
+    else:
+        images = load_images(spec, args.data, list(table["id"]), args.size)
+        rows = run_arms(args, folds_file, images, table, fold)
     text = table_text(rows)
     print(text)
-    name = "bench_quality_ablation" if args.ablation else "bench_quality"
+    print(f"total wall time {time.perf_counter() - start:.0f} s", flush=True)
+    name = {"presets": "bench_quality", "recipes": "bench_quality_recipes"}.get(args.suite, "bench_quality_ablation")
     (args.out / f"{name}.md").write_text(text + "\n")
     (args.out / f"{name}.json").write_text(json.dumps(rows, indent=2))
 

@@ -8,10 +8,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 COMP=histopathologic-cancer-detection
 DATA=data/demo-hcd
 RUN=runs/demo-hcd
-rm -rf "$RUN"  # the demo always starts from scratch; real runs resume instead (kit train --resume)
+rm -rf "$RUN" "$DATA"  # the demo always starts from scratch; real runs resume instead (kit train --resume)
 kit demo-data --competition "$COMP" --out "$DATA" --n 600 --seed 0
-kit folds --competition "$COMP" --data "$DATA" --out "$DATA/folds.csv" --n-folds 5
-kit train --competition "$COMP" --data "$DATA" --out "$RUN" --folds-file "$DATA/folds.csv" \
+kit folds --competition "$COMP" --data "$DATA" --out "$DATA/folds.csv" --n-folds 5  # kit train uses it
+kit train --competition "$COMP" --data "$DATA" --out "$RUN" \
   --config hcd-classic-cnn --set train.epochs=4 --no-progress
 kit predict "$RUN" --tta 8
 SUBMISSION=$(ls -t submissions/"$COMP"-demo-hcd-*.csv | head -n 1)

@@ -12,13 +12,13 @@ KIT = Path(__file__).resolve().parents[1] / "kit"
 # The pipeline's floors, lowest first. A module may import its own floor and the floors below it, never above:
 # data -> train -> predict -> ensemble -> submission -> kaggle, with what two stages share one floor below both.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("kit", "kit.errors", "kit.io", "kit.progress", "kit.registry", "kit.competitions", "kit.metrics",
-              "kit.budget", "kit.console")),
+    ("base", ("kit", "kit.errors", "kit.words", "kit.io", "kit.progress", "kit.registry", "kit.competitions",
+              "kit.metrics", "kit.budget", "kit.console")),
     ("data", ("kit.data",)),
     ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment")),
     ("config", ("kit.config",)),
     ("contracts", ("kit.records", "kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
-    ("train", ("kit.train", "kit.epoch_handlers", "kit.parallel_folds")),
+    ("train", ("kit.warm_start", "kit.pseudo", "kit.train", "kit.epoch_handlers", "kit.parallel_folds")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("report", ("kit.report",)),

@@ -97,7 +97,7 @@ def test_runs_with_different_folds_are_refused(predicted_runs, tmp_path):
 
 
 def test_runs_of_different_competitions_are_refused(predicted_runs, tmp_path):
-    with pytest.raises(ConfigError, match="is a isic-2018-task3 run but .* is histopathologic-cancer-detection"):
+    with pytest.raises(ConfigError, match="is an isic-2018-task3 run but .* is histopathologic-cancer-detection"):
         ensemble_runs([predicted_runs["hcd_a"].run_dir, predicted_runs["multi"].run_dir], "mean")
 
 
@@ -115,7 +115,7 @@ def test_unknown_method_lists_the_known_ones(predicted_runs, tmp_path):
 
 def test_cli_ensemble_prints_members_and_blends_side_by_side(predicted_runs, tmp_path, capsys):
     a, b = predicted_runs["hcd_a"].run_dir, predicted_runs["hcd_b"].run_dir
-    assert main(["ensemble", str(a), str(b), "--method", "fit", "--out-dir", str(tmp_path), "--name", "ab"]) == 0
+    assert main(["ensemble", str(a), str(b), "--method", "fit", "--submissions", str(tmp_path), "--name", "ab"]) == 0
     out = capsys.readouterr().out
     for line in ("hcd_a", "hcd_b", "blend mean", "blend rank", "blend gmean", "blend fit"):
         assert line in out

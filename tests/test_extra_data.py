@@ -107,7 +107,7 @@ def test_cv_is_the_auc_of_melanoma_over_the_competitions_rows(run, sources):
 
 
 def test_predict_writes_an_image_name_target_submission(run, sources, tmp_path):
-    assert main(["predict", str(run), "--tta", "2", "--device", "cpu", "--out", str(tmp_path), "--no-report"]) == 0
+    assert main(["predict", str(run), "--tta", "2", "--device", "cpu", "--submissions", str(tmp_path), "--no-report"]) == 0
     [submission] = list(tmp_path.glob("*.csv"))
     sub = pd.read_csv(submission, dtype={"image_name": str})
     test_ids = pd.read_csv(sources[0] / "test.csv", dtype=str)["image_name"]

@@ -161,7 +161,7 @@ def test_prediction_reports_folds_x_views_with_an_overall_eta(home_run, tmp_path
     copy = shutil.copytree(run, tmp_path / "r1")
     monkeypatch.setenv("KIT_PROGRESS_EVERY", "0")
     assert main(["predict", str(copy), "--data", str(home / "data" / "hcd"), "--tta", "2", "--no-report",
-                 "--out", str(tmp_path / "subs")]) == 0
+                 "--submissions", str(tmp_path / "subs")]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"kit predict {copy}: cpu; folds 0,1; ")
     lines = captured.err.splitlines()

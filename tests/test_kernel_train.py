@@ -256,7 +256,7 @@ def test_kit_kernel_train_builds_pushes_waits_and_pulls(sessions, tmp_path):
     with FakeKaggle(on_save=finish) as fake:
         fake.datasets[WHEELS] = Dataset(WHEELS, "kit-wheels", "apache-2.0", True)
         p = kit(tmp_path, fake, "kernel", "train", "--competition", "hcd", "--owner", OWNER, "--out",
-                str(tmp_path / "kernel"), "--out-run", str(tmp_path / "run"), "--poll-every", "0.05",
+                str(tmp_path / "kernel"), "--run", str(tmp_path / "run"), "--poll-every", "0.05",
                 *[x for o in TINY for x in ("--set", o)])
     assert p.returncode == 0, p.stderr
     assert f"pushed {KERNEL} version 1 (session 1 of at most 1)" in p.stdout
@@ -271,7 +271,7 @@ def test_pull_refuses_the_output_of_an_older_version(sessions, tmp_path):
         fake.kernels[KERNEL] = Kernel(KERNEL)
         fake.datasets[WHEELS] = Dataset(WHEELS, "kit-wheels", "apache-2.0", True)
         p = kit(tmp_path, fake, "kernel", "train", "--competition", "hcd", "--owner", OWNER, "--continue", "--out",
-                str(tmp_path / "kernel"), "--out-run", str(tmp_path / "run"), "--wait", "0.5", "--poll-every", "0.05",
+                str(tmp_path / "kernel"), "--run", str(tmp_path / "run"), "--wait", "0.5", "--poll-every", "0.05",
                 *[x for o in TINY for x in ("--set", o)])
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"the output of kernel {KERNEL} is of another version than the one just pushed" in p.stderr

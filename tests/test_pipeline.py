@@ -75,6 +75,10 @@ def test_an_explicit_decision_request_fails_after_the_predictions_are_saved(pred
     # the saved predictions make the submission without predicting again
     assert main(["ensemble", str(run.path), "--out", str(tmp_path / "subs")]) == 0
     assert len(list((tmp_path / "subs").glob("*.csv"))) == 1
+    # a fitted blend cannot nest its CV over one fold: one line, nothing written
+    assert main(["ensemble", str(run.path), "--method", "fit", "--out", str(tmp_path / "fit")]) == 1
+    assert "needs out-of-fold predictions of at least 2 folds" in capsys.readouterr().err
+    assert not (tmp_path / "fit").exists()
 
 
 def test_predict_on_an_interrupted_run_says_to_resume_it(predicted_runs, tmp_path, capsys):

@@ -145,7 +145,7 @@ def test_cli_predict_prints_both_cvs_and_the_submission(predicted_runs, tmp_path
     run = _copy_run(predicted_runs["hcd_b"], tmp_path)
     shutil.rmtree(run / "report")
     assert main(["predict", str(run), "--tta", "4", "--merge", "logits", "--fold-merge", "rank",
-                 "--out-dir", str(tmp_path / "subs"), "--no-report"]) == 0
+                 "--submissions", str(tmp_path / "subs"), "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "auc no TTA" in out and "TTA x4 (logits)" in out and "CV" in out
     written = sorted((tmp_path / "subs").glob("*.csv"))
@@ -155,9 +155,11 @@ def test_cli_predict_prints_both_cvs_and_the_submission(predicted_runs, tmp_path
 
 def test_cli_predict_unknown_tta_is_one_line_error(predicted_runs, tmp_path, capsys):
     run = _copy_run(predicted_runs["hcd_a"], tmp_path)
-    assert main(["predict", str(run), "--tta", "3", "--out-dir", str(tmp_path / "subs")]) == 1
+    with pytest.raises(SystemExit) as e:  # a closed set: argparse's choices refuse it before anything runs
+        main(["predict", str(run), "--tta", "3", "--submissions", str(tmp_path / "subs")])
     err = capsys.readouterr().err
-    assert "unknown TTA view set '3'" in err and "Known: 1, 2, 4, 8" in err
+    assert e.value.code == 2 and "argument --tta: invalid choice: '3'" in err and "'8'" in err
+    assert not (tmp_path / "subs").exists()
 
 
 def test_test_metadata_counts_images_per_patient_like_the_train_table(demo_data):

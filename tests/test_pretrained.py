@@ -120,7 +120,8 @@ def test_training_from_scratch_says_so_at_the_start(demo_data, tmp_path, capsys)
     data = demo_data(ISIC, n=40, size=32)
     cfg = load_config(ISIC, overrides=[*TINY, "model.name=test_resnet", "model.pretrained=false"])
     train_folds(cfg, data, tmp_path / "run", folds=[0])
-    first = capsys.readouterr().out.splitlines()[0]
+    out = capsys.readouterr().out.splitlines()
+    first = next(line for line in out if line.startswith("model "))
     assert first.startswith("model test_resnet: random initial weights (training from scratch)"), first
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["kit"]["weights"]["source"].startswith("scratch")

@@ -29,7 +29,7 @@ def _assert_png(path, min_side=200):
 
 @pytest.mark.parametrize("name, expected", [
     ("hcd_a", ["roc.png", "training_curves.png"]),
-    ("multi", ["confusion.png", "confusion_tta.png", "recall.png", "recall_tta.png", "training_curves.png"]),
+    ("multi", ["confusion.png", "confusion_tta.png", "recall.png", "training_curves.png"]),
 ])
 def test_report_writes_valid_pngs(predicted_runs, tmp_path, name, expected):
     run = shutil.copytree(predicted_runs[name].run_dir, tmp_path / name)
@@ -69,7 +69,7 @@ def test_cli_report_lists_the_files(predicted_runs, tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out.split()
     assert out == [str(run / "report" / n) for n in ("confusion.png", "recall.png", "confusion_tta.png",
-                                                     "recall_tta.png", "training_curves.png")]
+                                                     "training_curves.png")]
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -126,9 +126,27 @@ def test_multiclass_plots_say_whether_they_show_tta(predicted_runs, tmp_path, mo
     monkeypatch.setattr(report, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and path)
     run = shutil.copytree(predicted_runs["multi"].run_dir, tmp_path / "multi")
     write_report(run)
-    assert sorted(drawn) == ["confusion.png", "confusion_tta.png", "recall.png", "recall_tta.png",
-                             "training_curves.png"]
+    assert sorted(drawn) == ["confusion.png", "confusion_tta.png", "recall.png", "training_curves.png"]
     views = len(predicted_runs["multi"].tta.views)
-    for name in ("confusion", "recall"):
-        assert "no TTA" in drawn[f"{name}.png"].axes[0].get_title()
-        assert f"TTA x{views}" in drawn[f"{name}_tta.png"].axes[0].get_title()
+    assert "no TTA" in drawn["confusion.png"].axes[0].get_title()
+    assert f"TTA x{views}" in drawn["confusion_tta.png"].axes[0].get_title()
+    # one recall plot, both side by side, each with its balanced accuracy; the CV in every title
+    recall = _texts(drawn["recall.png"])
+    assert f"no TTA and TTA x{views}" in recall and recall.count("balanced accuracy") == 2
+    for name in ("confusion.png", "confusion_tta.png", "recall.png"):
+        assert "CV balanced_accuracy 0." in drawn[name].axes[0].get_title() or \
+            "CV balanced_accuracy 1." in drawn[name].axes[0].get_title()
+
+
+def test_one_epoch_curves_have_an_integer_axis_and_the_cv_in_the_title(predicted_runs):
+    """The multiclass run trained one epoch: the axis is around epoch 1 alone, the figure title holds the CV, and
+    the constrained layout keeps it apart from the panels' titles."""
+    from kit.report import training_curves_figure
+    from kit.rundir import RunDir
+
+    run = RunDir(predicted_runs["multi"].run_dir)
+    fig = training_curves_figure(run.competition(), run)
+    assert fig._suptitle.get_text().endswith(f"CV balanced_accuracy {run.cv()[0]:.4f}")
+    for ax in fig.axes[:3]:
+        assert ax.get_xlim() == (0.5, 1.5) and [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
+    assert fig.get_layout_engine() is not None

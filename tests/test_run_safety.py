@@ -134,7 +134,7 @@ def test_a_planted_payload_does_not_run_and_gives_one_line(tmp_path, run_copy, n
 def test_predict_kernel_and_resume_refuse_a_planted_checkpoint(tmp_path, run_copy, capsys):
     marker = tmp_path / "pwned"
     _plant(run_copy / "fold0" / "best.pt", marker)
-    assert main(["predict", str(run_copy), "--tta", "1", "--out-dir", str(tmp_path / "subs"), "--no-report"]) == 1
+    assert main(["predict", str(run_copy), "--tta", "1", "--submissions", str(tmp_path / "subs"), "--no-report"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "best.pt: refused" in err
     data = str(RunDir(run_copy).data_dir())

@@ -148,14 +148,18 @@ def test_kit_ensemble_and_kit_submit_take_the_stack(full_stack, image_run, data,
     assert main(["submit", "--competition", ISIC, "--data", str(data), str(path), "--dry-run"]) == 0
 
 
-def test_the_command_writes_a_valid_submission(data, tmp_path, capsys):
+def test_the_command_writes_a_valid_submission(data, tmp_path, capsys, monkeypatch):
     from kit.cli import main
 
+    monkeypatch.setenv("KIT_PROGRESS_EVERY", "0")  # stderr is no terminal here: a progress line per model fitted
     code = main(["stack", "--competition", ISIC, "--data", str(data), "--out", str(tmp_path / "s"), "--models",
-                 "lgbm,xgb", "--seeds", "1", "--trees", "10", "--n-folds", "2", "--out-dir", str(tmp_path / "sub")])
+                 "lgbm,xgb", "--seeds", "1", "--trees", "10", "--n-folds", "2", "--submissions", str(tmp_path / "sub")])
     assert code == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "stack lgbm" in out and "stack xgb" in out
+    assert "stack: fitting: 4/4 models (100%)" in captured.err  # 2 folds x 2 models x 1 seed
+    assert (tmp_path / "s" / "report" / "roc.png").is_file() and "report: roc.png" in out  # no kit report by hand
     submission = next((tmp_path / "sub").glob("*.csv"))
     assert main(["submit", "--competition", ISIC, "--data", str(data), str(submission), "--dry-run"]) == 0
 

@@ -11,7 +11,7 @@ import pytest
 from kit.competitions import get_competition, list_competitions
 from kit.data.labels import load_train_table
 from kit.data.readers import open_store
-from kit.data.synthetic import _multiclass_lesions, make_demo_data
+from kit.data.synthetic import HCD_LABEL_NOISE, _multiclass_lesions, histo_labels, make_demo_data
 from kit.errors import ConfigError
 
 HCD = "histopathologic-cancer-detection"
@@ -49,12 +49,14 @@ def test_same_seed_same_bytes_other_seed_other_data(name, tmp_path):
 
 
 def hcd_darkness(demo_data) -> pd.DataFrame:
-    """Per patch: label, mean darkness of the centre 32x32, and tumour-dark pixel counts in centre, margin, all."""
+    """Per patch: what it shows (before label noise), mean darkness of the centre 32x32, and tumour-dark pixel counts in centre, margin, all."""
     data = demo_data(HCD)
     table = load_train_table(HCD, data)
     store = open_store(get_competition(HCD), data, "train")
+    truth, written = histo_labels(len(table), 0)  # what each patch shows; the labels file has some flipped
+    assert (table["target"].to_numpy() == written).all()
     rows = []
-    for key, y in zip(table["id"], table["target"], strict=True):
+    for key, y in zip(table["id"], truth, strict=True):
         grey = store.read(key).astype(float).mean(axis=2)
         dark = grey < DARK
         margin = dark.copy()
@@ -80,6 +82,16 @@ def test_hcd_some_negatives_carry_tumour_in_the_margin_only(demo_data):
     assert (neg["margin_dark"] >= 30).mean() >= 0.15
     # so "is there tumour anywhere" does not separate the classes; only "is it in the centre" does
     assert neg["all_dark"].max() > pos["all_dark"].min()
+
+
+def test_hcd_labels_carry_some_noise_so_the_demo_cv_is_below_1(demo_data):
+    """8% of the written labels disagree with the patch: deterministic from the seed, the same in the file."""
+    truth, written = histo_labels(2000, 0)
+    assert abs((truth != written).mean() - HCD_LABEL_NOISE) < 0.02
+    again = histo_labels(2000, 0)
+    assert (again[0] == truth).all() and (again[1] == written).all()
+    table = load_train_table(HCD, demo_data(HCD))
+    assert (table["target"].to_numpy() != histo_labels(len(table), 0)[0]).sum() >= 1
 
 
 @pytest.mark.parametrize("name, group_col, meta_cols", [

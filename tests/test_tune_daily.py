@@ -76,5 +76,9 @@ def test_tune_plots_name_the_metric_and_explain_the_step_axis(tmp_path):
     assert "pauc80" in axes["history"].get_ylabel() and "pauc80" in axes["history"].get_title()
     assert axes["intermediate"].get_xlabel().startswith("step = fold position x 4 + epoch")
     assert "pauc80" in axes["intermediate"].get_ylabel()
+    for ax in axes.values():  # 3 trials: ticks at whole trial numbers and steps only
+        ax.figure.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
     paths = tune.save_plots(study, tmp_path)
     assert (tmp_path / "intermediate.png").read_bytes()[:4] == b"\x89PNG" and paths["history"].is_file()

@@ -1,4 +1,7 @@
-"""One module per ``kit`` subcommand: ``add_parser(subparsers)`` registers it, ``run(args)`` does the work."""
+"""One module per ``kit`` subcommand: ``add_parser(subparsers)`` registers it, ``run(args)`` does the work; the flags
+they share are defined once in :mod:`kit.commands.flags`."""
+
+from kit.commands.flags import add_competition  # noqa: F401  (the commands' import of it predates flags.py)
 
 
 def parse_folds(text: str) -> list[int]:
@@ -9,18 +12,6 @@ def parse_folds(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--folds expects comma-separated integers, got '{text}'") from None
-
-
-def add_competition(parser, required: bool = False, help: str = "") -> None:
-    """``-c/--competition NAME``, the same in every command (the kaggle CLI's habit), its choices in --help."""
-    from kit.competitions import list_competitions
-
-    specs = list_competitions()
-    names = ", ".join(s.name for s in specs)
-    aliases = ", ".join(f"{a}={s.name}" for s in specs for a in s.aliases)
-    parser.add_argument("-c", "--competition", required=required, default=None, metavar="NAME",
-                        help=f"{help + '; ' if help else ''}one of: {names}" + (f" (aliases: {aliases})" if aliases
-                                                                                 else ""))
 
 
 def folds_in_file(path) -> int | None:
@@ -42,3 +33,17 @@ def with_folds_file(cfg, path):
 
     n = folds_in_file(path) if path else None
     return dataclasses.replace(cfg, n_folds=n) if n is not None and n >= 2 else cfg
+
+
+def data_folds_file(given: str | None, data_dir, overrides: dict) -> str | None:
+    """--folds-file, else the DATA/folds.csv that `kit folds` wrote (the user made it for a reason: the start line
+    names it); None: folds made from n_folds. An explicit n_folds that the file contradicts wins, with one line."""
+    found = data_dir / "folds.csv"
+    if given or not found.is_file():
+        return given
+    n, wanted = folds_in_file(found), overrides.get("n_folds")
+    if wanted is not None and n != wanted:
+        print(f"note: {found} ({n} folds) is not used since --set n_folds={wanted} asks for other folds; "
+              f"use it with --folds-file {found}", flush=True)
+        return None
+    return str(found)

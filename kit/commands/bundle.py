@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from kit.commands import flags
+
 
 def add_parser(sub):
     p = sub.add_parser("bundle", help="make a Kaggle dataset of a run's checkpoints and kit's wheels; push it",
@@ -19,8 +21,8 @@ def add_parser(sub):
                            "Kaggle's image lacks (KAGGLE_IMAGE_LACKS in kit/bundle.py: simplejpeg) for the CPython "
                            "versions of KAGGLE_PYTHONS, and checkpoints/ (config.yaml, folds.csv, scores.json, "
                            "run.json, fold*/best.pt). Upload it with kit bundle push DIR.")
-    b.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train, or a stack folder written "
-                   "by kit stack (ISIC 2024): stack/ then holds its saved GBDTs and the image runs it names")
+    flags.add_run_dir(b, "a run folder written by kit train, or a stack folder written by kit stack (ISIC 2024): "
+                      "stack/ then holds its saved GBDTs and the image runs it names")
     b.add_argument("--folds", default=None, help="comma-separated folds to include (default: every finished fold; "
                    "of a stack, of each image run)")
     _build_options(b, "dataset slug (default kit-<competition>-weights, which kit kernel build attaches by default)")
@@ -45,7 +47,8 @@ def add_parser(sub):
 def _build_options(p: argparse.ArgumentParser, slug_help: str) -> None:
     p.add_argument("--owner", default=None, help="your Kaggle user name (the dataset is OWNER/SLUG); required")
     p.add_argument("--slug", default=None, help=slug_help)
-    p.add_argument("--out", default=None, help="output folder (default bundles/<slug>)")
+    flags.add_out(p, "the dataset folder", default="bundles/<slug>", metavar="DIR")
+    p.set_defaults(out=None)
     p.add_argument("--wheel-cache", default=os.environ.get("KIT_WHEEL_CACHE"), metavar="DIR",
                    help="take the dependency wheels from this folder only, offline (default $KIT_WHEEL_CACHE; unset: "
                    "download them from PyPI)")

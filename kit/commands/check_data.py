@@ -1,6 +1,7 @@
 """kit check-data: check a competition folder before training (labels, files, and optionally every image)."""
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
@@ -9,7 +10,7 @@ def add_parser(sub):
                        "and with --decode decode every image. Exits non-zero on the first problem, unless "
                        "--skip-bad-images, which writes the bad ones to a CSV that `kit train --exclude` reads.")
     add_competition(p, required=True)
-    p.add_argument("--data", required=True)
+    flags.add_data(p, required=True)
     p.add_argument("--decode", action="store_true", help="decode every image (one full pass over the data)")
     p.add_argument("--skip-bad-images", metavar="CSV", default=None,
                    help="instead of failing on bad images, write their ids and reasons to this CSV")

@@ -12,6 +12,7 @@ def add_parser(sub):
 def run(args) -> int:
     for spec in list_competitions():
         classes = spec.classes[0] if spec.is_binary else " ".join(spec.classes)
-        print(f"{spec.name}\n  {spec.title}\n  task {spec.task} ({classes}); metric {spec.metric}; "
+        aliases = f" (also: {', '.join(spec.aliases)})" if spec.aliases else ""
+        print(f"{spec.name}{aliases}\n  {spec.title}\n  task {spec.task} ({classes}); metric {spec.metric}; "
               f"group {spec.group_col or '-'}\n  labels {spec.labels_file}; submission {','.join(spec.submission_columns)}")
     return 0

@@ -1,6 +1,7 @@
 """kit config: the resolved config (defaults <- preset <- --set) as YAML, and every valid key."""
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
@@ -13,9 +14,8 @@ def add_parser(sub):
                               description="Print the resolved config as YAML (what config.yaml of a run would hold, "
                               "without the provenance).")
     add_competition(show, help="its preset is the default --config")
-    show.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    flags.add_config(show)
+    flags.add_set(show)
     show.set_defaults(func=run_show)
     keys = actions.add_parser("keys", help="list every config key with its type, default and help",
                               description="List every config key: type, default, help, and the valid values of "
@@ -24,9 +24,13 @@ def add_parser(sub):
 
 
 def run_show(args) -> int:
+    import contextlib
+    import sys
+
     from kit.config import config_to_yaml, load_config
 
-    cfg = load_config(args.competition, args.config, args.overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # its notes (a preset's value lowered, ...): stdout is the YAML
+        cfg = load_config(args.competition, args.config, args.overrides)
     print(config_to_yaml(cfg, with_provenance=False), end="")
     return 0
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from kit.commands import flags
+
 
 def add_parser(sub):
     p = sub.add_parser("ensemble", help="blend several predicted runs (mean, rank, gmean, fitted weights)",
@@ -10,15 +12,14 @@ def add_parser(sub):
                        "Prints the CV of each run and of every blend side by side (a fitted blend's CV is nested: "
                        "weights fitted on the other folds' OOF, scored on the held-out fold), then writes a "
                        "validated submission of the chosen blend and a JSON summary next to it.")
-    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="predicted run folders or stack folders")
-    p.add_argument("--method", default="mean",
-                   help="mean | rank (percentile ranks, binary) | gmean | fit (ensemble selection on OOF)")
-    p.add_argument("--fold-merge", default="mean", help="how each run's folds blend first: mean, rank, gmean "
-                   "(default mean)")
+    flags.add_run_dir(p, "predicted run folders (or stack folders)", nargs="+")
+    p.add_argument("--method", default="mean", choices=flags.BLEND_METHODS,
+                   help="mean, rank (percentile ranks, binary), gmean, or fit (ensemble selection on the OOF); "
+                   "default mean")
+    flags.add_fold_merge(p)
     p.add_argument("--name", default="ensemble", help="the name in the submission file (default ensemble)")
-    p.add_argument("--data", default=None, help="competition data folder for the test ids (default: the first run's)")
-    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions",
-                   help="where the submission goes (default submissions)")
+    flags.add_data(p, default_note="for the test ids; default: the first run's")
+    flags.add_submissions(p)
     p.add_argument("--decision", default="auto", choices=("auto", "on", "off"),
                    help="balanced-accuracy competitions: per-class decision weights fitted on the blend's OOF and "
                    "applied to its test predictions; auto (default) applies them when the nested CV gains")

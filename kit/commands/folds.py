@@ -1,6 +1,7 @@
 """kit folds: write leak-safe, stratified (and grouped) folds to a CSV."""
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
@@ -8,8 +9,9 @@ def add_parser(sub):
                        description="Assign each training id a fold: StratifiedGroupKFold when the competition "
                        "has groups (patient, lesion) or --groups is given, StratifiedKFold otherwise.")
     add_competition(p, required=True)
-    p.add_argument("--data", required=True, help="competition data folder")
-    p.add_argument("--out", required=True, help="CSV to write (id column, fold)")
+    flags.add_data(p, required=True)
+    flags.add_out(p, "the folds CSV (id column, fold), e.g. DATA/folds.csv, which kit train then uses", required=True,
+                  metavar="FILE")
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--groups", default=None, help="CSV mapping id -> group (e.g. patch -> slide for HCD)")

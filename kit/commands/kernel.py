@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
@@ -28,9 +29,9 @@ def add_parser(sub):
                    "default name)")
     b.add_argument("--wheels-dataset", default=None, metavar="OWNER/SLUG",
                    help="the dataset with kit's wheel (default: the weights dataset; kit bundle puts both in one)")
-    b.add_argument("--tta", default="8", help="TTA view set: 1, 2, 4 or 8 (default 8)")
-    b.add_argument("--out", default=None, help="output folder (default kernels/<competition>, with --train "
-                   "kernels/train-<competition>)")
+    flags.add_tta(b)
+    flags.add_out(b, "the kernel folder (default kernels/<competition>, with --train kernels/train-<competition>)",
+                  metavar="DIR")
     _train_options(b.add_argument_group("training kernels (--train)"))
     b.set_defaults(func=_build)
 
@@ -50,13 +51,15 @@ def add_parser(sub):
                            "checkpoints folder and TTA, average the folds, write WORKING/submission.csv and "
                            "validate it against the competition's test ids.")
     add_competition(r, required=True)
-    r.add_argument("--data", required=True, help="the competition data folder")
+    flags.add_data(r, required=True)
     r.add_argument("--weights", required=True, help="a bundle's checkpoints folder (run.json, fold*/best.pt), or "
                    "a stack bundle's stack folder (stack.json: the image runs, then the stack's saved GBDTs)")
-    r.add_argument("--out", "--working", dest="working", default="/kaggle/working",
-                   help="where submission.csv goes (default /kaggle/working)")
-    r.add_argument("--tta", default="8", help="TTA view set: 1, 2, 4 or 8 (default 8)")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
+    r.add_argument("--working", default=None, metavar="DIR",
+                   help="the folder submission.csv goes into (default /kaggle/working inside a Kaggle kernel, "
+                   "else the current folder)")
+    flags.deprecated(r, ["--out"], "--working", "working")
+    flags.add_tta(r)
+    flags.add_device(r)
     r.set_defaults(func=_run)
 
 
@@ -68,21 +71,23 @@ def _add_training_actions(actions) -> None:
                            "bundle and report accept. A failed kernel's log tail is shown, with a non-zero exit; "
                            "an unfinished run (stopped by its time budget) exits 75.")
     g.add_argument("ref", metavar="OWNER/SLUG")
-    g.add_argument("--out", required=True, metavar="RUN", help="the local run folder (a run folder there is "
-                   "replaced)")
+    flags.add_out(g, "the local run folder (a run folder there is replaced)", required=True, metavar="RUN")
     _wait_options(g, 0.0, 30.0)
     _data_option(g)
     g.set_defaults(func=_pull)
 
     t = actions.add_parser("train", help="train on Kaggle's GPU: build --train + push + wait + pull",
                            description="Build a training kernel, push it, wait for it and pull its run folder into "
-                           "--out-run. With --sessions N, an unfinished run (stopped by its time budget) is "
+                           "--run. With --sessions N, an unfinished run (stopped by its time budget) is "
                            "continued by up to N pushes in all. Needs Kaggle credentials and the wheels dataset "
                            "(kit bundle wheels --owner USER, then kit bundle push).")
-    t.add_argument("--competition", required=True)
+    add_competition(t, required=True)
     t.add_argument("--owner", required=True, help="your Kaggle user name")
-    t.add_argument("--out", default=None, help="the kernel folder (default kernels/train-<competition>)")
-    t.add_argument("--out-run", required=True, metavar="RUN", help="the local run folder the result is pulled into")
+    flags.add_out(t, "the kernel folder", default="kernels/train-<competition>", metavar="DIR")
+    t.set_defaults(out=None)
+    t.add_argument("--run", dest="out_run", metavar="RUN",
+                   help="the local run folder the result is pulled into (required)")
+    flags.deprecated(t, ["--out-run"], "--run", "out_run")
     t.add_argument("--sessions", type=int, default=1, help="pushes at most, each a Kaggle session (default 1)")
     _train_options(t, with_flag=False)
     _wait_options(t, 13 * 3600.0, 60.0)
@@ -93,10 +98,8 @@ def _add_training_actions(actions) -> None:
 def _train_options(g, with_flag: bool = True) -> None:
     if with_flag:
         g.add_argument("--train", action="store_true", help="a training kernel instead of an inference one")
-    g.add_argument("--config", default=None, help="preset name or YAML file (e.g. a run's config.yaml); default: "
-                   "the competition's preset")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable); model.weights may name a file of an attached dataset")
+    flags.add_config(g, "e.g. a run's config.yaml; default: the competition's preset")
+    flags.add_set(g, "model.weights may name a file of an attached dataset")
     g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop training cleanly when the next epoch would end after SECONDS from the script's start "
                    "(default 39600, 11 h: a GPU session ends at 12 h)")
@@ -121,8 +124,7 @@ def _wait_options(p, wait: float, poll_every: float) -> None:
 
 
 def _data_option(p) -> None:
-    p.add_argument("--data", default=None, help="your local copy of the competition data, recorded in the run "
-                   "(default: keep Kaggle's path)")
+    flags.add_data(p, default_note="your local copy, recorded in the pulled run; default: keep Kaggle's path")
 
 
 TRAIN_ONLY = {"config": "--config", "overrides": "--set", "time_budget": "--time-budget", "resume": "--continue",
@@ -170,6 +172,8 @@ def _train(args: argparse.Namespace) -> int:
     from kit.kernel import push_kernel
     from kit.kernel_train import pull_kernel, script_build
 
+    if not args.out_run:  # not argparse's required=True: the old spelling --out-run fills it too
+        raise ConfigError("missing --run RUN: the local run folder the result is pulled into")
     if args.sessions < 1:
         raise ConfigError(f"--sessions must be at least 1, got {args.sessions}")
     result = None
@@ -215,7 +219,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kit.kernel import run_kernel
+    from kit.kernel import DEFAULT_WORKING, run_kernel
 
-    run_kernel(args.competition, args.data, args.weights, args.working, args.tta, args.device)
+    working = args.working or (DEFAULT_WORKING if Path(DEFAULT_WORKING).is_dir() else ".")
+    run_kernel(args.competition, args.data, args.weights, working, args.tta, args.device)
     return 0

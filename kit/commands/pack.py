@@ -1,22 +1,24 @@
 """kit pack: decode a split's images once into the packed image cache (kit.data.pack), or check the one there."""
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
-    p = sub.add_parser("pack", help="decode a split's images once into a memory-mapped uint8 cache on disk",
+    p = sub.add_parser("pack", help="decode a split's images once into a uint8 cache file on disk",
                        description="Decode every image of a split (the labelled ids for train, the test list for "
-                       "test), resized to SIZE x SIZE, into one raw uint8 file read through a memmap. A valid pack "
+                       "test), resized to SIZE x SIZE, into one raw uint8 file, read row by row through the page cache (not memory-mapped). A valid pack "
                        "is reused, an interrupted build resumes where it stopped, and a pack whose images or ids "
                        "changed is rebuilt with a line naming what changed. Where: --cache-dir, else "
                        "$KIT_CACHE_DIR, else /kaggle/working/kit-cache on Kaggle, else DATA/.kit-cache when "
                        "writable, else ~/.cache/kit. Disk: N x SIZE x SIZE x 3 bytes.")
     add_competition(p, required=True)
-    p.add_argument("--data", required=True, help="the competition data folder")
+    flags.add_data(p, required=True)
     p.add_argument("--size", type=int, required=True, help="side of the packed images in pixels, e.g. 128")
     p.add_argument("--split", choices=("train", "test"), default="train", help="default train")
-    p.add_argument("--out", "--cache-dir", dest="cache_dir", default=None,
-                   help="folder that holds the packs (default: see above)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="the folder that holds the packs (default: see "
+                   "above)")
+    flags.deprecated(p, ["--out"], "--cache-dir", "cache_dir")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
     p.add_argument("--rebuild", action="store_true", help="rebuild the pack even when it is valid")
     p.set_defaults(func=run)

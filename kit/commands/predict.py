@@ -6,6 +6,8 @@ The chain (prediction, the blend of the folds, decision weights, the validated s
 
 from __future__ import annotations
 
+from kit.commands import flags
+
 
 def add_parser(sub):
     p = sub.add_parser("predict", help="predict the test images with each fold's checkpoint and TTA; write a "
@@ -13,19 +15,17 @@ def add_parser(sub):
                        "alone), predict the test images and the fold's out-of-fold images with TTA. Writes "
                        "RUN_DIR/test_fold{k}.csv, oof_tta.csv, scores_tta.json (CV without and with TTA), "
                        "report/ plots, and a validated submission of the folds blended.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
-    p.add_argument("--data", default=None, help="competition data folder (default: the run's, from run.json)")
-    p.add_argument("--tta", default="8", help="TTA view set: 1 (none), 2 (+hflip), 4 (flips), 8 (dihedral group); "
-                   "default 8")
-    p.add_argument("--merge", default="mean", help="how TTA views merge: mean, gmean, max, logits (default mean)")
+    flags.add_run_dir(p)
+    flags.add_data(p, default_note="default: the run's, from run.json")
+    flags.add_tta(p)
+    flags.add_merge(p)
     p.add_argument("--folds", default=None, help="comma-separated folds to use, e.g. 0,1 (default: every finished fold)")
-    p.add_argument("--fold-merge", default="mean", help="how folds blend: mean, rank, gmean (default mean)")
+    flags.add_fold_merge(p)
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (default: twice the training batch over the views per forward)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as in training)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    p.add_argument("--out", "--out-dir", dest="out_dir", default="submissions",
-                   help="where the submission goes (default submissions)")
+    flags.add_device(p)
+    flags.add_submissions(p)
     p.add_argument("--decision", default="auto", choices=("auto", "on", "off"),
                    help="balanced-accuracy competitions: per-class decision weights fitted on the OOF and applied to "
                    "the test probabilities; auto applies them where the nested CV improves (default auto)")

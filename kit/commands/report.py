@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from kit.commands import flags
+
 
 def add_parser(sub):
     p = sub.add_parser("report", help="draw a run's ROC / confusion matrix / training curves as PNG",
                        description="Read the run's oof.csv (and oof_tta.csv) and fold histories and write PNGs to "
                        "RUN_DIR/report/: ROC with AUC per fold and overall (binary), normalised confusion matrix and "
                        "per-class recall (multiclass), loss and metric against epoch per fold.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kit train")
+    flags.add_run_dir(p, "a run folder written by kit train (or a stack folder)")
     p.set_defaults(func=run)
 
 

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
@@ -17,10 +18,12 @@ def add_parser(sub):
                        "bundle and runs take like a run, and a "
                        "validated submission. Binary competitions with metadata only.")
     add_competition(p, required=True)
-    p.add_argument("--data", default=None, help="competition data folder (default: the first run's)")
-    p.add_argument("--runs", nargs="*", default=[], metavar="RUN", help="predicted run folders (same folds.csv); "
-                   "none: metadata only, on patient-grouped folds of the stack's own")
-    p.add_argument("--out", required=True, metavar="STACK", help="the stack folder to write")
+    flags.add_data(p, default_note="default: the first run's")
+    flags.add_run_dir(p, "predicted run folders (same folds.csv); none: metadata only, on patient-grouped folds of "
+                      "the stack's own", nargs="*")
+    flags.deprecated(p, ["--runs"], "the run folders as arguments (kit stack -c NAME RUN [RUN ...])", "old_runs",
+                     nargs="*")
+    flags.add_out(p, "the stack folder", required=True, metavar="STACK")
     p.add_argument("--models", default="lgbm,xgb,cat", help="comma-separated: lgbm, xgb, cat (default all three)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per model, averaged (default 3)")
     p.add_argument("--trees", type=int, default=None, help="boosting rounds of every model (default: each model's "
@@ -31,7 +34,7 @@ def add_parser(sub):
                    "negatives to R per positive (ISIC 2024 has ~1 positive per 1000)")
     p.add_argument("--n-folds", type=int, default=5, help="folds when no run is given (default 5)")
     p.add_argument("--seed", type=int, default=42, help="fold seed when no run is given (default 42)")
-    p.add_argument("--out-dir", default="submissions", help="where the submission goes (default submissions)")
+    flags.add_submissions(p, old=("--out-dir",))
     p.add_argument("--no-submission", action="store_true", help="write the stack folder only")
     p.set_defaults(func=run)
 
@@ -43,7 +46,8 @@ def run(args) -> int:
     settings = StackSettings(models=[m.strip() for m in args.models.split(",") if m.strip()], seeds=args.seeds,
                              trees=args.trees, tune=args.tune, n_folds=args.n_folds, fold_seed=args.seed,
                              neg_per_pos=args.neg_per_pos)
-    stack_and_submit(args.competition, args.data, args.runs, args.out, settings, args.out_dir,
+    runs = [*args.run_dirs, *getattr(args, "old_runs", [])]
+    stack_and_submit(args.competition, args.data, runs, args.out, settings, args.out_dir,
                      not args.no_submission)
     return 0
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kit.commands import add_competition
+from kit.commands import flags
+from kit.commands.flags import add_competition
 from kit.errors import ConfigError, KaggleError
 
 
@@ -19,9 +20,8 @@ def add_parser(sub):
                    "hidden test set; its version must have finished with a submission.csv that passes validation")
     p.add_argument("--version", type=int, default=None, metavar="N",
                    help="with --kernel: the kernel version to submit (kit kernel push prints it; default the latest)")
-    p.add_argument("--data", default=None, help="competition data folder (the test ids come from its sample "
-                   "submission or test list); required unless --ids-from is given (with --kernel: optional, "
-                   "the kernel output's ids are then compared with the local test set)")
+    flags.add_data(p, default_note="the test ids come from its sample submission or test list; required unless "
+                   "--ids-from is given (with --kernel: optional, the kernel output's ids are then compared)")
     p.add_argument("--ids-from", metavar="SAMPLE.csv", default=None,
                    help="take the expected test ids from this CSV's id column instead of --data")
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="the run or stack the submission came from, logged "

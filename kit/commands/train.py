@@ -1,6 +1,7 @@
 """kit train: k-fold training into a run folder (or --resume an interrupted one)."""
 
-from kit.commands import add_competition, parse_folds, with_folds_file
+from kit.commands import data_folds_file, flags, parse_folds, with_folds_file
+from kit.commands.flags import add_competition
 
 
 def add_parser(sub):
@@ -8,24 +9,23 @@ def add_parser(sub):
                        description="Train each fold on the others and validate on it. Writes runs/<name>/: "
                        "config.yaml, folds.csv, fold{k}/best.pt, last.pt, history.csv, oof.csv, scores.json. "
                        "Interrupt at any time and continue with --resume.")
-    add_competition(p)
-    p.add_argument("--data", help="competition data folder")
-    p.add_argument("--out", help="run folder to create, e.g. runs/hcd-resnet18")
-    p.add_argument("--config", default=None, help="preset name (see kit/configs) or YAML file; "
-                   "default: the competition's preset")
+    add_competition(p, help="default: the one --config names")
+    flags.add_data(p)
+    flags.add_out(p, "the run folder, e.g. runs/hcd-resnet18", metavar="RUN")
+    flags.add_config(p)
     p.add_argument("--folds", default=None, help="comma-separated folds to train, e.g. 0,1 (default: all); with "
                    "--resume, the ones of the run to train now (a failed fold again, say)")
-    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: folds "
-                   "made on the fly)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: "
+                   "DATA/folds.csv when `kit folds` wrote one there, else folds made from n_folds and fold_seed)")
+    flags.add_set(p)
+    flags.add_device(p, default=None)
     p.add_argument("--extra-data", action="append", default=[], metavar="COMPETITION=DIR",
                    help="add another competition's labelled data to the training part of every fold only (never "
                    "validated, never in oof.csv or the CV), e.g. isic-2019=data/isic-2019 for a 2020 run "
                    "(repeatable; sets data.extra)")
     p.add_argument("--exclude", default=None, metavar="CSV",
                    help="ids to leave out (the bad-image list of `kit check-data --skip-bad-images`)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
                    "predictions and scores are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or, when stderr is not a terminal, "
@@ -43,7 +43,7 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from kit.config import load_config
+    from kit.config import load_config, preset_competition
     from kit.errors import ConfigError
     from kit.train import resume_config
 
@@ -55,14 +55,22 @@ def run(args) -> int:
             raise ConfigError("--resume continues a run with its saved config; --set/--config/--overwrite/"
                               "--extra-data are not allowed")
         cfg, data_dir, folds = resume_config(Path(args.resume))
+        if args.device:  # where it runs, not what it trains: a resumed run may move to another device
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
         out = Path(args.resume)
         data_dir = Path(args.data) if args.data else data_dir
         only = _resume_only(args.folds, folds)
     else:
-        missing = [f"--{n}" for n in ("competition", "data", "out") if not getattr(args, n)]
+        competition = args.competition or (preset_competition(args.config) if args.config else None)
+        missing = [f"--{n}" for n, v in (("competition", competition), ("data", args.data), ("out", args.out))
+                   if not v]
         if missing:
             raise ConfigError(f"missing {', '.join(missing)} (or use --resume RUN_DIR)")
-        cfg = with_folds_file(load_config(args.competition, args.config, _overrides(args)), args.folds_file)
+        overrides = _overrides(args)
+        args.folds_file = data_folds_file(args.folds_file, Path(args.data), overrides)
+        cfg = with_folds_file(load_config(competition, args.config, overrides), args.folds_file)
         out, data_dir = Path(args.out), Path(args.data)
         folds = parse_folds(args.folds) if args.folds else None
     exclude = None
@@ -115,6 +123,8 @@ def _overrides(args) -> dict:
     from kit.data.extra import parse_extra
 
     overrides = parse_overrides(args.overrides)
+    if args.device:  # --device D is --set train.device=D, as in kit predict
+        overrides.setdefault("train", {})["device"] = args.device
     if args.extra_data:
         data = overrides.setdefault("data", {})
         given = data.get("extra") or []  # a malformed --set value is left for the config check to name

@@ -1,6 +1,7 @@
 """kit tune: an Optuna search over config keys (fold-aware pruning, resumable, many workers), or --best NAME."""
 
-from kit.commands import add_competition, parse_folds, with_folds_file
+from kit.commands import data_folds_file, flags, parse_folds, with_folds_file
+from kit.commands.flags import add_competition
 
 EPILOG = """\
 search space (YAML, config key -> distribution):
@@ -35,29 +36,28 @@ def add_parser(sub):
                    help="do not search: print the best trials of study NAME, write <out>/NAME/best.yaml (a preset "
                    "for kit train --config) and its plots")
     add_competition(p)
-    p.add_argument("--data", help="competition data folder")
-    p.add_argument("--config", default=None, help="base preset (name or YAML file); default: the competition's")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config key, e.g. --set train.epochs=3 (repeatable)")
+    flags.add_data(p)
+    flags.add_config(p, "the base config of every trial; default: the competition's preset")
+    flags.add_set(p, "of the base config; a key the space searches is refused")
     p.add_argument("--space", default=None, help="search space: a YAML file or a shipped space's name (kit/configs/"
                    "spaces/); default: the competition's own")
     p.add_argument("--trials", type=int, default=None,
                    help="total trials of the STUDY (not of this run): stop once it holds this many finished ones")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite:///<out>/<study>.db)")
     p.add_argument("--folds", default=None, help="folds each trial trains, e.g. 0,1 (default: all)")
-    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: made from "
-                   "n_folds)")
-    p.add_argument("--pruner", default="median", help="median | percentile | halving | hyperband | none "
-                   "(default median)")
+    p.add_argument("--folds-file", default=None, help="folds.csv from `kit folds`; it sets n_folds (default: "
+                   "DATA/folds.csv when `kit folds` wrote one there, else folds made from n_folds)")
+    p.add_argument("--pruner", default="median", choices=("median", "percentile", "halving", "hyperband", "none"),
+                   help="how trials are pruned (default median)")
     p.add_argument("--pruner-startup", type=int, default=5, metavar="N",
                    help="median/percentile: prune only once N trials have completed (default 5)")
     p.add_argument("--pruner-warmup", type=int, default=1, metavar="STEPS",
                    help="median/percentile: never prune before this step, counted in epochs across folds "
                    "(default 1: not on the first epoch alone, whose scores are mostly noise)")
     p.add_argument("--percentile", type=float, default=25.0, help="percentile pruner: prune below it (default 25)")
-    p.add_argument("--sampler", default="tpe", help="tpe | random (default tpe)")
+    p.add_argument("--sampler", default="tpe", choices=("tpe", "random"), help="how values are sampled (default tpe)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (combined with each trial's number)")
-    p.add_argument("--out", default="runs/tune", help="root folder of studies (default runs/tune)")
+    flags.add_out(p, "the root folder of studies", default="runs/tune", metavar="DIR")
     p.add_argument("--heartbeat", type=int, default=60, metavar="S",
                    help="seconds between a running trial's heartbeats; a trial silent for 2x this is failed and "
                    "retried (default 60)")
@@ -69,8 +69,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import optuna
+
     from kit.tune import experimental_warnings_once
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # kit prints one line per trial: optuna's would repeat it
     with experimental_warnings_once():
         return show_best(args) if args.best else search(args)
 
@@ -88,11 +91,15 @@ def search(args) -> int:
     if args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     # a finished trial's last.pt is never resumed: dropped unless --set train.keep_last=true (which comes later)
+    from kit.config import parse_overrides
+
+    args.folds_file = data_folds_file(args.folds_file, Path(args.data), parse_overrides(args.overrides))
     base = with_folds_file(load_config(args.competition, args.config, ["train.keep_last=false", *args.overrides]),
                            args.folds_file)
     space_path = tune.resolve_space(args.space, base.competition)
     print(f"kit tune: search space {space_path}")
     space = tune.load_space(space_path)
+    _refuse_set_of_searched_keys(args.overrides, space, space_path)
     tune.check_space(space, base, str(space_path))
     folds = parse_folds(args.folds) if args.folds else list(range(base.n_folds))
     bad = [k for k in folds if not 0 <= k < base.n_folds]
@@ -113,6 +120,16 @@ def search(args) -> int:
     print(f"\nkit tune: worker {tune.worker_id()} ran {len(ran)} trial(s): {' '.join(map(str, ran)) or '-'}")
     print(tune.trials_table(study, top=5))
     return 0
+
+
+def _refuse_set_of_searched_keys(overrides: list[str], space: dict, space_path) -> None:
+    """A --set of a key the space searches would be overridden by every trial's suggestion: say so, naming it."""
+    from kit.errors import ConfigError
+
+    searched = [pair.split("=", 1)[0] for pair in overrides if pair.split("=", 1)[0] in space]
+    if searched:
+        raise ConfigError(f"--set {searched[0]}: the search space {space_path} searches {searched[0]}, so every trial "
+                          "would override it; drop the --set, or give a --space without that key")
 
 
 def show_best(args) -> int:

@@ -37,6 +37,8 @@ class ImageDataset(Dataset):
         self.targets = None if targets is None else torch.tensor(np.asarray(targets))  # a copy: pandas arrays are read-only
         self.meta = None if meta is None else torch.as_tensor(meta, dtype=torch.float32)
         self.rows = np.arange(len(self.ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.soft: np.ndarray | None = None
+        """Soft training targets of every row (pseudo-labels): item ``soft`` beside ``target`` when set."""
 
     def subset(self, rows: np.ndarray) -> ImageDataset:
         """The same arrays seen through other rows of the split (a fold, an epoch's subsample): nothing is copied."""
@@ -65,6 +67,8 @@ class ImageDataset(Dataset):
             item["target"] = self.targets[row]
         if self.meta is not None:
             item["meta"] = self.meta[row]
+        if self.soft is not None:
+            item["soft"] = self.soft[row]
         return item
 
 

@@ -47,6 +47,10 @@ class ExtraSource:
     def describe(self) -> str:
         return f"{len(self.table)} {self.spec.name} images from {self.data_dir}"
 
+    def trains_fold(self, k: int) -> bool:
+        """Whether its rows join fold ``k``'s training part: every fold's."""
+        return True
+
 
 def parse_extra(text: str) -> dict[str, str]:
     """``--extra-data NAME=DIR`` -> a ``data.extra`` entry."""

@@ -25,7 +25,7 @@ def check_class_counts(target: np.ndarray, n_folds: int, class_names: list[str] 
             return class_names[int(v)] if class_names else str(v)
         listed = ", ".join(f"{name(v)} has {c}" for v, c in too_few)
         raise DataError(f"too few samples for {n_folds} folds: class {listed} (need at least {n_folds} each); "
-                        f"lower --n-folds or add data")
+                        "lower the fold count (kit folds --n-folds N; kit train --set n_folds=N) or add data")
 
 
 def make_folds(target: np.ndarray, groups: np.ndarray | None, n_folds: int = 5, seed: int = 42,
@@ -33,7 +33,7 @@ def make_folds(target: np.ndarray, groups: np.ndarray | None, n_folds: int = 5, 
     """Fold index (0..n_folds-1) for each row. With ``groups``, all rows of a group share a fold."""
     target = np.asarray(target)
     if n_folds < 2:
-        raise DataError(f"--n-folds must be at least 2, got {n_folds}")
+        raise DataError(f"the fold count must be at least 2 (kit folds --n-folds, config key n_folds), got {n_folds}")
     check_class_counts(target, n_folds, class_names)
     fold = np.full(len(target), -1, dtype=np.int64)
     if groups is not None and len(np.unique(groups)) < len(groups):
@@ -95,3 +95,22 @@ def read_folds(path: Path, ids: pd.Series, id_col: str) -> np.ndarray:
         missing = ids[fold.isna()]
         raise DataError(f"{path}: {len(missing)} of {len(ids)} ids have no fold, first: {', '.join(missing[:5])}")
     return fold.to_numpy().astype(np.int64)
+
+
+def check_folds_agree(path: Path, ids: pd.Series, fold: np.ndarray, id_col: str, what: str) -> None:
+    """Refuse a fold model of another run (``path``: its folds.csv) that may have trained on this run's validation
+    rows: the fold counts must match and every id both runs hold must be in the same fold. Ids the other run does
+    not hold are fine: none of its models saw them."""
+    df = read_csv(path, [id_col, "fold"], what="folds file")
+    theirs = pd.Series(pd.to_numeric(df["fold"], errors="coerce").to_numpy(), index=df[id_col].astype(str))
+    n_ours, n_theirs = int(fold.max()) + 1, int(theirs.max()) + 1
+    if n_ours != n_theirs:
+        raise DataError(f"{what}: {path} has {n_theirs} folds, this run {n_ours} folds; a fold model must never have seen "
+                        f"its validation rows: train with the same folds (kit train --folds-file {path})")
+    other = theirs.reindex(ids.astype(str).to_numpy()).to_numpy()
+    moved = np.flatnonzero(~np.isnan(other) & (other != fold))
+    if len(moved):
+        first = ", ".join(ids.iloc[moved[:3]].astype(str))
+        raise DataError(f"{what}: {len(moved)} of {len(ids)} images are in another fold in {path} (first: {first}); "
+                        "a fold model must never have seen its validation rows: train with the same folds "
+                        f"(kit train --folds-file {path})")

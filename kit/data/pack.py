@@ -401,8 +401,8 @@ def _preallocate(fd: int, nbytes: int) -> None:
 def _no_space(path: Path, nbytes: int, shape: tuple, e: OSError) -> PackError:
     n, s = shape[0], shape[1]
     return PackError(f"no space left for the pack in {path}: it needs {nbytes} bytes ({n} x {s} x {s} x 3 = "
-                     f"{human_bytes(nbytes)}); free space there or pass --cache-dir / set KIT_CACHE_DIR "
-                     f"({e.strerror or e})", "disk full")
+                     f"{human_bytes(nbytes)}); free space there or put the packs elsewhere: KIT_CACHE_DIR (kit pack "
+                     f"--cache-dir) ({e.strerror or e})", "disk full")
 
 
 def _allocate(path: Path, shape: tuple) -> None:
@@ -617,8 +617,8 @@ def _locked(path: Path, log: Callable[[str], None]) -> Iterator[bool]:
         path.mkdir(parents=True, exist_ok=True)
         fd, waited = take_lock(path / LOCK, on_busy=lambda: log(f"waiting for another process that is building {path}"))
     except OSError as e:
-        raise PackError(f"cannot create the pack folder {path} ({e.strerror or e}); pass --cache-dir or set "
-                        "KIT_CACHE_DIR") from e
+        raise PackError(f"cannot create the pack folder {path} ({e.strerror or e}); set KIT_CACHE_DIR to a "
+                        "writable folder (kit pack --cache-dir)") from e
     try:
         yield waited
     finally:

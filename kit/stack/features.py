@@ -25,6 +25,7 @@ from kit.competitions import Competition
 from kit.data.columns import feature_columns, numeric_columns, test_metadata_path
 from kit.data.labels import load_test_table, load_train_table, read_csv
 from kit.errors import ConfigError, DataError
+from kit.words import plural
 
 __all__ = ["ENGINEERED", "FeatureRecipe", "FeatureTable", "add_image_score", "fit_recipe",
            "image_feature_names", "image_score_features", "metadata_features", "patient_normalise",
@@ -135,8 +136,9 @@ def _encode_categories(df: pd.DataFrame, categories: dict[str, list[str]], repor
             unknown[c] = int(unseen.sum())
             if report:
                 seen = ", ".join(repr(v) for v in values[unseen].unique()[:3])
-                log.warning(f"warning: {unknown[c]} test rows have a '{c}' unseen in training ({seen}); coded as "
-                            "unknown")
+                verb = "has" if unknown[c] == 1 else "have"
+                log.warning(f"warning: {plural(unknown[c], 'test row')} {verb} a '{c}' unseen in training ({seen}); "
+                            "coded as unknown")
         codes = pd.Categorical(values.where(values.isin(vocab)), categories=vocab).codes.astype(np.float64)
         df[c] = np.where(codes < 0, np.nan, codes)
     return unknown

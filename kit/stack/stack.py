@@ -37,11 +37,13 @@ from kit.errors import ConfigError, DataError, KitError
 from kit.io import portable_path
 from kit.metrics import get_metric
 from kit.oof import prediction_frame, prediction_values
+from kit.progress import Progress
 from kit.records import PredictInfo, Scores, StackInfo
 from kit.rundir import RunDir, StackDir
 from kit.stack.features import FeatureTable, add_image_score, check_supported, metadata_features
 from kit.stack.models import GBDTS, build_model, importances, require
 from kit.stack.saved import STACK_INFO, image_test_scores, save_models, saved_info
+from kit.words import article
 
 __all__ = ["STACK_INFO", "StackResult", "StackSettings", "run_stack"]
 
@@ -93,7 +95,7 @@ def _open_runs(spec: Competition, run_dirs: list[Path]) -> list[RunDir]:
     runs = [RunDir.open(r) for r in run_dirs]
     for run in runs:
         if (other := run.competition().name) != spec.name:
-            raise ConfigError(f"{run.path} is a {other} run; the stack is for {spec.name}")
+            raise ConfigError(f"{run.path} is {article(other)} run; the stack is for {spec.name}")
         if not run.folds_path.is_file():
             raise KitError(f"{run.folds_path} is missing: {run.path} is not a complete kit run folder")
         run.load(PredictInfo)  # not predicted: one line saying to run kit predict first
@@ -190,7 +192,8 @@ def _fold_params(inputs: _Inputs, settings: StackSettings, X: np.ndarray, train_
     return params
 
 
-def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: np.ndarray, k: int) -> dict:
+def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: np.ndarray, k: int,
+              progress: Progress | None = None) -> dict:
     """Train every model x seed on the other folds; their predictions of fold k and of the test rows."""
     y = inputs.table.train["target"].to_numpy()
     held = inputs.fold == k
@@ -207,6 +210,8 @@ def _fit_fold(inputs: _Inputs, settings: StackSettings, X: np.ndarray, X_test: n
             val[m].append(model.predict(X[held]))
             test[m].append(model.predict(X_test))
             imp[m].append(importances(model))
+            if progress is not None:
+                progress.update()
     ids = inputs.table.train["id"].to_numpy()
     return {"k": k, "held": held, "params": params, "train_ids": ids[sorted(used)], "models": fitted,
             "val": {m: np.mean(v, axis=0) for m, v in val.items()},
@@ -325,8 +330,11 @@ def run_stack(competition: str, data_dir: str | Path | None, run_dirs: list[str 
     inputs = load_inputs(competition, data_dir, [Path(r) for r in run_dirs], settings)
     X, X_test = inputs.table.matrices()
     log.info(f"stack: {len(X)} rows, {len(inputs.table.features)} features, {len(settings.models)} models x "
-          f"{settings.seeds} seeds, {len(np.unique(inputs.fold))} folds")
-    fits = [_fit_fold(inputs, settings, X, X_test, int(k)) for k in np.unique(inputs.fold)]
+             f"{settings.seeds} seeds, {len(np.unique(inputs.fold))} folds")
+    folds = np.unique(inputs.fold)
+    # a bar, or a line every KIT_PROGRESS_EVERY s, over every model x seed of every fold: minutes on real data
+    with Progress(len(folds) * len(settings.models) * settings.seeds, "stack: fitting", unit="model") as progress:
+        fits = [_fit_fold(inputs, settings, X, X_test, int(k), progress) for k in folds]
     stack = StackDir(out)
     with stack.writing():
         _prepare_folder(stack)

@@ -84,6 +84,10 @@ def labelled_plots(study: optuna.Study) -> dict[str, Any]:
                      f"{stride} epochs apart)")
     steps.set_ylabel(f"running CV estimate: mean best {metric}\nof the folds so far")
     steps.set_title(f"intermediate values the pruner saw ({metric})")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (history, steps):  # trial numbers and steps are whole numbers: no tick at trial 0.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     return {"history": history, "intermediate": steps}
 
 

@@ -42,6 +42,7 @@ def experimental_warnings_once() -> Iterator[None]:
         if issubclass(category, ExperimentalWarning):
             found = re.match(r"(.*?) is (?:an )?experimental", str(message))
             name = (found.group(1) if found else str(message)).replace("Argument ", "").strip("`")
+            name = name.rsplit(".", 1)[-1]  # the public function's name, not the private module that defines it
             if name not in features:
                 features.append(name)
         else:

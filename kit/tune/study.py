@@ -82,10 +82,38 @@ def open_study(name: str, storage: RDBStorage, setup: TuneSetup, sampler: BaseSa
     if stored is None:
         study.set_user_attr("kit", mine)
     elif stored != mine:
-        differs = [k for k in mine if stored.get(k) != mine[k]]
-        raise ConfigError(f"study '{name}' was created with another {', '.join(differs)}; continue it with the "
-                          f"same --config/--set/--space/--folds, or start another --study")
+        raise ConfigError(f"study '{name}' was created with another {_differences(stored, mine)}; continue it with "
+                          f"the same --config/--set/--space/--folds, or start another --study")
     return study
+
+
+def _differences(stored: dict[str, Any], mine: dict[str, Any]) -> str:
+    """What differs between a study's signature and this worker's, naming the config keys and space entries
+    (``config key train.lr: 0.01 in the study, 0.001 here``); the first three."""
+    out = []
+    for part in mine:
+        old, new = stored.get(part), mine[part]
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            flat_old, flat_new = _flat(old), _flat(new)
+            what = "config key" if part == "config" else f"{part} entry"
+            out += [f"{what} {k}: {flat_old.get(k, '(absent)')} in the study, {flat_new.get(k, '(absent)')} here"
+                    for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
+        else:
+            out.append(f"{part}: {old} in the study, {new} here")
+    return "; ".join(out[:3]) + (f" (and {len(out) - 3} more)" if len(out) > 3 else "")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``section.key`` -> value (a search space's entries stay whole)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and prefix == "" and k in ("model", "aug", "train", "data"):
+            out.update(_flat(v, f"{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def study_base_config(study: optuna.Study) -> Config:
