@@ -100,10 +100,29 @@ def _check_extra(key: str, value: Any) -> None:
             raise ConfigError(f"config key {key}: {e}") from None
 
 
+TRACKERS = ("tensorboard", "mlflow")
+"""The experiment trackers train.loggers may name (kit.trackers)."""
+
+
+def _check_loggers(key: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key {key}={value} is not valid; expected a list such as [tensorboard, mlflow] "
+                          "(--set train.loggers=[mlflow])")
+    for name in value:
+        if name not in TRACKERS:
+            raise _not_one_of(key, name, list(TRACKERS))
+
+
 def _targets() -> tuple[str, ...]:
     from kit.data.targets import TARGETS
 
     return TARGETS
+
+
+def _mix_modes() -> tuple[str, ...]:
+    from kit.mixing import MIX_MODES
+
+    return MIX_MODES
 
 
 def _check_device(key: str, value: str) -> None:
@@ -175,6 +194,23 @@ class TrainConfig:
     ema: bool = _f(False, "validate and save an exponential moving average of the weights (timm ModelEmaV3)")
     ema_decay: float = _f(0.998, "decay of the weight average", gt=0.0, lt=1.0)
     grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)", ge=0.0)
+    accum_steps: int = _f(1, "gradient accumulation: one optimizer step per this many batches of train.batch_size "
+                             "(the effective batch); the schedule, EMA, clipping and AMP scaling run per step", ge=1)
+    mixup: float = _f(0.0, "mixup's Beta(alpha, alpha) for the mixing weight (timm's Mixup; 0 = off, timm's "
+                           "ImageNet recipe uses 0.8)", ge=0.0)
+    cutmix: float = _f(0.0, "CutMix's Beta(alpha, alpha) for the pasted area (0 = off, timm's recipe uses 1.0)",
+                       ge=0.0)
+    mixup_prob: float = _f(1.0, "probability that a batch is mixed (train.mixup / train.cutmix)", ge=0.0, le=1.0)
+    mixup_switch_prob: float = _f(0.5, "with both train.mixup and train.cutmix on: the probability of CutMix "
+                                       "instead of mixup", ge=0.0, le=1.0)
+    mixup_mode: str = _f("batch", "one mixing weight per batch, per pair of images, or per image (elem)",
+                         choices=_mix_modes)
+    mixup_off_epochs: int = _f(0, "train the last N epochs unmixed (mixup and CutMix off), as the winners do", ge=0)
+    swa_epochs: int = _f(0, "stochastic weight averaging: best.pt becomes the average of the weights at the end of "
+                            "each of the last N epochs, BatchNorm statistics recomputed on the training fold (0 = "
+                            "off; at least 2)", ge=0)
+    top_k: int = _f(0, "best.pt becomes the average of the k best epochs' weights by validation score, BatchNorm "
+                       "statistics recomputed on the training fold (0 = off; at least 2)", ge=0)
     amp: str = _f("auto", "mixed precision: auto (bf16 if the GPU supports it else fp16 with a scaler; off on CPU)",
                   choices=("auto", "bf16", "fp16", "off"))
     channels_last: str = _f("auto", "channels-last memory format: auto (on for CUDA, where it is faster; off on "
@@ -194,6 +230,12 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (slow first steps, then faster on a GPU; needs a C compiler)")
     sync_bn: bool = _f(False, "under torchrun with several GPUs: BatchNorm statistics over the global batch "
                               "(SyncBatchNorm) instead of each process's part")
+    loggers: list[str] = _f(None, "experiment trackers that get each epoch's metrics, the config and the plots: a "
+                                  "list of tensorboard, mlflow (pip install 'kit[trackers]'); [] = none",
+                            factory=list, check=_check_loggers, valid="a list of tensorboard, mlflow")
+    mlflow_uri: str = _f("", "MLflow tracking URI: a file store (file:///abs/mlruns), a database URL or a server "
+                             "(http://host:5000); empty: $MLFLOW_TRACKING_URI, else MLflow's default")
+    mlflow_experiment: str = _f("", "MLflow experiment of the runs; empty: kit-<competition>")
 
 
 @dataclass(frozen=True)
@@ -336,6 +378,7 @@ def _check_together(cfg: Config) -> None:
     if t.negatives_per_positive and t.balanced_sampler:
         raise ConfigError("config keys train.negatives_per_positive and train.balanced_sampler are two ways to "
                           "rebalance the classes: set one of them")
+    _check_recipes(t)
     if cfg.data.pseudo and t.target != "competition":
         raise ConfigError(f"config key data.pseudo is not valid with train.target={t.target}: the test predictions "
                           "are the competition's target")
@@ -351,6 +394,28 @@ def _check_together(cfg: Config) -> None:
         if cfg.aug.preset not in BATCH_PRESETS:
             raise ConfigError(f"config key aug.on_device=true is not valid with aug.preset={cfg.aug.preset}; presets "
                               f"that run on the device: {', '.join(BATCH_PRESETS.names())}")
+
+
+def _check_recipes(t: TrainConfig) -> None:
+    """Mixup's off epochs and the weight averaging against the run's epochs."""
+    mixing = t.mixup > 0 or t.cutmix > 0
+    if t.mixup_off_epochs and not mixing:
+        raise ConfigError(f"config key train.mixup_off_epochs={t.mixup_off_epochs} is not valid without mixing; set "
+                          "train.mixup or train.cutmix (their Beta alpha, e.g. 0.8 / 1.0)")
+    if mixing and t.mixup_off_epochs >= t.epochs:
+        raise ConfigError(f"config key train.mixup_off_epochs={t.mixup_off_epochs} is not valid; it must be less "
+                          f"than train.epochs ({t.epochs}), or no epoch would be mixed")
+    for key, value in (("swa_epochs", t.swa_epochs), ("top_k", t.top_k)):
+        if value == 1 or value > t.epochs:
+            raise ConfigError(f"config key train.{key}={value} is not valid; it averages 2 to train.epochs "
+                              f"({t.epochs}) epochs (0 = off)")
+    if t.swa_epochs and t.top_k:
+        raise ConfigError("config keys train.swa_epochs and train.top_k are two ways to average a fold's weights: "
+                          "set one of them")
+    if t.swa_epochs and t.early_stopping:
+        raise ConfigError(f"config key train.swa_epochs={t.swa_epochs} is not valid with train.early_stopping="
+                          f"{t.early_stopping}: SWA averages the last epochs, which an early stop may never reach; set "
+                          "train.early_stopping=0, or use train.top_k")
 
 
 def _target_space(cfg: Config):

@@ -33,10 +33,13 @@ class SmoothedBCE(nn.BCEWithLogitsLoss):
 
 
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al. 2017) on logits; binary (N,) targets in {0,1} or multiclass (N,) class indices.
+    """Focal loss (Lin et al. 2017) on logits; binary (N,) targets in [0, 1] or multiclass (N,) class indices or
+    (N, C) class probabilities (mixup's soft targets).
 
     With ``label_smoothing`` the cross-entropy inside is taken against smoothed targets; the focusing term
-    (1 - p_t)^gamma still uses the model's probability of the true class.
+    (1 - p_t)^gamma still uses the model's probability of the true class. Soft multiclass targets take the usual
+    generalisation, sum_c y_c (1 - p_c)^gamma (-log p_c): the same as class indices when y is one-hot and
+    unsmoothed.
     """
 
     def __init__(self, gamma: float = 2.0, binary: bool = True, weight: torch.Tensor | None = None,
@@ -53,15 +56,26 @@ class FocalLoss(nn.Module):
                                                     reduction="none")
             p_t = torch.exp(-ce)
             loss = (1 - p_t) ** self.gamma * ce
-            if self.weight is not None:  # weight = (w_neg, w_pos)
-                loss = loss * torch.where(target > 0.5, self.weight[1], self.weight[0])
+            if self.weight is not None:  # weight = (w_neg, w_pos); a mixed target weighs by its share of each
+                loss = loss * (target * self.weight[1] + (1 - target) * self.weight[0])
             return loss.mean()
+        if target.ndim == 2:
+            return self._soft_multiclass(logits, target)
         p_t = F.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
         ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
         loss = (1 - p_t) ** self.gamma * ce
         if self.weight is not None:
             loss = loss * self.weight[target]
         return loss.mean()
+
+    def _soft_multiclass(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        eps, n_classes = self.label_smoothing, logits.shape[1]
+        target = target * (1 - eps) + eps / n_classes  # as F.cross_entropy smooths
+        log_p = F.log_softmax(logits, dim=1)
+        per_class = target * (1 - log_p.exp()) ** self.gamma * -log_p
+        if self.weight is not None:
+            per_class = per_class * self.weight
+        return per_class.sum(1).mean()
 
 
 def class_weights(targets: np.ndarray, n_classes: int) -> torch.Tensor:

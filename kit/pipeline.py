@@ -70,7 +70,7 @@ def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, ba
         from kit.report import write_report
 
         paths = write_report(run.path)
-        log.info(f"report: {len(paths)} plots in {run.report_dir}")
+        log.info(f"report: {len(paths) - 1} plots and the run page {run.report_dir / 'index.html'}")
     return result, submission
 
 

@@ -138,11 +138,14 @@ class FoldResult(Record):
     best_metric: float
     best_epoch: int
     epochs_run: int
+    weights: str = ""
+    """What best.pt holds: "best epoch N", or an average ("SWA of epochs 4-6", "top-3 average of epochs 2,4,5");
+    empty in the result of a kit that did not say."""
 
     @classmethod
     def from_json(cls, f: _Fields) -> FoldResult:
         return cls(f.get("fold", int), f.get("best_metric", float), f.get("best_epoch", int),
-                   f.get("epochs_run", int))
+                   f.get("epochs_run", int), f.get("weights", str, ""))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Plots of a run as PNG files in ``RUN_DIR/report/``: ROC curves (binary), confusion matrix and per-class recall
-(multiclass), training curves per fold. Everything is read from the run's saved files (oof.csv, oof_tta.csv,
-fold{k}/history.csv), so a report can be redrawn on any machine.
+(multiclass), training curves per fold; then the run page ``report/index.html`` (kit.run_page) that shows them
+all. Everything is read from the run's saved files (oof.csv, oof_tta.csv, fold{k}/history.csv), so a report can be
+redrawn on any machine.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no global figure state, no GUI backend, safe in
 threads and on headless machines.
@@ -20,6 +21,7 @@ from kit.io import save_figure
 from kit.metrics import get_metric
 from kit.oof import prediction_values
 from kit.records import Scores, TtaScores
+from kit.run_page import write_run_page
 from kit.rundir import RunDir, open_source
 
 __all__ = ["confusion_matrix", "roc_figure", "training_curves_figure", "write_report"]
@@ -207,10 +209,9 @@ def _multiclass(spec: Competition, run: RunDir, oof: pd.DataFrame, out: Path) ->
     return written
 
 
-
 def write_report(run_dir: str | Path) -> list[Path]:
-    """Draw every plot that the run's (or a stack's) files allow into ``RUN_DIR/report/``; return the paths
-    written."""
+    """Draw every plot that the run's (or a stack's) files allow into ``RUN_DIR/report/``, then (a run) the run page;
+    return the paths written."""
     run = open_source(run_dir)
     spec = run.competition()
     out = run.report_dir
@@ -225,4 +226,6 @@ def write_report(run_dir: str | Path) -> list[Path]:
         curves = plot_training_curves(spec, run, out / "training_curves.png") if is_run else None
         if curves is not None:
             written.append(curves)
+        if is_run:  # last: it shows every picture report/ holds by now
+            written.append(write_run_page(run.path))
     return written

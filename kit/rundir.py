@@ -21,8 +21,9 @@ kinds of :class:`PredictionSource`; :func:`open_source` gives the right one. The
         oof.csv, scores.json pooled OOF of the trained folds and their CV               kit train
         test_fold{k}.csv     each fold's test predictions (with TTA)                    kit predict
         oof_tta.csv, scores_tta.json, predict.json                                      kit predict
-        report/*.png                                                                    kit report
+        report/*.png, report/index.html   the plots, and the run page that shows them    kit report
         decision.json        balanced accuracy: per-class decision weights              kit predict
+        tensorboard/         TensorBoard event files (train.loggers)                    kit train
         train.log            everything kit train printed into this folder (appended)   kit train
         .kit-lock            held by the process writing the folder
 

@@ -54,6 +54,7 @@ from kit.errors import ConfigError, KitError
 from kit.gpu_augment import build_batch_augment, on_device
 from kit.losses import build_loss
 from kit.metrics import get_metric
+from kit.mixing import BatchMix
 from kit.models import build_model, data_config, frozen_modules, set_backbone_trainable
 from kit.oof import log_loss, prediction_frame, score_oof
 from kit.progress import Eta, Progress
@@ -99,47 +100,71 @@ class EpochStats:
     """Of those, the pseudo-labelled test images (data.pseudo)."""
 
 
-def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime,
-          grad_clip: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
+def _backward(loss: torch.Tensor, rt: Runtime) -> None:
+    """Add the loss's gradients to those already accumulated (scaled under fp16 autocast)."""
     if rt.scaler is not None:
         rt.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime, grad_clip: float) -> None:
+    """One optimizer step on the gradients accumulated since the group's first batch cleared them."""
+    if rt.scaler is not None:
         if grad_clip:
             rt.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         rt.scaler.step(optimizer)
         rt.scaler.update()
     else:
-        loss.backward()
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
 
 
+def optimizer_steps(batches: int, accum_steps: int) -> int:
+    """Optimizer steps of an epoch of ``batches``: one per ``accum_steps`` batches, the last group maybe shorter."""
+    return -(-batches // accum_steps)
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     rt: Runtime, scheduler=None, ema=None, grad_clip: float = 0.0, epoch: int = 0,
-                    progress: Progress | None = None) -> EpochStats:
+                    progress: Progress | None = None, accum_steps: int = 1, mix: BatchMix | None = None) -> EpochStats:
+    """One epoch; the optimizer steps once per ``accum_steps`` batches, and the schedule, the EMA and ``progress``
+    count those steps. ``mix``: mixup / CutMix of every batch (images, metadata and targets)."""
     model.train()
     for m in frozen_modules(model):  # frozen backbone: BatchNorm keeps the statistics it was loaded with
         m.eval()
     loss_sum = torch.zeros((), device=rt.device)  # summed on-device: .item() each step would sync a GPU
-    n_seen, steps_per_epoch = 0, len(loader)
+    n_seen, batches = 0, len(loader)
+    steps_per_epoch = optimizer_steps(batches, accum_steps)
     start = time.perf_counter()
     if progress is not None:  # the loss is read (a GPU sync) only when a bar refresh or a line shows it
         progress.postfix_fn = lambda: f"loss {loss_sum.item() / max(n_seen, 1):.4f}"
-    for step, batch in enumerate(loader):
+    for i, batch in enumerate(loader):
+        if i % accum_steps == 0:  # a group's first batch
+            optimizer.zero_grad(set_to_none=True)
         x, meta = rt.inputs(batch)
         # soft targets (data.pseudo): probabilities for every row; BCE and CE take them as they are
         y = batch["soft" if "soft" in batch else "target"].to(rt.device, non_blocking=True)
-        loss = loss_fn(rt.forward(model, x, meta), y.float() if rt.binary else y)
-        _step(loss, model, optimizer, rt, grad_clip)
-        global_step = epoch * steps_per_epoch + step + 1
+        y = y.float() if rt.binary else y
+        if mix is not None:
+            x, meta, y = mix(x, meta, y)
+        loss = loss_fn(rt.forward(model, x, meta), y)
+        # the batches of a group are equal (the sampler drops an incomplete one): the mean of their mean losses is
+        # the loss of the group as one batch, so the step is the one a batch accum_steps times larger would take
+        group_start = i - i % accum_steps
+        _backward(loss / min(accum_steps, batches - group_start), rt)
+        loss_sum += loss.detach() * len(y)
+        n_seen += len(y)
+        if (i + 1) % accum_steps and i + 1 < batches:
+            continue  # the group goes on: gradients add up
+        _step(model, optimizer, rt, grad_clip)
+        global_step = epoch * steps_per_epoch + i // accum_steps + 1
         if ema is not None:  # the step drives the EMA's warm-up: early on it follows the model closely
             ema.update(model, step=global_step)
         if scheduler is not None:
             scheduler.step_update(global_step)  # per-step warmup / cosine
-        loss_sum += loss.detach() * len(y)
-        n_seen += len(y)
         if progress is not None:
             progress.update(1)
     elapsed = time.perf_counter() - start
@@ -439,6 +464,7 @@ class FoldTrainer:
         self.progress = FoldProgress()
         self.handlers: list[EpochHandler] = []
         self.stop: str | None = None  # set by a handler: the fold ends after this epoch
+        self.weights: str | None = None  # set by a weight-averaging handler that replaced best.pt
 
     def _initial_model(self) -> nn.Module:
         """The fold's network: from its weights file, timm's pretrained weights, scratch, or (``model.init_from``)
@@ -463,8 +489,11 @@ class FoldTrainer:
             counts = np.bincount(train_targets, minlength=n_classes)
             self.sample_weights = 1.0 / counts[train_targets]
         self.val_loader = make_loader(self.val_ds, t.batch_size * 2, self.workers, device, train=False)
-        steps_per_epoch = len(make_loader(self.epoch_dataset(0), t.batch_size, 0, device, train=True))
+        batches = len(make_loader(self.epoch_dataset(0), t.batch_size, 0, device, train=True))
+        steps_per_epoch = optimizer_steps(batches, t.accum_steps)
         self.optimizer = build_optimizer(self.model, self.cfg)
+        self.mix = BatchMix(n_classes, self.data.space.task == "binary", t.mixup, t.cutmix, t.mixup_prob,
+                            t.mixup_switch_prob, t.mixup_mode) if t.mixup or t.cutmix else None
         self.scheduler = build_scheduler(self.optimizer, self.cfg, steps_per_epoch)
         self.ema = None
         if t.ema:
@@ -564,17 +593,34 @@ class FoldTrainer:
                              sampler=sampler)
         if self.batch_aug is not None:
             loader = on_device(loader, self.batch_aug, self.rt.device, seed + d.rank)
-        with Progress(len(loader), f"fold {self.k} epoch {epoch + 1}/{t.epochs}", unit="step",
+        steps = optimizer_steps(len(loader), t.accum_steps)
+        mix = self.mix if epoch < t.epochs - t.mixup_off_epochs else None  # the last epochs train on plain images
+        with Progress(steps, f"fold {self.k} epoch {epoch + 1}/{t.epochs}", unit="step",
                       enabled=show_progress and d.is_main, overall=self.overall,
-                      overall_weight=1 / max(len(loader), 1)) as bar:
+                      overall_weight=1 / max(steps, 1)) as bar:
             stats = train_one_epoch(d.wrap(self.model, self.rt.device), loader, self.optimizer, self.loss_fn, self.rt,
-                                    self.scheduler, self.ema, t.grad_clip, epoch, bar)
+                                    self.scheduler, self.ema, t.grad_clip, epoch, bar, t.accum_steps, mix)
         stats = EpochStats(d.mean(stats.loss), stats.images_per_s * d.world, len(dataset),
                            int(np.isin(dataset.rows, self.pseudo_idx).sum()))
         if not math.isfinite(stats.loss):
             raise TrainingError(f"fold {self.k} epoch {epoch + 1}: the loss became {stats.loss}; lower train.lr or "
                                 f"set train.grad_clip. Last good checkpoint kept: {self.run.last_path(self.k)}")
         return stats
+
+    def eval_model(self) -> nn.Module:
+        """The model that is validated and saved: the EMA copy with train.ema, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def best_epoch(self) -> tuple[int, float]:
+        return self.progress.best_epoch, self.progress.best_metric
+
+    def statistics_loader(self) -> DataLoader:
+        """This rank's share of the rows the last epoch trained on, unaugmented, in order: what weight averaging
+        measures BatchNorm statistics on."""
+        rows = self.epoch_dataset(self.cfg.train.epochs - 1)
+        plain = rows.subset(self.dist.shard(rows.rows)).with_transform(
+            build_eval_transform(self.data.input_size, self.data.native_size))
+        return make_loader(plain, self.cfg.train.batch_size, self.workers, self.rt.device, train=False)
 
     def validate_model(self, model: nn.Module, title: str) -> tuple[float, np.ndarray]:
         """``model``'s metric and predictions on the fold's validation rows (gathered from every rank)."""
@@ -586,7 +632,7 @@ class FoldTrainer:
 
     def end_epoch(self, epoch: int, stats: EpochStats) -> EpochEnd:
         """Validate epoch ``epoch`` (0-based), step the scheduler, and hand the result to the handlers."""
-        eval_model = self.ema.module if self.ema is not None else self.model
+        eval_model = self.eval_model()
         val_metric, val_probs = self.validate_model(eval_model, f"fold {self.k} epoch {epoch + 1} validation")
         val_loss = log_loss(self.targets[self.val_idx], val_probs)
         if self.scheduler is not None:
@@ -631,7 +677,8 @@ class FoldTrainer:
 
     def _finish(self) -> FoldResult:
         p = self.progress
-        result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history))
+        result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history),
+                            self.weights or f"best epoch {p.best_epoch}")
         if self.is_main:
             self.run.save(result, fold=self.k)  # last: marks the fold finished
             if not self.cfg.train.keep_last:  # finished: nothing will resume from it

@@ -24,14 +24,7 @@ find_bindir() {
 
 BINDIR=$(find_bindir)
 if [ -z "$BINDIR" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    log "PostgreSQL is not installed and this is not root; install it with: sudo apt-get install -y postgresql"
-    exit 1
-  fi
-  log "installing postgresql with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq postgresql >&2
+  bash "$(dirname "$0")/apt_install.sh" postgresql
   BINDIR=$(find_bindir)
 fi
 

@@ -35,7 +35,9 @@ CLOSED_SETS = {
     "train.channels_last": ("maybe", "on"),
     "train.device": ("gpu", "cuda:N"),
     "train.target": ("diagnosiss", "diagnosis"),
+    "train.mixup_mode": ("element", "elem"),
     "data.extra": ("isic-2019", "competition: NAME"),
+    "train.loggers": ("tensorbord", "tensorboard"),
 }
 
 

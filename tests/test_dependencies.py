@@ -100,9 +100,9 @@ def test_bounds_are_a_tested_floor_and_below_the_next_major(name, floor, ceiling
 
 def test_dev_refers_to_the_other_extras_instead_of_repeating_them():
     extras = project()["optional-dependencies"]
-    assert "kit[stack,tune]" in extras["dev"]
+    assert "kit[stack,tune,trackers]" in extras["dev"]
     repeated = {canonicalize_name(Requirement(x).name) for x in extras["dev"]} & {
-        canonicalize_name(Requirement(x).name) for name in ("stack", "tune") for x in extras[name]}
+        canonicalize_name(Requirement(x).name) for name in ("stack", "tune", "trackers") for x in extras[name]}
     assert not repeated
 
 

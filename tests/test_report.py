@@ -35,9 +35,9 @@ def test_report_writes_valid_pngs(predicted_runs, tmp_path, name, expected):
     run = shutil.copytree(predicted_runs[name].run_dir, tmp_path / name)
     shutil.rmtree(run / "report")  # drawn by kit predict already; draw it again from the files alone
     paths = write_report(run)
-    assert sorted(p.name for p in paths) == sorted(expected)
-    assert sorted(p.name for p in (run / "report").iterdir()) == sorted(expected)  # no temp files left
-    for p in paths:
+    assert sorted(p.name for p in paths) == sorted(expected + ["index.html"])
+    assert sorted(p.name for p in (run / "report").iterdir()) == sorted(expected + ["index.html"])  # no temp files
+    for p in paths[:-1]:
         _assert_png(p)
 
 
@@ -52,8 +52,8 @@ def test_report_of_a_run_whose_oof_csv_is_not_gathered_yet(predicted_runs, tmp_p
     (run / "oof_tta.csv").unlink()
     (run / "fold1" / "history.csv").unlink()
     paths = write_report(run)
-    assert [p.name for p in paths] == ["roc.png", "training_curves.png"]
-    for p in paths:
+    assert [p.name for p in paths] == ["roc.png", "training_curves.png", "index.html"]
+    for p in paths[:-1]:
         _assert_png(p)
 
 
@@ -69,7 +69,7 @@ def test_cli_report_lists_the_files(predicted_runs, tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out.split()
     assert out == [str(run / "report" / n) for n in ("confusion.png", "recall.png", "confusion_tta.png",
-                                                     "training_curves.png")]
+                                                     "training_curves.png", "index.html")]
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -13,7 +13,7 @@ from kit.config import load_config
 from kit.data.dataset import ImageDataset
 from kit.errors import ConfigError
 from kit.runtime import Runtime, compile_model, default_workers, make_loader, resolve_amp, resolve_channels_last
-from kit.train import _step, train_folds, train_one_epoch
+from kit.train import _backward, _step, train_folds, train_one_epoch
 from kit.transforms import build_eval_transform
 
 CPU = torch.device("cpu")
@@ -79,7 +79,9 @@ def test_an_overflow_skips_the_step_and_halves_the_scale():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = _params(model)
     loss = model(torch.randn(2, 3, 32, 32)).sum() * torch.tensor(float("inf"))
-    _step(loss, model, optimizer, _runtime(torch.float16, scaler), grad_clip=1.0)
+    rt = _runtime(torch.float16, scaler)
+    _backward(loss, rt)
+    _step(model, optimizer, rt, grad_clip=1.0)
     assert torch.equal(before, _params(model)) and scaler.get_scale() == 32768.0
 
 

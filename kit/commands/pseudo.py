@@ -1,6 +1,6 @@
 """kit pseudo: one pseudo-label round; a new run like a predicted one, its folds trained also on confident test images."""
 
-from kit.commands import train
+from kit.commands import flags, train
 
 
 def add_parser(sub):
@@ -9,13 +9,12 @@ def add_parser(sub):
                        "predict), fold k also on the test images that run's fold k model is confident about, with its "
                        "probabilities as soft labels (data.pseudo). The test images never validate and never enter "
                        "oof.csv or the CV; history.csv counts them (pseudo_images).")
-    p.add_argument("run", help="a predicted run folder (test_fold{k}.csv of every fold)")
-    p.add_argument("--out", required=True, help="the new run folder")
+    flags.add_run_dir(p, help="a predicted run folder (test_fold{k}.csv of every fold)")
+    flags.add_out(p, "the new run folder", required=True, metavar="RUN")
     p.add_argument("--threshold", type=float, default=None, help="keep a test image when its top probability "
                    "(binary: p or 1 - p) is at least this (data.pseudo_threshold, default 0.9)")
     p.add_argument("--hard", action="store_true", help="the argmax class as the label instead of the probabilities")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key of the new run (repeatable)")
+    flags.add_set(p, "applies to the new run")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=run)
@@ -30,7 +29,7 @@ def run(args) -> int:
     from kit.records import RunInfo
     from kit.rundir import RunDir
 
-    source = RunDir.open(args.run)
+    source = RunDir.open(args.run_dir)
     cfg, data_dir, folds = source.config(), source.data_dir(), source.load(RunInfo).folds
     pairs = [f"data.pseudo={source.path.resolve()}", *(["data.pseudo_hard=true"] if args.hard else []),
              *([f"data.pseudo_threshold={args.threshold}"] if args.threshold is not None else []), *args.overrides]

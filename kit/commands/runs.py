@@ -1,4 +1,5 @@
-"""kit runs: a table of the run folders under a folder, with their CV and leaderboard scores."""
+"""kit runs: a table of the run folders under a folder, with their CV and leaderboard scores; ``--compare A B``: is
+B really better than A (the paired bootstrap of kit.compare)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ def add_parser(sub):
                    "alphabetical); default cv")
     p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     p.add_argument("--log", default="submissions/log.csv", help="the submissions log (default submissions/log.csv)")
+    g = p.add_argument_group("comparing two runs")
+    g.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None, help="two run folders trained on the "
+                   "same folds: the difference B - A of their CV scores with a paired bootstrap confidence interval "
+                   "(whole patients or lesions resampled where the competition has them)")
+    g.add_argument("--with-tta", dest="tta", action="store_true", help="compare the CV with TTA (oof_tta.csv of kit predict)")
+    g.add_argument("--no-groups", action="store_true", help="resample single rows even where the competition has "
+                   "groups (needed when the runs' data folder is not on this machine)")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    g.add_argument("--confidence", type=float, default=0.95, help="confidence of the interval (default 0.95)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
     p.set_defaults(func=run)
 
 
@@ -70,6 +81,32 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(c) -> str:
+    """The two scores, B - A with its interval, and what the interval says."""
+    r = c.result
+    unit = f"{c.n_groups} {c.group_col} groups" if c.group_col else "single rows"
+    level = f"{100 * r.confidence:g}%"
+    verdict = (f"B is better than A: the {level} interval lies above 0" if r.low > 0 else
+               f"A is better than B: the {level} interval lies below 0" if r.high < 0 else
+               f"the {level} interval holds 0: the difference may be chance")
+    return "\n".join([
+        f"{c.metric}, {'TTA' if c.tta else 'no TTA'}, {c.n_rows} OOF rows; {r.resamples} paired resamples of {unit}",
+        f"A  {c.a}  {c.score_a:.4f}",
+        f"B  {c.b}  {c.score_b:.4f}",
+        f"B - A  {r.diff:+.4f}  {level} CI [{r.low:+.4f}, {r.high:+.4f}]; B no better than A in "
+        f"{100 * r.p_not_better:.1f}% of resamples",
+        verdict])
+
+
+def compare(args) -> int:
+    from kit.compare import compare_runs
+
+    result = compare_runs(args.compare[0], args.compare[1], tta=args.tta, groups=not args.no_groups,
+                          resamples=args.resamples, confidence=args.confidence, seed=args.seed, progress=True)
+    print(format_comparison(result))
+    return 0
+
+
 def run(args) -> int:
     import csv
     import sys
@@ -77,6 +114,8 @@ def run(args) -> int:
 
     from kit.errors import KitError
 
+    if args.compare:
+        return compare(args)
     if not Path(args.dir).is_dir():
         raise KitError(f"folder {args.dir} not found")
     rows = sort_rows(collect_runs(args.dir, args.log), args.sort)

@@ -93,27 +93,31 @@ def run(args) -> int:
 def _train(cfg, data_dir, out, folds, exclude, progress, args, started, *, only, runner, is_main) -> int:
     from kit.budget import EXIT_BUDGET, TimeBudgetReached
     from kit.report import write_report
+    from kit.trackers import RunTracking
     from kit.train import train_folds
 
     budget = _budget(args.time_budget, cfg, only or folds, started)
+    # train.loggers: the run's MLflow run is opened before the folds (each fold's run nests in it) and ended after
     try:
-        result = train_folds(cfg, data_dir, out, folds, args.folds_file, on_epoch=budget, progress=progress,
-                             exclude=exclude, fresh=not args.resume, overwrite=args.overwrite, only=only,
-                             runner=runner)
+        with RunTracking(cfg, out, fresh=not args.resume, stopped=(TimeBudgetReached,), enabled=is_main) as tracking:
+            result = train_folds(cfg, data_dir, out, folds, args.folds_file, on_epoch=budget, progress=progress,
+                                 exclude=exclude, fresh=not args.resume, overwrite=args.overwrite, only=only,
+                                 runner=runner)
+            written = write_report(out) if is_main else []
+            tracking.finish({"cv": result.cv_score, "mean_fold_score": result.mean_fold_score}, written)
     except TimeBudgetReached as e:
         if is_main:
             print(f"kit train: {e}; continue with: kit train --resume {out} [--time-budget SECONDS]", flush=True)
         return EXIT_BUDGET
     if not is_main:  # rank 0 reports
         return 0
-    written = write_report(out)
     print(f"\n{'fold':>6}  {result.metric}")
     for k, score in result.fold_scores.items():
         print(f"{k:>6}  {score:.4f}")
     print(f"{'mean':>6}  {result.mean_fold_score:.4f}")
     print(f"{'CV':>6}  {result.cv_score:.4f}   (pooled out-of-fold, from {out / 'oof.csv'})")
     if written:
-        print(f"report: {len(written)} plots in {out / 'report'}")
+        print(f"report: {len(written) - 1} plots and the run page {out / 'report' / 'index.html'}")
     return 0
 
 

@@ -84,6 +84,7 @@ def search(args) -> int:
     from kit import tune
     from kit.config import load_config
     from kit.errors import ConfigError
+    from kit.trackers import finish_study
 
     missing = [f"--{n}" for n in ("study", "competition", "data", "trials") if getattr(args, n) is None]
     if missing:
@@ -117,6 +118,8 @@ def search(args) -> int:
     study = tune.open_study(args.study, storage, setup, sampler, pruner)
     ran = tune.run_study(study, setup, args.trials, poll_s=args.heartbeat,
                          retry=storage.get_heartbeat_stale_trial_callback())
+    values = [t.value for t in study.get_trials(deepcopy=False) if t.value is not None]
+    finish_study(base, setup.study_dir, max(values, default=None))  # train.loggers: the study's MLflow run ends
     print(f"\nkit tune: worker {tune.worker_id()} ran {len(ran)} trial(s): {' '.join(map(str, ran)) or '-'}")
     print(tune.trials_table(study, top=5))
     return 0

@@ -31,6 +31,7 @@ from kit.config import Config, from_dict
 from kit.errors import ConfigError, KitError
 from kit.progress import Eta
 from kit.rundir import RunDir
+from kit.trackers import RunTracking
 from kit.train import TrainingError, train_folds
 from kit.tune.pruning import FoldPruningCallback
 from kit.tune.space import epoch_stride, suggest, trial_config
@@ -180,7 +181,11 @@ def objective(trial: optuna.Trial, setup: TuneSetup) -> float:
     try:
         cfg = trial_config(setup.base, params)
         callback = FoldPruningCallback(trial, run_dir, setup.folds, setup.stride, _metric_name(cfg))
-        result = train_folds(cfg, setup.data_dir, run_dir, setup.folds, setup.folds_file, on_epoch=callback)
+        # train.loggers: the trial's MLflow run nests in the study's; a pruned trial ends as KILLED, not FAILED
+        with RunTracking(cfg, run_dir, study=(setup.study_dir, setup.study_dir.name),
+                         stopped=(optuna.TrialPruned,)) as tracking:
+            result = train_folds(cfg, setup.data_dir, run_dir, setup.folds, setup.folds_file, on_epoch=callback)
+            tracking.finish({"cv": result.cv_score, "mean_fold_score": result.mean_fold_score})
     except optuna.TrialPruned:
         _finish(trial, run_dir, setup)
         raise
