@@ -51,6 +51,7 @@ __all__ = ["KAGGLE_IMAGE_HAS", "KAGGLE_IMAGE_LACKS", "KAGGLE_PYTHONS", "BundlePu
 # neither list stops `kit bundle` so that adding one to pyproject.toml forces the question.
 KAGGLE_IMAGE_HAS = ("torch", "torchvision", "timm", "albumentations", "scikit-learn", "pandas", "numpy", "tifffile",
                     "h5py", "pillow", "optuna", "kaggle", "six", "pyyaml", "tqdm", "matplotlib",
+                    "opencv-python-headless", "scipy", "huggingface_hub", "safetensors", "sqlalchemy", "requests",
                     "lightgbm", "xgboost", "catboost")  # the last three: kit[stack], which a stack bundle's kernel runs
 KAGGLE_IMAGE_LACKS = ("simplejpeg",)
 # The image's Python has moved (3.10 in 2024, 3.11, then 3.12): one wheel per version costs a few hundred KB and

@@ -16,6 +16,7 @@ import threading
 from kit import __version__
 from kit.console import show_messages
 from kit.errors import KitError
+from kit.io import write_error
 
 # Order is the order of ``kit --help``; modules are imported only to build their parser (they import heavy
 # libraries such as torch inside their ``run`` functions).
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
+    except OSError as e:  # a write refused where no writer of kit's named its path first (a folder it creates)
+        refused = write_error(e.filename or "a file", e)
+        if refused is None:
+            raise
+        print(f"kit {args.command}: error: {refused}", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -69,6 +69,10 @@ class Competition:
     """A binary competition's column of free-text diagnoses (mapped to DIAGNOSES), for a finer training target."""
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
+    on_kaggle: bool = True
+    """A Kaggle competition (attached to a kernel as one); False: its data is a Kaggle dataset (ISIC 2018, 2019)."""
+    code_competition: bool = False
+    """Kaggle scores a kernel re-run on the hidden test set, not an uploaded CSV (``kit submit --kernel``)."""
 
     @property
     def is_binary(self) -> bool:
@@ -163,6 +167,7 @@ register(Competition(
     metric="pauc80",
     submission_columns=("isic_id", "target"),
     aliases=("isic-2024",),
+    code_competition=True,
 ))
 
 ISIC_2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
@@ -186,6 +191,7 @@ register(Competition(
     metric="balanced_accuracy",
     submission_columns=("image", *ISIC_2019_CLASSES),
     notes="lesion_id is missing for many images: each such image is its own group",
+    on_kaggle=False,
 ))
 
 ISIC_2018_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -207,4 +213,5 @@ register(Competition(
     metric="balanced_accuracy",
     submission_columns=("image", *ISIC_2018_CLASSES),
     aliases=("isic-2018", "ham10000"),
+    on_kaggle=False,
 ))

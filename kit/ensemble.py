@@ -208,6 +208,10 @@ class EnsembleResult:
     test: np.ndarray
     expected_ids: list[str]
     """The competition's test ids, which the submission must match."""
+    decision: dict | None = None
+    """Balanced accuracy: the decision weights fitted on the blend's OOF, their nested CV, whether ``test`` has them."""
+    decision_note: str = ""
+    """The two lines that say so (kit ensemble prints them)."""
 
 
 def _load_members(run_dirs: Sequence[Path], fold_blend: str) -> list[Member]:
@@ -224,9 +228,33 @@ def _load_members(run_dirs: Sequence[Path], fold_blend: str) -> list[Member]:
     return members
 
 
+def blend_decision(members: list[Member], method: str, test: np.ndarray,
+                   mode: str = "auto") -> tuple[np.ndarray, dict | None, str]:
+    """Balanced accuracy: decision weights fitted on the blend's OOF (nested over the folds, as kit predict fits
+    them on one run's), applied to the blended test predictions where the nested CV gains, or always (``mode``
+    on). (test, the fit, its two lines); the test unchanged and None for other metrics or ``mode`` off."""
+    from kit.decision import DECISION_METRICS, DECISION_MODES, apply_weights, fit_nested, format_fit
+
+    if mode not in DECISION_MODES:
+        raise ConfigError(f"--decision {mode} is not valid; expected one of {', '.join(DECISION_MODES)}")
+    spec = members[0].spec
+    if mode == "off" or spec.metric not in DECISION_METRICS:
+        return test, None, ""
+    blend, metric = get_blend(method), get_metric(spec.metric)
+    preds, target, fold = [m.oof for m in members], members[0].target, members[0].fold
+    oof = (nested_predictions(blend, preds, target, fold, metric, spec.task) if blend.fitted
+           else blend.combine(preds, blend.weights(preds, target, metric), spec.task))
+    fit = fit_nested(oof, target, fold)
+    applied = fit.helps or mode == "on"
+    note = format_fit(fit, list(spec.classes)) + (" (applied: --decision on)" if applied and not fit.helps else "")
+    test = apply_weights(test, np.asarray(fit.weights)) if applied else test
+    return test, {**fit.to_dict(), "classes": list(spec.classes), "applied": applied, "mode": mode}, note
+
+
 def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", data_dir: str | Path | None = None,
-                  fold_blend: str = "mean", verbose: bool = True) -> EnsembleResult:
-    """Blend the OOF and test predictions of predicted runs (each run's folds first blended by ``fold_blend``)."""
+                  fold_blend: str = "mean", verbose: bool = True, decision: str = "auto") -> EnsembleResult:
+    """Blend the OOF and test predictions of predicted runs (each run's folds first blended by ``fold_blend``);
+    for balanced accuracy, with the blend's decision weights (:func:`blend_decision`)."""
     blend = get_blend(method)
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -244,9 +272,10 @@ def ensemble_runs(run_dirs: Sequence[str | Path], method: str = "mean", data_dir
         log.info(format_scores(spec.metric, rows, method))
     w = weights[method]
     test = blend.combine([m.test for m in members], w, spec.task)
+    test, fit, note = blend_decision(members, method, test, decision)
     named = {m.name: float(x) for m, x in zip(members, w, strict=True)}
     return EnsembleResult(method, spec, rows, named, members, members[0].test_ids, test,
-                          _expected_test_ids(spec, members, data_dir))
+                          _expected_test_ids(spec, members, data_dir), fit, note)
 
 
 def write_summary(result: EnsembleResult, path: Path) -> Path:
@@ -256,7 +285,7 @@ def write_summary(result: EnsembleResult, path: Path) -> Path:
         "weights": result.weights,
         "members": [{"name": m.name, "run_dir": str(m.run_dir), "oof": m.oof_source, "folds": m.folds}
                     for m in result.members],
-        "scores": [r.__dict__ for r in result.scores]}, indent=2, default=float))
+        "scores": [r.__dict__ for r in result.scores], "decision": result.decision}, indent=2, default=float))
 
 
 def _expected_test_ids(spec: Competition, members: list[Member], data_dir: str | Path | None) -> list[str]:

@@ -35,5 +35,9 @@ class SubmissionError(KitError):
     """A submission that does not match the competition's format: columns, ids, or values."""
 
 
+class WriteError(KitError):
+    """The disk refused a write: full, read-only, no permission, or a file where a folder must be."""
+
+
 class KaggleError(KitError):
     """A Kaggle API call failed: missing or rejected credentials, rules not accepted, a limit, a failed upload."""

@@ -4,6 +4,7 @@ files, and the ``flock`` behind the run folder's and the pack's locks."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import hashlib
@@ -40,20 +41,52 @@ def remove_orphans(folder: Path) -> int:
     return len(orphans)
 
 
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on its disk: free some, then run the command again",
+                errno.EDQUOT: "the disk quota is used up: free some space, then run the command again",
+                errno.EROFS: "its file system is read-only: choose a writable place",
+                errno.EACCES: "permission denied: choose a folder you may write to",
+                errno.EPERM: "permission denied: choose a folder you may write to",
+                errno.ENOTDIR: "a file stands where a folder must be: choose another path",
+                errno.EEXIST: "a file stands where a folder must be: choose another path"}
+"""The errors of a write that the user, not kit, must fix, and what to do; files written before are intact."""
+
+
+def write_error(path: str | os.PathLike, error: OSError,
+                temporary: str | os.PathLike | None = None) -> Exception | None:
+    """The one-line WriteError for an OSError of a write to ``path`` (None when it is not a write refusal);
+    the file the error names is added when it is another one (a parent that is a file), not ``temporary``."""
+    from kit.errors import WriteError
+
+    what = WRITE_ERRNOS.get(error.errno)
+    if what is None:
+        return None
+    named = str(error.filename) if error.filename else ""
+    ours = named in (str(path), str(temporary)) or Path(named).name.startswith(f".{Path(path).name}.")
+    culprit = f" ({named})" if named and not ours else ""
+    return WriteError(f"cannot write {path}{culprit}: {what}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds. A refused
+    write (disk full, read-only, no permission) raises one WriteError naming ``path``; the old file stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)  # atomic on POSIX when both are on one filesystem, hence the same folder
+    except OSError as e:
+        refused = write_error(path, e, tmp_path)
+        if refused is None:
+            raise
+        raise refused from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

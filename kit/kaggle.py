@@ -18,14 +18,14 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from kit.competitions import get_competition
 from kit.errors import DataError, KaggleError
 from kit.io import sha256_file, write_text_atomic
 
 __all__ = ["LOG_COLUMNS", "SubmissionResult", "api_errors", "append_log", "authenticated_client",
-           "credentials_source", "upload_submission"]
+           "credentials_source", "submit_and_poll", "upload_submission"]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,12 @@ class SubmissionResult:
     error: str | None = None
     run: str = ""
     cv: float | None = None
+    kernel: str = ""
+    """A code competition's kernel, OWNER/SLUG/VERSION (``file`` is then its downloaded output)."""
 
     def summary(self) -> str:
         """One line for the terminal."""
-        head = f"submission {self.ref} to {self.competition} ({self.file.name})"
+        head = f"submission {self.ref} to {self.competition} ({self.kernel or self.file.name})"
         if self.status == "complete":
             score = "none yet" if self.public_score is None else f"{self.public_score:g}"
             return f"{head}: complete, public score {score}"
@@ -71,17 +73,28 @@ def upload_submission(competition: str, path: str | os.PathLike, message: str, t
     path = Path(path)
     if not path.is_file():
         raise DataError(f"submission file {path} not found")
-    digest = sha256_file(path)
+    made = SubmissionResult(competition=slug, file=path, sha256=sha256_file(path), message=message, ref=0,
+                            status="pending", run=run, cv=cv)
     api, source = authenticated_client()
-    with _api_errors(slug, source):
-        response = api.competition_submit(str(path), message, slug, quiet=True)
+    return submit_and_poll(api, source, made, lambda: api.competition_submit(str(path), message, slug, quiet=True),
+                           timeout, poll_every, log_path)
+
+
+def submit_and_poll(api: Any, source: str, made: SubmissionResult, send: Callable[[], Any], timeout: float,
+                    poll_every: float, log_path: str | os.PathLike = DEFAULT_LOG,
+                    hints: Mapping[int, str] | None = None) -> SubmissionResult:
+    """Make the submission ``made`` describes with ``send()`` (a client call answering a ``ref``), poll its score,
+    log it. ``hints`` add messages for HTTP statuses of this call (``{said}`` where Kaggle's reason goes)."""
+    slug, what = made.competition, made.kernel or made.file
+    with _api_errors(slug, source, hints):
+        response = send()
     ref = int(getattr(response, "ref", 0) or 0)
     if ref == 0:
         reply = getattr(response, "message", "") or "no reply"
-        raise KaggleError(f"upload of {path} to {slug} failed: the kaggle client answered '{reply}' and created no "
+        kind = "code submission" if made.kernel else "upload"
+        raise KaggleError(f"{kind} of {what} to {slug} failed: the kaggle client answered '{reply}' and created no "
                           "submission (nothing counted against the daily limit); check the connection and retry")
-    made = SubmissionResult(competition=slug, file=path, sha256=digest, message=message, ref=ref, status="pending",
-                            run=run, cv=cv)
+    made = replace(made, ref=ref)
     try:
         submission = _wait_for_score(api, slug, ref, source, timeout, poll_every)
     except KaggleError as e:
@@ -207,8 +220,9 @@ def api_errors(subject: str, source: str, hints: Mapping[int, str] | None = None
         raise KaggleError(f"the kaggle client refused the call for {subject}: {e}") from None
 
 
-def _api_errors(slug: str, source: str) -> contextlib.AbstractContextManager[None]:
-    """:func:`api_errors` with what to do when a competition refuses a submission."""
+def _api_errors(slug: str, source: str,
+                hints: Mapping[int, str] | None = None) -> contextlib.AbstractContextManager[None]:
+    """:func:`api_errors` with what to do when a competition refuses a submission (``hints`` override these)."""
     return api_errors(slug, source, {
         403: f"Kaggle refused the submission to {slug}{{said}}: if you have not accepted the competition rules, "
              f"accept them at https://www.kaggle.com/competitions/{slug}/rules while signed in with this account; "
@@ -216,6 +230,7 @@ def _api_errors(slug: str, source: str) -> contextlib.AbstractContextManager[Non
         404: f"Kaggle has no competition '{slug}' open to this account{{said}}",
         429: f"daily submission limit for {slug} reached{{said}}: the count resets at 00:00 UTC; nothing was "
              "submitted",
+        **(hints or {}),
     })
 
 
@@ -269,7 +284,8 @@ def append_log(result: SubmissionResult, log_path: str | os.PathLike = DEFAULT_L
     writer = csv.writer(out, lineterminator="\n")
     if not old:
         writer.writerow(LOG_COLUMNS)
-    writer.writerow([datetime.now(timezone.utc).isoformat(timespec="seconds"), result.competition, str(result.file),
+    writer.writerow([datetime.now(timezone.utc).isoformat(timespec="seconds"), result.competition,
+                     result.kernel or str(result.file),
                      result.sha256, result.message, result.ref, result.status,
                      "" if result.public_score is None else repr(result.public_score), result.run,
                      "" if result.cv is None else repr(result.cv)])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.bundle import bundle_slug, check_dataset_ref, check_owner, run_competition
+from kit.bundle import MANIFEST, bundle_slug, check_dataset_ref, check_owner, run_competition
 from kit.competitions import Competition, get_competition
 from kit.errors import ConfigError, KaggleError, KitError
 from kit.io import atomic_path, read_json_file, write_text_atomic
@@ -41,6 +41,7 @@ CODE_FILE = "kernel.py"
 METADATA = "kernel-metadata.json"
 DEFAULT_WORKING = "/kaggle/working"
 STAGED_RUN = "kit-run"  # the working folder's copy of the checkpoints folder, where predict_run writes
+ORIGIN = "kit-submission.json"  # beside submission.csv: the run or stack it came from, for kit submit --kernel
 _LEFT_OVER = re.compile(r"__[A-Z][A-Z_]*__")
 
 
@@ -155,6 +156,24 @@ def _predict_images(run_dir: Path, data_dir: Path, tta: str, device: str) -> tup
     return [str(i) for i in test_ids], test
 
 
+def check_stack_tta(stack, name: str, tta: str) -> None:
+    """The kernel's TTA must be the one kit predict used for the stack's image run ``name``: its test scores are
+    features of the GBDTs, fitted on the scores of that TTA."""
+    from kit.tta import get_view_set
+
+    recorded = stack.predicted_tta(name)
+    if recorded is None:
+        return
+    views, merge = [str(v) for v in recorded["views"]], str(recorded.get("merge", "mean"))
+    if views != list(get_view_set(tta)) or merge != "mean":
+        used = f"--tta {len(views)}" + ("" if merge == "mean" else f" --merge {merge}")
+        raise KitError(f"the stack's image run {name} was predicted with kit predict {used}, but this kernel runs "
+                       f"--tta {tta} (merge mean): its test scores would not be the features the stack's GBDTs were "
+                       f"fitted on; build the kernel with kit kernel build --tta {len(views)}"
+                       + ("" if merge == "mean" else f", after kit predict --tta {len(views)} --merge mean and kit "
+                          "stack again"))
+
+
 def _predict_stack(spec: Competition, data_dir: Path, stack_dir: Path, working: Path, tta: str,
                    device: str) -> tuple[list[str], np.ndarray, str]:
     """(test ids, the stack's prediction, what it is): each image run the stack names predicts the test images,
@@ -167,6 +186,8 @@ def _predict_stack(spec: Competition, data_dir: Path, stack_dir: Path, working: 
     if stack.competition != spec.name:
         raise KitError(f"the stack in {stack_dir} was made for {stack.competition}, not {spec.name}: attach the "
                        f"{spec.name} bundle")
+    for name in stack.images:  # before any prediction: a wrong TTA would make features the GBDTs never saw
+        check_stack_tta(stack, name, tta)
     scores = {}
     for name in stack.images:
         run_dir = _stage(stack.run_dir(name), working / f"{STAGED_RUN}-{name}")
@@ -175,6 +196,26 @@ def _predict_stack(spec: Competition, data_dir: Path, stack_dir: Path, working: 
     ids, pred = predict_test(stack_dir, data_dir, scores)
     runs = ", ".join(stack.images) or "no image run"
     return [str(i) for i in ids], pred, f"the stack's GBDTs over {len(stack.folds())} folds on {runs}"
+
+
+def origin_record(weights_dir: Path, tta: str) -> dict:
+    """What a kernel's submission was made from: the run or stack named by the bundle (its bundle.json), the TTA."""
+    manifest = weights_dir.parent / MANIFEST
+    try:
+        bundle = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except ValueError:
+        bundle = {}
+    bundle = bundle if isinstance(bundle, dict) else {}
+    return {"run": str(bundle.get("run") or weights_dir.name), "bundle": str(bundle.get("id", "")), "tta": tta}
+
+
+def read_origin(path: Path) -> str:
+    """The run or stack named in a kernel's ``kit-submission.json`` ("" when the file is absent or not kit's)."""
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return str(record.get("run", "")) if isinstance(record, dict) else ""
 
 
 def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str | os.PathLike,
@@ -209,6 +250,7 @@ def run_kernel(competition: str, data_dir: str | os.PathLike, weights_dir: str |
         shutil.copyfile(submission, tmp)
         tmp.chmod(0o644)  # a temporary file is private to its owner; Kaggle's collector reads the output folder
     rows = validate_file(spec, final, data_dir)  # what is on disk, against the test ids of this data folder
+    write_text_atomic(working / ORIGIN, json.dumps(origin_record(weights_dir, tta), indent=2))
     log.info(f"wrote {final}: {rows} rows, {what}, TTA {tta}")
     return final
 
@@ -268,17 +310,26 @@ def push_kernel(folder: str | os.PathLike) -> KernelPush:
     return KernelPush(ref, getattr(reply, "url", "") or f"https://www.kaggle.com/code/{ref}", version)
 
 
-def kernel_status(ref: str) -> tuple[str, str]:
-    """The status of the kernel's latest version (queued, running, complete, error, ...) and its failure message."""
-    from kit.kaggle import api_errors, authenticated_client
-
+def check_kernel_ref(ref: str) -> str:
+    """``ref`` if it is OWNER/SLUG with OWNER a Kaggle user name."""
     owner, _, slug = ref.partition("/")
     if not slug or "/" in slug:
         raise ConfigError(f"kernel '{ref}' must be OWNER/SLUG, for example {owner or 'you'}/kit-isic-2024-challenge")
     check_owner(owner, f"the owner in kernel '{ref}'")
+    return ref
+
+
+def kernel_status(ref: str, version: int | None = None) -> tuple[str, str]:
+    """The status of the kernel's version ``version`` (default: its latest: queued, running, complete, error, ...)
+    and its failure message."""
+    from kit.kaggle import api_errors, authenticated_client
+
+    check_kernel_ref(ref)
     api, source = authenticated_client()
-    hints = {404: f"Kaggle has no kernel {ref} visible to this account{{said}}: push it with kit kernel push"}
+    hints = {404: f"Kaggle has no kernel {ref} visible to this account{{said}}: push it with kit kernel push"
+             if version is None else f"Kaggle has no version {version} of kernel {ref} visible to this account"
+             "{said}: `kit kernel push` prints the number of each version it makes"}
     with api_errors(f"kernel {ref}", source, hints):
-        reply = api.kernels_status(ref)
+        reply = api.kernels_status(ref if version is None else f"{ref}/{version}")
     status = getattr(reply.status, "name", str(reply.status)).lower()
     return status, getattr(reply, "failure_message", None) or ""

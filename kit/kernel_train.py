@@ -64,9 +64,14 @@ def train_kernel_metadata(competition: str, owner: str, wheels_dataset: str, int
     }
 
 
+EXTRA_MARK = "@kaggle-input:"  # data.extra's folder in the kernel's config: found under /kaggle/input at run time
+
+
 def resolved_config_yaml(competition: str, config: str | None, overrides: Sequence[str]) -> str:
     """The full config the kernel trains with, checked here. A ``model.weights`` override is kept as written and
-    not checked: it names a file in an attached dataset, which exists only on Kaggle."""
+    not checked: it names a file in an attached dataset, which exists only on Kaggle. Each data.extra folder (a
+    local path) becomes a mark the kernel replaces with the folder under /kaggle/input that holds that
+    competition's labels file (:func:`extra_inputs`)."""
     import yaml
 
     from kit.config import config_to_yaml, load_config
@@ -76,7 +81,18 @@ def resolved_config_yaml(competition: str, config: str | None, overrides: Sequen
     data = yaml.safe_load(config_to_yaml(cfg, with_provenance=False))
     if weights:
         data["model"]["weights"] = weights[-1].split("=", 1)[1].strip() or None
+    for entry in data.get("data", {}).get("extra", []):
+        entry["data"] = EXTRA_MARK + get_competition(entry["competition"]).name
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def extra_inputs(config_yaml: str) -> list[dict]:
+    """What the kernel must find of data.extra: each competition and the labels file that marks its folder."""
+    import yaml
+
+    entries = (yaml.safe_load(config_yaml).get("data") or {}).get("extra") or []
+    return [{"competition": get_competition(e["competition"]).name,
+             "labels": get_competition(e["competition"]).labels_file} for e in entries]
 
 
 def build_train_kernel(competition: str, owner: str, wheels_dataset: str | None = None, config: str | None = None,
@@ -90,8 +106,13 @@ def build_train_kernel(competition: str, owner: str, wheels_dataset: str | None 
     wheels = check_dataset_ref(wheels_dataset or f"{check_owner(owner)}/{WHEELS_SLUG}", "--wheels-dataset")
     extra = [check_dataset_ref(d, "--attach") for d in datasets]
     meta = train_kernel_metadata(spec.name, owner, wheels, internet, accelerator, resume, extra)
+    config_yaml = resolved_config_yaml(spec.name, config, overrides)
+    extra_data = extra_inputs(config_yaml)
+    # an extra that is a Kaggle competition is attached as one; the others (ISIC 2018, 2019) are datasets: --attach
+    meta["competition_sources"] += [e["competition"] for e in extra_data if get_competition(e["competition"]).on_kaggle
+                                    and e["competition"] not in meta["competition_sources"]]
     values = {"COMPETITION": spec.name, "WHEELS_DATASET": wheels, "KERNEL": meta["id"], "CONTINUE": resume,
-              "RUN": RUN_NAME, "CONFIG_YAML": resolved_config_yaml(spec.name, config, overrides),
+              "RUN": RUN_NAME, "CONFIG_YAML": config_yaml, "EXTRA": extra_data, "EXTRA_MARK": EXTRA_MARK,
               "TIME_BUDGET": float(time_budget), "BUILD": uuid.uuid4().hex[:12]}
     script = fill_template(TEMPLATE, values, spec.title)
     out = Path(out) if out is not None else Path("kernels") / f"train-{spec.name}"

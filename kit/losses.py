@@ -79,7 +79,8 @@ class FocalLoss(nn.Module):
 
 
 def class_weights(targets: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1 over the classes present (absent classes get 0)."""
+    """Inverse-frequency weights, each present class weighing the same in total and the mean over the rows 1; a
+    class absent from ``targets`` (from a fold's training part) gets 0."""
     counts = np.bincount(targets, minlength=n_classes).astype(float)
     w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
     return torch.tensor(w, dtype=torch.float32)

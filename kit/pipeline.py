@@ -75,12 +75,15 @@ def predict_and_submit(run_dir, data=None, tta="8", merge="mean", folds=None, ba
 
 
 def ensemble_and_submit(run_dirs, method="mean", out_dir="submissions", name="ensemble", data=None,
-                        fold_merge="mean"):
-    """``kit ensemble``: (EnsembleResult, the submission's path, its JSON summary's path)."""
+                        fold_merge="mean", decision="auto"):
+    """``kit ensemble``: (EnsembleResult, the submission's path, its JSON summary's path); for balanced accuracy
+    with the blend's decision weights (``decision``: auto, on, off)."""
     from kit.ensemble import ensemble_runs, write_summary
     from kit.submission import write_submission
 
-    result = ensemble_runs(run_dirs, method, data, fold_merge)
+    result = ensemble_runs(run_dirs, method, data, fold_merge, decision=decision)
+    if result.decision_note:
+        log.info(result.decision_note)
     path = write_submission(result.spec, [str(i) for i in result.test_ids], result.test, name, out_dir,
                             expected_ids=result.expected_ids)
     summary = write_summary(result, path.with_suffix(".json"))

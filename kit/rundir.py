@@ -68,6 +68,7 @@ from kit.io import (
     take_lock,
     tee_output,
     write_csv_atomic,
+    write_error,
     write_text_atomic,
 )
 from kit.records import (
@@ -202,8 +203,11 @@ class Folder:
             finally:
                 _HELD[key][1] -= 1
             return
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, busy = take_lock(folder / LOCK_FILE)
+        try:  # a read-only place, or a file where the folder must be: one line naming it
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, busy = take_lock(folder / LOCK_FILE)
+        except OSError as e:
+            raise (write_error(folder, e) or e) from None
         if busy:
             holder = _holder(fd)
             os.close(fd)

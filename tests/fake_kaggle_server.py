@@ -1,6 +1,7 @@
-"""A loopback imitation of the Kaggle API endpoints that kit's uploads call (kaggle 2.2.4): competition submissions,
-datasets (create, version, status, with blob uploads) and kernels (push, status, output and log, with the output's
-files downloaded by GET).
+"""A loopback imitation of the Kaggle API endpoints that kit's uploads call (kaggle 2.2.4): competition submissions
+(a CSV upload, or a kernel version in a code competition), datasets (create, version, status, with blob uploads) and
+kernels (push, status, output and log, of the latest version or of version vN, with the output's files downloaded
+by GET).
 
 The real client has no endpoint setting, but ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` (read when ``kaggle`` is imported)
 makes it POST to ``http://localhost/api/v1/<Service>/<Method>``, and ``requests`` sends plain-http calls through
@@ -102,6 +103,10 @@ class FakeKaggle:
     """Called with each SaveKernel body: a test's stand-in for Kaggle running the pushed script."""
     unknown_competitions: tuple[str, ...] = ()
     """Competition slugs SaveKernel reports as invalid sources (datasets are invalid unless created here)."""
+    code_competitions: tuple[str, ...] = ("isic-2024-challenge",)
+    """Competitions scored by re-running a kernel: CreateCodeSubmission only, no CSV upload (CreateSubmission)."""
+    version_statuses: dict[int, str] = field(default_factory=dict)
+    """GetKernelSessionStatus for a version label vN: this status, else kernel_status."""
     requests: list[Request] = field(default_factory=list)
     submissions: list[Submission] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
@@ -166,6 +171,8 @@ class FakeKaggle:
             return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}
         if method == "CreateSubmission":
             return self._create(body)
+        if method == "CreateCodeSubmission":
+            return self._create_code(body)
         if method == "ListSubmissions":
             return 200, {"submissions": [self._listing(s) for s in reversed(self.submissions)
                                          if s.competition == body.get("competitionName")]}
@@ -231,19 +238,36 @@ class FakeKaggle:
             "invalidCompetitionSources": [c for c in body.get("competitionDataSources", [])
                                           if c in self.unknown_competitions]}
 
+    def _version(self, ref: str, label: str | None) -> tuple[int | None, tuple[int, dict] | None]:
+        """(the version a versionLabel "vN" names, None for the latest; or the 404 Kaggle answers for a kernel or
+        version it does not have)."""
+        if ref not in self.kernels:
+            return None, (404, {"code": 404, "message": f"Kernel {ref} not found"})
+        if not label:
+            return None, None
+        number = int(label[1:]) if label[:1] == "v" and label[1:].isdigit() else 0
+        if not 1 <= number <= len(self.kernels[ref].versions):
+            return None, (404, {"code": 404, "message": f"Kernel version {label} of {ref} not found"})
+        return number, None
+
     def _kernel_status(self, body: dict) -> tuple[int, dict]:
         ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
-        if ref not in self.kernels:
-            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
-        reply = {"status": self.statuses.pop(0) if self.statuses else self.kernel_status}
+        version, refused = self._version(ref, body.get("versionLabel"))
+        if refused:
+            return refused
+        if version in self.version_statuses:
+            reply = {"status": self.version_statuses[version]}
+        else:
+            reply = {"status": self.statuses.pop(0) if self.statuses else self.kernel_status}
         if self.kernel_failure:
             reply["failureMessage"] = self.kernel_failure
         return 200, reply
 
     def _kernel_output(self, body: dict) -> tuple[int, dict]:
         ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
-        if ref not in self.kernels:
-            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+        _, refused = self._version(ref, body.get("versionLabel"))
+        if refused:
+            return refused
         files = [{"fileName": name, "url": f"http://localhost/output/{i}"} for i, name in enumerate(self.kernel_output)]
         return 200, {"files": files, "log": self.kernel_log}
 
@@ -256,12 +280,29 @@ class FakeKaggle:
 
     def _create(self, body: dict) -> tuple[int, dict]:
         token = body.get("blobFileTokens", "")
+        if body.get("competitionName", "") in self.code_competitions:
+            return 400, {"code": 400, "message": "Submissions to this competition must be made from a notebook"}
         if token not in self.uploads:
             return 400, {"code": 400, "message": f"blob token {token!r} was never uploaded"}
         ref = 50_000_000 + len(self.submissions) + 1
         self.submissions.append(Submission(ref, body.get("competitionName", ""), body.get("submissionDescription", ""),
                                            token, self.pending_polls))
         return 200, {"message": "Successfully submitted to " + body.get("competitionName", ""), "ref": ref}
+
+    def _create_code(self, body: dict) -> tuple[int, dict]:
+        """A code submission names the kernel by owner, slug and (optionally) version, and its output file."""
+        competition = body.get("competitionName", "")
+        if competition not in self.code_competitions:
+            return 400, {"code": 400, "message": f"Competition {competition} does not accept notebook submissions"}
+        ref = f"{body.get('kernelOwner')}/{body.get('kernelSlug')}"
+        version = body.get("kernelVersion")
+        _, refused = self._version(ref, None if version is None else f"v{version}")
+        if refused:
+            return refused
+        ref_number = 50_000_000 + len(self.submissions) + 1
+        self.submissions.append(Submission(ref_number, competition, body.get("submissionDescription", ""),
+                                           body.get("fileName", ""), self.pending_polls))
+        return 200, {"message": "Your notebook was successfully submitted to " + competition, "ref": ref_number}
 
     def _listing(self, s: Submission) -> dict:
         s.listed += 1

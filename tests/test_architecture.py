@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stack", ("kit.stack",)),
     ("submission", ("kit.submission",)),
     ("pipeline", ("kit.pipeline",)),
-    ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel", "kit.kernel_train")),
+    ("kaggle", ("kit.kaggle", "kit.bundle", "kit.kernel", "kit.kernel_train", "kit.code_submission")),
     ("commands", ("kit.commands", "kit.cli", "kit.templates", "kit.__main__")),
 ]
 MAX_FUNCTION_LINES = 60

@@ -147,7 +147,7 @@ def test_a_folder_that_is_not_a_bundle_is_not_overwritten(tmp_path, capsys):
 
 def test_every_dependency_of_kit_is_known_to_be_in_kaggles_image_or_bundled(bundle):
     deps = wheel_requirements(bundle / "kit-0.1.0-py3-none-any.whl")  # what pip must satisfy on Kaggle
-    assert "torch>=2.1" in deps and "albumentations==2.0.8" in deps
+    assert "torch<3,>=2.2" in deps and "albumentations==2.0.8" in deps
     assert missing_on_kaggle(deps) == ["simplejpeg"]
     assert not set(KAGGLE_IMAGE_HAS) & set(KAGGLE_IMAGE_LACKS)
     with pytest.raises(KitError, match="kit requires new-dep, which kit.bundle does not know"):

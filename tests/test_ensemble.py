@@ -198,3 +198,27 @@ def test_every_registered_blend_keeps_probabilities_valid():
         q = blend.combine(multi, w, "multiclass")
         assert q.shape == (50, 4)
         np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_a_balanced_accuracy_blend_gets_its_decision_weights(predicted_runs, tmp_path, capsys):
+    """kit ensemble fits decision weights on the blend's OOF (nested CV) like kit predict on one run's, and applies
+    them to the blended test predictions when they gain (auto) or always (on); never for AUC."""
+    from kit.decision import apply_weights
+
+    run = predicted_runs["multi"].run_dir
+    twin = shutil.copytree(run, tmp_path / "multi_twin")
+    cols = list(get_competition("isic-2018-task3").classes)
+    off, plain, _ = ensemble_and_submit([run, twin], "mean", tmp_path / "off", decision="off")
+    assert off.decision is None and "decision weights" not in capsys.readouterr().out
+    on, weighted, summary = ensemble_and_submit([run, twin], "mean", tmp_path / "on", decision="on")
+    assert "decision weights: balanced_accuracy CV" in capsys.readouterr().out
+    weights = np.asarray(on.decision["weights"])
+    assert on.decision["applied"] and len(weights) == len(cols) and not np.allclose(weights, weights[0])
+    np.testing.assert_allclose(read_submission(weighted)[cols].to_numpy(float),
+                               apply_weights(read_submission(plain)[cols].to_numpy(float), weights), rtol=1e-5)
+    assert json.loads(summary.read_text())["decision"]["weights"] == pytest.approx(list(weights))
+    auto, _, _ = ensemble_and_submit([run, twin], "mean", tmp_path / "auto")
+    assert auto.decision["applied"] == auto.decision["helps"]
+    hcd, _, _ = ensemble_and_submit([predicted_runs["hcd_a"].run_dir, predicted_runs["hcd_b"].run_dir], "mean",
+                                    tmp_path / "hcd", decision="on")
+    assert hcd.decision is None  # AUC: a ranking metric, no decision to weigh

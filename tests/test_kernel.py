@@ -140,6 +140,8 @@ def test_the_kernel_installs_kit_offline_and_writes_a_valid_submission(tmp_path,
 
     submission = working / "submission.csv"
     assert validate_file(HCD, submission, data) == 10
+    # beside it, what it was made from: kit submit --kernel logs that run with the score
+    assert json.loads((working / "kit-submission.json").read_text())["run"] == Path(run).name
     assert "packing 10 images" in p.stdout + p.stderr and not (working / "kit-cache").exists()  # not kernel output
     # the kernel's numbers are kit predict's: each fold's best.pt with 8 TTA views, folds averaged
     from kit.pipeline import predict_and_submit
@@ -195,6 +197,7 @@ def test_the_isic_2024_kernel_runs_the_image_models_then_the_stack(tmp_path, sta
 
     submission = pd.read_csv(working / "submission.csv", dtype={"isic_id": str})
     assert list(submission.columns) == ["isic_id", "target"]
+    assert json.loads((working / "kit-submission.json").read_text())["run"] == stack.name
     assert validate_file(ISIC, working / "submission.csv", data) == len(submission) > 1
     # what the local stack predicts for the same test rows, from the run's own test predictions (the same TTA)
     ids, per_fold = predict_folds(stack, data, {"img_img": image_test_scores(run)})
@@ -211,12 +214,27 @@ def test_kernel_run_on_a_stack_bundle_names_a_changed_model_file(tmp_path, stack
     bundle = make_bundle(stack, OWNER, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path), kit_source=REPO)
     model = bundle / "stack" / "fold1" / "lgbm_seed0.txt"
     model.write_text(model.read_text() + "\n")
-    rc = main(["kernel", "run", "--competition", ISIC, "--data", str(data), "--weights", str(bundle / "stack"),
-               "--working", str(tmp_path / "working"), "--tta", "1", "--device", "cpu"])
+    argv = ["kernel", "run", "--competition", ISIC, "--data", str(data), "--weights", str(bundle / "stack"),
+            "--working", str(tmp_path / "working"), "--device", "cpu"]
+    rc = main([*argv, "--tta", "2"])  # the TTA kit predict gave the stack's image run
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"model file {model} differs from the one kit stack saved" in err
     assert not (tmp_path / "working" / "submission.csv").exists()
+
+
+def test_a_stack_kernel_refuses_another_tta_than_its_image_runs_had(tmp_path, stacked, capsys):
+    data, _, stack = stacked
+    bundle = make_bundle(stack, OWNER, out=tmp_path / "bundle", wheel_cache=wheel_cache(tmp_path), kit_source=REPO)
+    assert json.loads((bundle / "stack" / "stack.json").read_text())["runs"][0]["tta"] == {
+        "views": ["identity", "hflip"], "merge": "mean"}
+    rc = main(["kernel", "run", "--competition", ISIC, "--data", str(data), "--weights", str(bundle / "stack"),
+               "--working", str(tmp_path / "working"), "--device", "cpu", "--tta", "8"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("the stack's image run img_img was predicted with kit predict --tta 2, but this kernel runs --tta 8 "
+            "(merge mean)") in err and "kit kernel build --tta 2" in err
+    assert not (tmp_path / "working").exists() or not list((tmp_path / "working").rglob("test_fold*.csv"))
 
 
 def test_a_stack_with_a_missing_model_file_is_not_bundled(tmp_path, stacked):
@@ -437,3 +455,39 @@ def test_status_of_an_unknown_kernel_says_to_push_it(tmp_path):
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"Kaggle has no kernel {OWNER}/kit-nothing-here visible to this account (HTTP 404" in p.stderr
     assert "push it with kit kernel push" in p.stderr
+
+
+KIT_REQUIRES = ["torch<3,>=2.2", "timm<2,>=1.0.21", "albumentations==2.0.8", "lightgbm>=4.0; extra == \"stack\""]
+
+
+@pytest.mark.parametrize("image, owners, said", [
+    ({"torch": "2.10.0+cu128", "timm": "1.0.26", "albumentations": "2.0.8"}, ["albumentations"], []),
+    ({"torch": "2.10.0", "timm": "1.0.26", "albumentationsx": "2.1.3", "albumentations": "2.1.3"}, ["albumentationsx"],
+     ["albumentationsx 2.1.3 installs as 'albumentations' (AlbumentationsX, AGPL-licensed; kit needs the MIT "
+      "albumentations 2.0.x)"]),
+    ({"torch": "3.0.0", "timm": "1.0.3", "albumentations": "1.4.21"}, ["albumentations"],
+     ["albumentations 1.4.21 (kit needs the MIT 2.0.x line)", "torch 3.0.0 (kit needs torch<3,>=2.2)",
+      "timm 1.0.3 (kit needs timm<2,>=1.0.21)"]),
+    ({"albumentations": "2.0.5"}, ["albumentations"], ["torch absent (kit needs torch<3,>=2.2)",
+                                                       "timm absent (kit needs timm<2,>=1.0.21)"]),
+])
+def test_the_script_checks_the_installed_distributions_not_only_the_modules(tmp_path, monkeypatch, image, owners,
+                                                                            said):
+    script = load_script(tmp_path, monkeypatch)
+    assert script.version_problems(KIT_REQUIRES, owners, image.get) == said
+
+
+def test_the_kernel_log_starts_with_the_versions_and_stops_on_a_wrong_one(tmp_path, monkeypatch, capsys):
+    script = load_script(tmp_path, monkeypatch)
+    script.report_versions()
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"kit kernel: Python {sys.version.split()[0]}, torch {importlib.metadata.version('torch')}")
+    assert f"albumentations {importlib.metadata.version('albumentations')}" in first
+    script.check_versions(WHEELS)  # this environment's torch, timm and albumentations fit kit's own metadata
+    assert "within kit's bounds" in capsys.readouterr().out
+    monkeypatch.setattr(script, "installed", lambda name: "0.9.16" if name == "timm" else
+                        importlib.metadata.version(name))
+    with pytest.raises(SystemExit) as stop:
+        script.check_versions(WHEELS)
+    assert str(stop.value).startswith("kit kernel: this image has timm 0.9.16 (kit needs timm") and "\n" not in str(
+        stop.value)

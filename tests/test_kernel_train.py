@@ -9,6 +9,7 @@ not kit or simplejpeg, inputs laid out as Kaggle mounts them, pip told to use no
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from fake_kaggle_server import Dataset, FakeKaggle, Kernel
 from fake_wheels import fake_wheel
 from test_kernel import DRIVER, kaggle_like_python
@@ -378,3 +380,38 @@ def test_status_of_a_finished_training_kernel_points_at_pull(tmp_path):
         p = kit(tmp_path, fake, "kernel", "status", KERNEL)
     assert p.returncode == 0, p.stderr
     assert p.stdout == f"{KERNEL}: complete\nits run folder: kit kernel pull {KERNEL} --out RUN\n"
+
+
+def test_the_training_kernel_carries_data_extra_into_the_session(tmp_path, monkeypatch):
+    """data.extra's local folders become the folders the kernel finds under /kaggle/input: a Kaggle competition is
+    attached as one, a dataset (ISIC 2018 here) comes with --attach and is found by its labels file."""
+    extra = "data.extra=[{competition: isic-2018, data: /local/isic2018}, {competition: siim-isic-melanoma-" \
+            "classification, data: /local/siim}]"
+    out = build_train_kernel("isic-2019", OWNER, overrides=[*TINY, extra], datasets=[f"{OWNER}/ham10000-data"],
+                             out=tmp_path / "k")
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta["competition_sources"] == ["isic-2019", "siim-isic-melanoma-classification"]
+    assert meta["dataset_sources"][-1] == f"{OWNER}/ham10000-data"
+    assert "/local/" not in (out / "kernel.py").read_text()  # this machine's paths mean nothing on Kaggle
+
+    inputs = tmp_path / "input"
+    (inputs / "ham10000-data" / "HAM10000").mkdir(parents=True)
+    (inputs / "ham10000-data" / "HAM10000" / "ISIC2018_Task3_Training_GroundTruth.csv").write_text("image\n")
+    (inputs / "competitions" / "siim-isic-melanoma-classification").mkdir(parents=True)
+    (inputs / "competitions" / "siim-isic-melanoma-classification" / "train.csv").write_text("image_name\n")
+    monkeypatch.setenv("KIT_KAGGLE_INPUT", str(inputs))
+    spec = importlib.util.spec_from_file_location("train_kernel", out / "kernel.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    looked: list[str] = []
+    found = script.find_extra(looked)
+    assert found == {"isic-2018-task3": inputs / "ham10000-data" / "HAM10000",
+                     "siim-isic-melanoma-classification": inputs / "competitions" / "siim-isic-melanoma-classification"}
+    assert looked == []
+    config = yaml.safe_load(script.config_yaml(found))
+    assert config["data"]["extra"] == [{"competition": "isic-2018", "data": str(found["isic-2018-task3"])},
+                                       {"competition": "siim-isic-melanoma-classification",
+                                        "data": str(found["siim-isic-melanoma-classification"])}]
+    (inputs / "ham10000-data" / "HAM10000" / "ISIC2018_Task3_Training_GroundTruth.csv").unlink()
+    assert "isic-2018-task3" not in script.find_extra(looked)
+    assert looked == [f"{inputs}/**/ISIC2018_Task3_Training_GroundTruth.csv (data.extra isic-2018-task3)"]

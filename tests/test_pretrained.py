@@ -229,3 +229,11 @@ def test_a_new_head_on_pretrained_features_starts_at_zero_and_a_matching_one_is_
     assert not new.classifier.weight.any() and not new.classifier.bias.any()  # uniform first predictions
     kept = build_model(LITE0, 1000, weights=str(shared_weights))
     torch.testing.assert_close(kept.classifier.weight, load_file(str(shared_weights))["classifier.weight"])
+
+
+@pytest.mark.parametrize("competition", ["isic-2018-task3", "siim-isic-melanoma-classification",
+                                         "isic-2024-challenge"])
+def test_every_isic_preset_starts_from_imagenet_weights(competition):
+    cfg = load_config(competition)
+    assert cfg.model.pretrained is True and cfg.model.weights is None
+    assert "." in pretrained_name(cfg.model.name, cfg.model.pretrained)  # a tag timm knows: model.TAG

@@ -175,6 +175,34 @@ def test_multiclass_with_metadata_and_freeze(demo_data, tmp_path):
     assert ckpt.model.n_meta > 0 and ckpt.meta_encoder["categorical"]
 
 
+def test_class_weights_with_a_class_absent_from_a_folds_training_part(demo_data, tmp_path):
+    """Every DF image in fold 0: fold 0 trains without DF (its weight 0, the mean over the training rows 1), validates on all of
+    them, and the losses stay finite; fold 1 trains with DF."""
+    from kit.data.labels import load_train_table
+    from kit.losses import class_weights
+
+    data = demo_data("isic-2018-task3", n=90, size=48)
+    table = load_train_table("isic-2018-task3", data)
+    df = table["target"].to_numpy() == 5  # DF, the sixth class
+    assert 0 < df.sum() < len(table)
+    fold = np.where(df, 0, np.arange(len(table)) % 2)
+    pd.DataFrame({"image": table["id"], "fold": fold}).to_csv(tmp_path / "folds.csv", index=False)
+    weights = class_weights(table["target"].to_numpy()[fold != 0], 7).numpy()
+    assert weights[5] == 0 and np.all(weights[np.arange(7) != 5] > 0)
+    assert weights[table["target"].to_numpy()[fold != 0]].mean() == pytest.approx(1.0)  # over the training rows
+
+    cfg = load_config("isic-2018-task3", overrides=[
+        "model.name=test_resnet", "model.pretrained=false", "model.img_size=48", "train.batch_size=16",
+        "train.epochs=1", "train.warmup_epochs=0", "aug.preset=none", "train.class_weights=true", "n_folds=2"])
+    result = train_folds(cfg, data, tmp_path / "run", folds_file=tmp_path / "folds.csv")
+    for k in (0, 1):
+        history = pd.read_csv(tmp_path / "run" / f"fold{k}" / "history.csv")
+        assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv")
+    assert (oof.loc[oof["fold"] == 0, "target"] == 5).sum() == df.sum()  # DF scored where it was never trained
+    assert 0.0 <= result.cv_score <= 1.0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: each a clear error naming the culprit
 

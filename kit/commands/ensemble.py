@@ -20,13 +20,17 @@ def add_parser(sub):
     p.add_argument("--name", default="ensemble", help="the name in the submission file (default ensemble)")
     flags.add_data(p, default_note="for the test ids; default: the first run's")
     flags.add_submissions(p)
+    p.add_argument("--decision", default="auto", choices=("auto", "on", "off"),
+                   help="balanced-accuracy competitions: per-class decision weights fitted on the blend's OOF and "
+                   "applied to its test predictions; auto (default) applies them when the nested CV gains")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from kit.pipeline import ensemble_and_submit
 
-    _, path, _ = ensemble_and_submit(args.run_dirs, args.method, args.out_dir, args.name, args.data, args.fold_merge)
+    _, path, _ = ensemble_and_submit(args.run_dirs, args.method, args.out_dir, args.name, args.data, args.fold_merge,
+                                     args.decision)
     print(path)
     return 0
 

@@ -86,6 +86,20 @@ def _parse_onehot(df: pd.DataFrame, classes: tuple[str, ...], id_col: str, path:
     return values.to_numpy().argmax(axis=1).astype(np.int64)
 
 
+def _check_no_other_classes(spec: Competition, path: Path) -> None:
+    """A multiclass ground truth holds exactly the competition's classes: a further 0/1 column (another
+    competition's class, such as ISIC 2019's UNK in an ISIC 2018 file) would be dropped without a word."""
+    extra = [str(c) for c in header(path) if c not in _table_columns(spec) and c not in spec.classes]
+    if not extra:
+        return
+    values = pd.read_csv(path, usecols=extra).apply(pd.to_numeric, errors="coerce")
+    like_classes = [c for c in extra if values[c].notna().all() and values[c].isin([0, 1]).all()]
+    if like_classes:
+        raise DataError(f"{path}: column '{like_classes[0]}' holds 0/1 labels like a class, but {spec.name} has no "
+                        f"class '{like_classes[0]}' (its classes: {', '.join(spec.classes)}): remove the column, or "
+                        "train the competition it belongs to")
+
+
 def _metadata(df: pd.DataFrame) -> pd.DataFrame:
     """Canonical sex / age / site columns from whichever spelling the file uses (absent ones become NaN)."""
     out = pd.DataFrame(index=df.index)
@@ -154,6 +168,7 @@ def load_train_table(competition: str | Competition, data_dir: str | Path, featu
     if spec.is_binary:
         target = _parse_binary(df, spec.target_col, spec.id_col, path)
     else:
+        _check_no_other_classes(spec, path)
         target = _parse_onehot(df, spec.classes, spec.id_col, path)
     df = _join_metadata(spec, data_dir, df, spec.id_col)
 

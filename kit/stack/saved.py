@@ -61,6 +61,12 @@ class SavedStack:
     def folds(self) -> list[int]:
         return sorted({m.fold for m in self.models})
 
+    def predicted_tta(self, name: str) -> dict | None:
+        """The TTA (``{"views": [...], "merge": ...}``) kit predict gave the image run ``name`` whose scores the
+        GBDTs were fitted on; None for a stack of an older kit, which did not record it."""
+        tta = self.runs.get(name, {}).get("tta")
+        return tta if isinstance(tta, dict) and isinstance(tta.get("views"), list) else None
+
     def run_dir(self, name: str) -> Path:
         """The image run feeding the features ``name``: its copy in a bundled stack, else where kit stack found it."""
         bundled = self.path / RUNS / name

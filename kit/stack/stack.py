@@ -133,7 +133,10 @@ def _add_run(spec: Competition, run: RunDir, table: FeatureTable, fold: np.ndarr
     add_image_score(table, name, scores, image_test_scores(run.path), fold)
     metric = get_metric(spec.metric)
     cv = metric(table.train["target"].to_numpy(), table.train[name].to_numpy())
-    return {"name": name, "path": str(run.path.resolve()), "oof": source, "cv": cv}
+    predicted = run.load(PredictInfo, optional=True)
+    tta = predicted.tta if predicted is not None else None
+    # the TTA of the test scores: a kernel that recomputes them must use the same views (kit.kernel checks it)
+    return {"name": name, "path": str(run.path.resolve()), "oof": source, "cv": cv, "tta": tta}
 
 
 def load_inputs(competition: str, data_dir: str | Path | None, run_dirs: list[Path],

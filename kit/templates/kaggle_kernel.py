@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kaggle_install import WORKING, check_imports, install, locate, mounts  # __INSTALL__: replaced by its code
+from kaggle_install import WORKING, check_imports, install, locate, mounts, report_versions  # __INSTALL__
 
 COMPETITION = "__COMPETITION__"
 WHEELS_DATASET = "__WHEELS_DATASET__"
@@ -58,6 +58,7 @@ def needed_modules(weights: Path) -> tuple[str, ...]:
 
 
 def main() -> int:
+    report_versions()  # first in the log: what this image runs
     looked: list[str] = []
     data, wheel = locate(COMPETITION, WHEELS_DATASET, looked)
     checkpoints = find_weights(looked)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kaggle_install import WORKING, check_imports, install, locate, mounts  # __INSTALL__: replaced by its code
+from kaggle_install import INPUT, WORKING, check_imports, install, locate, mounts, report_versions  # __INSTALL__
 
 STARTED = time.monotonic()
 COMPETITION = "__COMPETITION__"
@@ -35,6 +35,8 @@ RUN = "__RUN__"
 CONFIG_YAML = "__CONFIG_YAML__"  # the resolved config, written by kit kernel build
 BUILD = "__BUILD__"  # this build of the script: kit kernel pull tells its output from an older version's
 TIME_BUDGET = "__TIME_BUDGET__"  # seconds from this script's start; Kaggle stops a GPU session at 12 hours
+EXTRA = "__EXTRA__"  # data.extra: [{competition, labels}], each found under the inputs by its labels file
+EXTRA_MARK = "__EXTRA_MARK__"  # what stands for an extra's folder in CONFIG_YAML until it is found
 STATE = "kit-kernel.json"
 CACHE = WORKING / "kit-cache"  # kit train's packed image cache (KIT_CACHE_DIR)
 EXIT_BUDGET, EXIT_SIGTERM = 75, 143  # kit train's clean stops: the time budget, SIGTERM
@@ -66,14 +68,38 @@ def copy_run(previous: Path, run: Path) -> None:
             os.chmod(os.path.join(folder, name), 0o644)
 
 
-def train_command(data: Path, run: Path) -> list[str]:
+def find_extra(looked: list[str]) -> dict[str, Path]:
+    """The folder of each data.extra competition: where its labels file is, in its own mount or any attached
+    dataset (ISIC 2019 and 2018 are Kaggle datasets, attached with kit kernel build --attach), at most 4 deep."""
+    found = {}
+    for entry in EXTRA:
+        roots = [p for p in mounts(entry["competition"]) if p.is_dir()] + [INPUT]
+        hits = (hit for root in roots for depth in range(5)
+                for hit in sorted(root.glob("/".join(["*"] * depth + [entry["labels"]]))))
+        hit = next(hits, None)
+        if hit is None:
+            looked.append(f"{INPUT}/**/{entry['labels']} (data.extra {entry['competition']})")
+        else:
+            found[entry["competition"]] = hit.parent
+    return found
+
+
+def config_yaml(extra: dict[str, Path]) -> str:
+    """CONFIG_YAML with each data.extra folder where this session found it."""
+    text = CONFIG_YAML
+    for competition, folder in extra.items():
+        text = text.replace(EXTRA_MARK + competition, str(folder))
+    return text
+
+
+def train_command(data: Path, run: Path, extra: dict[str, Path]) -> list[str]:
     left = TIME_BUDGET - (time.monotonic() - STARTED)  # installing took part of the session
     command = [sys.executable, "-m", "kit.cli", "train", "--no-progress", "--data", str(data), "--time-budget",
                f"{max(left, 0.001):.3f}"]  # at least one epoch runs whatever the budget
     if (run / "config.yaml").is_file():
         return command + ["--resume", str(run)]
     config = Path(tempfile.mkdtemp(prefix="kit-config-")) / "config.yaml"  # not in the output
-    config.write_text(CONFIG_YAML)
+    config.write_text(config_yaml(extra))
     return command + ["--competition", COMPETITION, "--out", str(run), "--config", str(config)]
 
 
@@ -102,11 +128,14 @@ def finish(rc: int) -> int:
 
 
 def main() -> int:
+    report_versions()  # first in the log: what this image runs
     looked: list[str] = []
     data, wheel = locate(COMPETITION, WHEELS_DATASET, looked)
     previous = find_previous(looked) if CONTINUE else None
+    extra = find_extra(looked)
     missing = [what for what, got in (("the competition data", data), (f"kit's wheel ({WHEELS_DATASET})", wheel),
                                       (f"the previous output of {KERNEL}", previous or not CONTINUE)) if not got]
+    missing += [f"the data.extra {e['competition']} data" for e in EXTRA if e["competition"] not in extra]
     if missing:
         sys.exit(f"kit kernel: {', '.join(missing)} not found; attach them to this kernel. Looked in: "
                  + "; ".join(looked))
@@ -116,7 +145,7 @@ def main() -> int:
     if previous is not None and not run.exists():
         copy_run(previous, run)
     os.environ["KIT_CACHE_DIR"] = str(CACHE)
-    return finish(run_child(train_command(data, run)))
+    return finish(run_child(train_command(data, run, extra)))
 
 
 if __name__ == "__main__":
