@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kit.errors import KitError
+from kit.errors import KitError, WriteError
 from kit.io import atomic_path, sha256_file
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointWriteError", "ModelDescription", "TrainingState",
@@ -100,7 +100,7 @@ class Checkpoint:
         return probs if self.scored is None else probs[:, self.classes.index(self.scored)]
 
 
-class CheckpointWriteError(KitError):
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written (disk full, read-only folder, ...); the previous one is intact."""
 
 
@@ -113,7 +113,9 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, WriteError) as e:
+        if isinstance(e, WriteError) and isinstance(e.__context__, OSError):
+            e = e.__context__  # atomic_path's one line: the OSError under it says more (free space, the weights)
         raise CheckpointWriteError(f"cannot write checkpoint {path}: {_write_failure(Path(path), e, ckpt)}; "
                                    "the previous checkpoint there is intact") from None
     return Path(path)
