@@ -242,6 +242,11 @@ def blend_decision(members: list[Member], method: str, test: np.ndarray,
         return test, None, ""
     blend, metric = get_blend(method), get_metric(spec.metric)
     preds, target, fold = [m.oof for m in members], members[0].target, members[0].fold
+    if len(np.unique(fold)) < 2:  # nothing to fit the weights on out of fold
+        why = "decision weights need out-of-fold predictions of at least 2 folds"
+        if mode == "on":
+            raise ConfigError(f"kit ensemble --decision on: {why}; these have fold {fold[0]} only")
+        return test, None, f"note: {why} (fold {fold[0]} only): skipped"
     oof = (nested_predictions(blend, preds, target, fold, metric, spec.task) if blend.fitted
            else blend.combine(preds, blend.weights(preds, target, metric), spec.task))
     fit = fit_nested(oof, target, fold)

@@ -368,7 +368,6 @@ def test_separate_wheels_dataset_and_tta_are_written(tmp_path):
 
 
 @pytest.mark.parametrize("options, said", [
-    ({"--tta": "7"}, "unknown TTA view set '7'. Known: 1, 2, 4, 8"),
     ({"--owner": "not a user"}, "--owner 'not a user' is not a Kaggle user name"),
     ({"--weights-dataset": "no-slash"}, "--weights-dataset 'no-slash' must be OWNER/SLUG"),
     ({"--competition": "hcdd"}, "unknown competition 'hcdd'"),
@@ -379,6 +378,14 @@ def test_build_refuses_bad_options_and_writes_nothing(tmp_path, capsys, options,
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("kit kernel: error:") and said in err
+    assert not (tmp_path / "k").exists()
+
+
+def test_build_refuses_an_unknown_tta_set_before_anything(tmp_path, capsys):
+    argv = ["kernel", "build", "--competition", "hcd", "--owner", OWNER, "--tta", "7", "--out", str(tmp_path / "k")]
+    with pytest.raises(SystemExit) as e:  # --tta is a closed set, checked by argparse's choices
+        main(argv)
+    assert e.value.code == 2 and "invalid choice: '7'" in capsys.readouterr().err
     assert not (tmp_path / "k").exists()
 
 

@@ -248,12 +248,14 @@ def _options(argv: tuple[str, ...]) -> set[str]:
 
 EXTERNAL_FLAGS = {"--disable-pip-version-check", "--find-links", "--implementation", "--no-build-isolation",
                   "--no-deps", "--no-index", "--no-input", "--only-binary", "--platform", "--python-version",
-                  "--sweep"}
-"""Flags of other programs that kit's messages and commands quote: pip's, and scripts/bench_tta.py's."""
+                  "--sweep", "--logdir"}
+"""Flags of other programs that kit's messages and commands quote: pip's, scripts/bench_tta.py's, tensorboard's."""
 
 
-AUDIENCE = {"bundle.py": ("bundle",), "kernel.py": ("kernel",), "kernel_train.py": ("kernel",), "stack": ("stack",),
-            "tune": ("tune",), "decision.py": ("predict",), "synthetic.py": ("demo-data",)}
+AUDIENCE = {"bundle.py": ("bundle",), "kernel.py": ("kernel", "predict"), "kernel_train.py": ("kernel",),
+            "stack": ("stack",), "tune": ("tune",), "decision.py": ("predict",), "synthetic.py": ("demo-data",),
+            "code_submission.py": ("submit",), "compare.py": ("runs",), "diagnostics": ("show", "lr-find"),
+            "ensemble.py": ("ensemble",)}
 """The commands whose messages a library module writes; any other library module writes kit train's (and kit
 predict's) messages, so a flag it names without its command must be kit train's."""
 COMMAND = re.compile(r"\bkit ([a-z-]+(?: [a-z]+)?)((?:[^;)`\n](?!\bkit ))*)")

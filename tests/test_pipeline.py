@@ -73,7 +73,7 @@ def test_an_explicit_decision_request_fails_after_the_predictions_are_saved(pred
                             "at least 2 folds") and f"`kit ensemble {run.path}` writes their submission" in error
     assert (run.path / "test_fold0.csv").is_file() and (run.path / "predict.json").is_file()
     # the saved predictions make the submission without predicting again
-    assert main(["ensemble", str(run.path), "--out", str(tmp_path / "subs")]) == 0
+    assert main(["ensemble", str(run.path), "--submissions", str(tmp_path / "subs")]) == 0
     assert len(list((tmp_path / "subs").glob("*.csv"))) == 1
     # a fitted blend cannot nest its CV over one fold: one line, nothing written
     assert main(["ensemble", str(run.path), "--method", "fit", "--out", str(tmp_path / "fit")]) == 1

@@ -93,7 +93,7 @@ def test_a_newer_or_malformed_run_json_gives_one_line_through_the_cli(tmp_path, 
 def test_a_malformed_predict_json_names_the_file_and_key_in_kit_ensemble(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     (run.path / "predict.json").write_text(json.dumps({"version": 1, "data": None}))
-    assert main(["ensemble", str(run.path), "--out", str(tmp_path / "subs")]) == 1
+    assert main(["ensemble", str(run.path), "--submissions", str(tmp_path / "subs")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{run.path / 'predict.json'}: key 'folds' is missing" in err
     assert not (tmp_path / "subs").exists()
