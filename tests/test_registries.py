@@ -18,7 +18,7 @@ from kit.registry import REGISTRIES, Registry
 
 # Every kit module that defines a registry: importing them fills REGISTRIES.
 MODULES = ["kit.competitions", "kit.models", "kit.transforms", "kit.losses", "kit.metrics", "kit.tta",
-           "kit.submission", "kit.ensemble", "kit.tune", "kit.stack.models"]
+           "kit.submission", "kit.ensemble", "kit.tune", "kit.stack.models", "kit.diagnostics.cam"]
 for _module in MODULES:
     importlib.import_module(_module)
 
@@ -194,6 +194,15 @@ def check_sampler(name: str, entry) -> None:
     assert isinstance(entry(0), optuna.samplers.BaseSampler)
 
 
+def check_cam_method(name: str, class_name: str) -> None:
+    """A CAM method names a class of pytorch-grad-cam that computes one map per image."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+    cls = getattr(pytorch_grad_cam, class_name)
+    assert issubclass(cls, BaseCAM), (name, class_name)
+
+
 def check_gbdt(name: str, spec) -> None:
     """A GBDT spec is whole: it builds, fits, predicts probabilities, searches its space, saves in its own format
     and reads that back to the same predictions, and the offline kernel checks its module."""
@@ -248,6 +257,7 @@ CHECKS = {
     "pruner": check_pruner,
     "sampler": check_sampler,
     "gbdt": check_gbdt,
+    "CAM method": check_cam_method,
 }
 
 
