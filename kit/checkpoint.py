@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from kit.data.meta import load_encoder
 from kit.errors import KitError, WriteError
 from kit.io import atomic_path, sha256_file
 
@@ -98,6 +100,24 @@ class Checkpoint:
     def competition_probs(self, probs: np.ndarray) -> np.ndarray:
         """The competition's predictions from this model's probabilities (the scored class's column, if any)."""
         return probs if self.scored is None else probs[:, self.classes.index(self.scored)]
+
+    @property
+    def cache_images(self) -> bool:
+        """Whether the run read its images from the pack (train.cache_images): predictions read them the same way."""
+        return bool(self.config["train"]["cache_images"])
+
+    def encoded_meta(self, table: pd.DataFrame) -> np.ndarray | None:
+        """The metadata features of ``table``'s rows as this model takes them (its own saved encoder); None when
+        the model takes none."""
+        if self.model.n_meta == 0:
+            return None
+        if self.meta_encoder is None:
+            raise KitError(f"fold {self.fold}: the model takes metadata but its checkpoint has no meta_encoder")
+        meta = load_encoder(self.meta_encoder).transform(table)
+        if meta.shape[1] != self.model.n_meta:
+            raise KitError(f"fold {self.fold}: the metadata encoder gives {meta.shape[1]} features but the model "
+                           f"takes {self.model.n_meta}")
+        return meta
 
 
 class CheckpointWriteError(WriteError):

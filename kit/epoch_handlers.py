@@ -3,7 +3,8 @@
 The fold loop (:class:`kit.train.FoldTrainer`) trains an epoch, validates it, steps the scheduler, then hands an
 :class:`EpochEnd` to each handler in turn: the best checkpoint and its OOF rows, the history and its log line, the
 last checkpoint, the caller's callback (Optuna pruning, a time budget), early stopping. A new per-epoch concern
-(weight averaging, an experiment tracker) is a new handler added in :func:`build_handlers`; the loop does not change.
+(weight averaging in kit/averaging.py, the trackers in kit/trackers.py) is a new handler, listed in
+:func:`kit.train.build_handlers`; the loop does not change.
 
 Order matters and is the list's order: a handler that adds a column to the history row runs before
 :class:`History` writes it, and :class:`LastCheckpoint` runs after every handler whose state it saves. A handler
@@ -21,16 +22,13 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from kit.averaging import EpochAverage, TopK, recompute_batchnorm
 from kit.checkpoint import Checkpoint, TrainingState, save_checkpoint
 from kit.config import Config
 from kit.rundir import RunDir
 from kit.runtime import Runtime
-from kit.trackers import fold_run, fold_writer, log_metrics, require_trackers, write_scalars
 
-__all__ = ["BestCheckpoint", "EarlyStopping", "EpochCallbackHandler", "EpochEnd", "EpochHandler", "FoldLoop",
-           "History", "LastCheckpoint", "MlflowTracker", "SWAHandler", "TensorBoardTracker", "TopKHandler",
-           "build_handlers"]
+__all__ = ["BestCheckpoint", "EarlyStopping", "EpochCallback", "EpochCallbackHandler", "EpochEnd", "EpochHandler",
+           "FoldLoop", "History", "LastCheckpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -187,152 +185,3 @@ class EarlyStopping(EpochHandler):
     def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
         if trainer.stale_epochs() >= self.patience:
             trainer.stop = f"early stop after epoch {end.epoch} ({self.patience} epochs without improvement)"
-
-
-class TensorBoardTracker(EpochHandler):
-    """train.loggers: the fold's epochs as TensorBoard scalars in ``RUN/tensorboard/fold{k}/`` (kit.trackers)."""
-
-    name = "tensorboard"
-
-    def __init__(self) -> None:
-        self.writer = None
-
-    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
-        if trainer.is_main:  # rank 0 alone logs
-            self.writer = fold_writer(trainer.run.path, trainer.k, start_epoch)
-
-    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
-        if self.writer is not None:
-            write_scalars(self.writer, end.row, end.epoch)
-
-    def on_fit_end(self, trainer: FoldLoop) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-class MlflowTracker(EpochHandler):
-    """train.loggers: the fold's epochs as the metrics of an MLflow run nested in the kit run's (kit.trackers)."""
-
-    name = "mlflow"
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg, self.client, self.run_id = cfg, None, None
-
-    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
-        if trainer.is_main:
-            self.client, self.run_id = fold_run(self.cfg, trainer.run.path, trainer.k, resumed=start_epoch > 0)
-
-    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
-        if self.run_id is not None:
-            log_metrics(self.client, self.run_id, end.row, end.epoch)
-
-    def on_fit_end(self, trainer: FoldLoop) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, "FINISHED")
-
-
-# ---------------------------------------------------------------------------------------------- weight averaging
-# train.swa_epochs (SWA over the last epochs) and train.top_k (the k best epochs by validation score): at the fold's
-# end the average, its BatchNorm statistics measured again on the fold's training rows, replaces best.pt and the
-# fold's OOF predictions: a normal fold checkpoint that kit predict, the bundle and the kernels take unchanged.
-# result.json (``weights``) and the log say which weights the fold kept. The math is kit/averaging.py.
-
-
-def _epochs_text(epochs: list[int]) -> str:
-    consecutive = epochs == list(range(epochs[0], epochs[-1] + 1))
-    return f"{epochs[0]}-{epochs[-1]}" if consecutive and len(epochs) > 2 else ",".join(map(str, epochs))
-
-
-def _replace_best(trainer: FoldLoop, model: nn.Module, weights: str, epoch: int, metric_name: str) -> float:
-    """Measure ``model``'s BatchNorm statistics on the fold's training rows, validate it, and make it the fold's
-    best.pt and OOF predictions; its validation metric."""
-    recompute_batchnorm(model, trainer.statistics_loader(), trainer.rt)
-    metric, probs = trainer.validate_model(model, f"fold {trainer.k} {weights} validation")
-    best_epoch, best_metric = trainer.best_epoch()
-    log.info(f"fold {trainer.k}: best.pt holds the {weights}: {metric_name} {metric:.4f} (the best single epoch, "
-             f"{best_epoch}, had {best_metric:.4f})")
-    trainer.weights = weights
-    trainer.save_best(epoch, metric, model, probs)
-    return metric
-
-
-class SWAHandler(EpochHandler):
-    """Averages the validated weights (the EMA's with train.ema) at the end of each epoch from ``first`` (1-based)
-    on (torch.optim.swa_utils.AveragedModel), under the run's own learning-rate schedule."""
-
-    name = "swa"
-
-    def __init__(self, first: int, metric_name: str):
-        self.first, self.metric_name = first, metric_name
-        self.average: EpochAverage | None = None
-        self.restored: dict | None = None
-
-    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
-        # built here, where the model is known; a resume restored the state before
-        self.average = EpochAverage(trainer.eval_model())
-        if self.restored is not None:
-            self.average.load_state_dict(self.restored)
-
-    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
-        if end.epoch >= self.first:
-            self.average.add(end.eval_model, end.epoch)
-
-    def on_fit_end(self, trainer: FoldLoop) -> None:
-        epochs = self.average.epochs
-        if epochs:
-            _replace_best(trainer, self.average.model(), f"SWA of epochs {_epochs_text(epochs)}", epochs[-1],
-                         self.metric_name)
-
-    def state_dict(self) -> dict:
-        return self.average.state_dict() if self.average is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.restored = state or None
-
-
-class TopKHandler(EpochHandler):
-    """Keeps the validated weights of the ``k`` best epochs (on the CPU) and averages them at the fold's end."""
-
-    name = "top_k"
-
-    def __init__(self, k: int, metric_name: str):
-        self.top, self.metric_name = TopK(k), metric_name
-
-    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
-        self.top.offer(end.eval_model, end.epoch, end.val_metric, end.val_loss)
-
-    def on_fit_end(self, trainer: FoldLoop) -> None:
-        epochs = self.top.epochs
-        if len(epochs) > 1:  # a fold stopped after one epoch has nothing to average
-            _replace_best(trainer, self.top.average(trainer.eval_model()),
-                         f"top-{len(epochs)} average of epochs {_epochs_text(epochs)}", max(epochs), self.metric_name)
-
-    def state_dict(self) -> dict:
-        return self.top.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.top.load_state_dict(state)
-
-
-def averaging_handler(cfg: Config, metric_name: str) -> EpochHandler:
-    """The averaging the config asks for: train.swa_epochs or train.top_k (the config allows one)."""
-    t = cfg.train
-    if t.swa_epochs:
-        return SWAHandler(t.epochs - t.swa_epochs + 1, metric_name)
-    return TopKHandler(t.top_k, metric_name)
-
-
-def build_handlers(cfg: Config, metric: str, eta: Callable[[], str | None],
-                   on_epoch: EpochCallback | None = None) -> list[EpochHandler]:
-    """The epoch-end handlers of a fold, in the order they run. A new concern joins the ``concerns`` list."""
-    t = cfg.train
-    concerns: list[EpochHandler] = []  # between the best checkpoint and the history: may add history columns
-    if t.swa_epochs or t.top_k:
-        concerns.append(averaging_handler(cfg, metric))
-    # after the history: they log its complete row, before a callback may raise (a pruned trial)
-    require_trackers(cfg)
-    trackers = [{"tensorboard": TensorBoardTracker, "mlflow": lambda: MlflowTracker(cfg)}[name]()
-                for name in t.loggers]
-    return [BestCheckpoint(), *concerns, History(metric, t.epochs, eta), *trackers, LastCheckpoint(),
-            *([EpochCallbackHandler(on_epoch)] if on_epoch is not None else []),
-            *([EarlyStopping(t.early_stopping)] if t.early_stopping else [])]

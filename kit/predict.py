@@ -29,14 +29,13 @@ from kit.competitions import Competition
 from kit.data.dataset import ImageDataset
 from kit.data.folds import load_folds
 from kit.data.labels import load_test_table, load_train_table
-from kit.data.meta import load_encoder
 from kit.data.pack import Pack, split_pack
 from kit.data.readers import ImageStore, check_images_exist, open_store
 from kit.errors import ConfigError, KitError
 from kit.io import portable_path
 from kit.oof import prediction_frame, score_oof
 from kit.progress import Eta, Progress
-from kit.records import PredictInfo, RunInfo, TtaScores
+from kit.records import PredictInfo, TtaScores
 from kit.rundir import RunDir
 from kit.runtime import Runtime, default_workers, make_loader, resolve_device
 from kit.transforms import build_eval_transform
@@ -133,17 +132,6 @@ def resolve_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-def _encoded_meta(ckpt: Checkpoint, table: pd.DataFrame) -> np.ndarray | None:
-    if ckpt.model.n_meta == 0:
-        return None
-    if ckpt.meta_encoder is None:
-        raise KitError(f"fold {ckpt.fold}: the model takes metadata but its checkpoint has no meta_encoder")
-    meta = load_encoder(ckpt.meta_encoder).transform(table)
-    if meta.shape[1] != ckpt.model.n_meta:
-        raise KitError(f"fold {ckpt.fold}: the metadata encoder gives {meta.shape[1]} features but the model "
-                       f"takes {ckpt.model.n_meta}")
-    return meta
-
 
 def tta_scores(spec: Competition, before: pd.DataFrame, after: pd.DataFrame, tta: TTA) -> TtaScores:
     f0, cv0 = score_oof(spec, before)
@@ -214,29 +202,18 @@ class _RunPredictor:
         meta = None
         if rt.use_meta:
             rows = self.train_rows()
-            meta = _encoded_meta(ckpt, rows)[pd.Index(rows["id"]).get_indexer(ids)]
-        dataset = self.train.dataset(ids, ckpt.input_size, _cached(ckpt), meta)
+            meta = ckpt.encoded_meta(rows)[pd.Index(rows["id"]).get_indexer(ids)]
+        dataset = self.train.dataset(ids, ckpt.input_size, ckpt.cache_images, meta)
         with self.bar(f"{len(ids)} out-of-fold images", len(ids), tta) as bar:
             probs = ckpt.competition_probs(predict_dataset(model, dataset, rt, tta, bs, workers, bar))
         return prediction_frame(self.spec, ids, probs, fold=k, target=oof["target"].to_numpy())
 
     def test_probs(self, model: nn.Module, ckpt: Checkpoint, rt: Runtime, tta: TTA, bs: int,
                    workers: int) -> np.ndarray:
-        meta = _encoded_meta(ckpt, self.test_rows()) if rt.use_meta else None
-        dataset = self.test.dataset(self.test_table["id"], ckpt.input_size, _cached(ckpt), meta)
+        meta = ckpt.encoded_meta(self.test_rows()) if rt.use_meta else None
+        dataset = self.test.dataset(self.test_table["id"], ckpt.input_size, ckpt.cache_images, meta)
         with self.bar(f"{len(dataset)} test images", len(dataset), tta) as bar:
             return ckpt.competition_probs(predict_dataset(model, dataset, rt, tta, bs, workers, bar))
-
-
-def _cached(ckpt: Checkpoint) -> bool:
-    return bool(ckpt.config["train"]["cache_images"])
-
-
-def _data_dir(run: RunDir, data_dir: str | Path | None) -> Path:
-    folder = Path(data_dir) if data_dir else run.data_dir()
-    if folder is None or not folder.is_dir():
-        raise KitError(f"data folder {folder} not found (from {run.record_path(RunInfo)}); pass --data DIR")
-    return folder
 
 
 def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: str | int = "8", merge: str = "mean",
@@ -247,7 +224,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None = None, tta: st
     ``with_oof=False`` predicts the test images only (a Kaggle kernel: the training images are not worth its time).
     """
     run = RunDir.open(run_dir)
-    folder = _data_dir(run, data_dir)
+    folder = run.data_folder(data_dir)
     chosen = resolve_folds(run, folds)
     get_view_set(tta)  # fail on a bad --tta before any checkpoint is read
     dev = resolve_device(device)

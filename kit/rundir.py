@@ -332,6 +332,13 @@ class RunDir(Folder):
         info = self.load(RunInfo)
         return resolve_stored_path(info.data, self.path) if info.data else None
 
+    def data_folder(self, override: str | Path | None = None) -> Path:
+        """The data folder to read: ``override`` (``--data``) or run.json's; one line when it is not a folder."""
+        folder = Path(override) if override else self.data_dir()
+        if folder is None or not folder.is_dir():
+            raise KitError(f"data folder {folder} not found (from {self.record_path(RunInfo)}); pass --data DIR")
+        return folder
+
     def finished_folds(self) -> list[int]:
         """Folds whose training ended (result.json is written last)."""
         return [k for k in self.fold_numbers() if self.result_path(k).is_file()]

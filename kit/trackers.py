@@ -1,7 +1,7 @@
 """Experiment trackers: TensorBoard and MLflow, chosen by ``train.loggers`` (none by default).
 
-Each fold's epochs reach a tracker through an epoch-end handler (kit.epoch_handlers' TensorBoardTracker and
-MlflowTracker, which call the functions here): every number of the epoch's
+Each fold's epochs reach a tracker through an epoch-end handler (TensorBoardTracker and MlflowTracker, at the end of
+this module): every number of the epoch's
 history.csv row (losses, the validation metric, the learning rate, images/s, and any column another handler adds)
 at step = epoch. Around the whole run, :class:`RunTracking` (used by ``kit train`` and by each ``kit tune`` trial)
 logs the resolved config once, and at the end the CV and the run's plots.
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from kit.config import Config
+from kit.epoch_handlers import EpochEnd, EpochHandler, FoldLoop
 from kit.errors import ConfigError
 
-__all__ = ["EXTRA", "LOGGERS", "RunTracking", "finish_study", "fold_run", "fold_writer", "log_metrics",
-           "require_trackers", "write_scalars"]
+__all__ = ["EXTRA", "LOGGERS", "MlflowTracker", "RunTracking", "TensorBoardTracker", "finish_study", "fold_run",
+           "fold_writer", "log_metrics", "require_trackers", "tracker_handlers", "write_scalars"]
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +244,52 @@ def _tensorboard_summary(run_dir: Path, config: Path, scores: dict[str, float], 
         for path in plots:
             with Image.open(path) as im:
                 writer.add_image(f"report/{path.stem}", np.asarray(im.convert("RGB")), 0, dataformats="HWC")
+
+
+class TensorBoardTracker(EpochHandler):
+    """train.loggers: the fold's epochs as TensorBoard scalars in ``RUN/tensorboard/fold{k}/``."""
+
+    name = "tensorboard"
+
+    def __init__(self) -> None:
+        self.writer = None
+
+    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
+        if trainer.is_main:  # rank 0 alone logs
+            self.writer = fold_writer(trainer.run.path, trainer.k, start_epoch)
+
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
+        if self.writer is not None:
+            write_scalars(self.writer, end.row, end.epoch)
+
+    def on_fit_end(self, trainer: FoldLoop) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class MlflowTracker(EpochHandler):
+    """train.loggers: the fold's epochs as the metrics of an MLflow run nested in the kit run's."""
+
+    name = "mlflow"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg, self.client, self.run_id = cfg, None, None
+
+    def on_fit_start(self, trainer: FoldLoop, start_epoch: int) -> None:
+        if trainer.is_main:
+            self.client, self.run_id = fold_run(self.cfg, trainer.run.path, trainer.k, resumed=start_epoch > 0)
+
+    def on_epoch_end(self, trainer: FoldLoop, end: EpochEnd) -> None:
+        if self.run_id is not None:
+            log_metrics(self.client, self.run_id, end.row, end.epoch)
+
+    def on_fit_end(self, trainer: FoldLoop) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def tracker_handlers(cfg: Config) -> list[EpochHandler]:
+    """The handlers of train.loggers, in their order (refused in one line when a tracker's package is missing)."""
+    require_trackers(cfg)
+    return [{"tensorboard": TensorBoardTracker, "mlflow": lambda: MlflowTracker(cfg)}[name]()
+            for name in cfg.train.loggers]

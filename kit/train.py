@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kit.averaging import averaging_handler
 from kit.checkpoint import (
     Checkpoint,
     ModelDescription,
@@ -49,7 +50,16 @@ from kit.data.readers import check_images_exist, open_store
 from kit.data.sampling import subsample_negatives
 from kit.data.targets import TargetSpace, run_targets, target_space
 from kit.distributed import EpochSampler, current_group
-from kit.epoch_handlers import EpochCallback, EpochEnd, EpochHandler, build_handlers
+from kit.epoch_handlers import (
+    BestCheckpoint,
+    EarlyStopping,
+    EpochCallback,
+    EpochCallbackHandler,
+    EpochEnd,
+    EpochHandler,
+    History,
+    LastCheckpoint,
+)
 from kit.errors import ConfigError, KitError
 from kit.gpu_augment import build_batch_augment, on_device
 from kit.losses import build_loss
@@ -70,6 +80,7 @@ from kit.runtime import (
     resolve_amp,
     resolve_device,
 )
+from kit.trackers import tracker_handlers
 from kit.transforms import build_eval_transform, build_train_transform
 from kit.warm_start import InitRun, open_init_run
 from kit.weights import WeightsSource, resolve_weights
@@ -225,10 +236,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     from timm.scheduler import create_scheduler_v2
 
     t = cfg.train
-    if t.scheduler == "none":
+    if t.scheduler == "none":  # the config allows cosine, plateau, step and none alone
         return None
-    if t.scheduler not in ("cosine", "plateau", "step"):
-        raise ConfigError(f"unknown train.scheduler '{t.scheduler}'; known: cosine, plateau, step, none")
     per_step = t.scheduler == "cosine"
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=t.scheduler, num_epochs=t.epochs, warmup_epochs=t.warmup_epochs, min_lr=t.min_lr,
@@ -398,6 +407,21 @@ def _run_dataset(cfg: Config, spec: Competition, data_dir: Path, table: pd.DataF
 
 # ---------------------------------------------------------------------------------------------------------------
 # One fold
+
+
+def build_handlers(cfg: Config, metric: str, eta: Callable[[], str | None],
+                   on_epoch: EpochCallback | None = None) -> list[EpochHandler]:
+    """The epoch-end handlers of a fold, in the order they run (kit/epoch_handlers.py says why this order).
+    A new concern joins the ``concerns`` list."""
+    t = cfg.train
+    concerns: list[EpochHandler] = []  # between the best checkpoint and the history: may add history columns
+    if t.swa_epochs or t.top_k:
+        concerns.append(averaging_handler(cfg, metric))
+    # after the history: they log its complete row, before a callback may raise (a pruned trial)
+    trackers = tracker_handlers(cfg)
+    return [BestCheckpoint(), *concerns, History(metric, t.epochs, eta), *trackers, LastCheckpoint(),
+            *([EpochCallbackHandler(on_epoch)] if on_epoch is not None else []),
+            *([EarlyStopping(t.early_stopping)] if t.early_stopping else [])]
 
 
 @dataclass

@@ -13,7 +13,8 @@ pooled over all OOF rows), with its wall time.
         (model.init_from; each size its own pack);
     (pl) + one pseudo-label round: (p)'s confident test predictions as soft labels (data.pseudo; fold k from (p)'s
         fold k model); its time includes (p)'s training and prediction;
-    (ens) the blend of every arm with weights fitted by kit ensemble --method fit (nested CV over the folds).
+    (ens) the blend of every arm with equal weights (kit ensemble's default; its submission is written), and
+        (ens fit) with weights fitted by kit ensemble --method fit (nested CV over the folds).
     Every arm is predicted (kit predict --tta 1, no decision weights); the best arm's submission and the blend's
     (1,512 official test images) are checked with kit submit --dry-run. An arm whose config keys this kit does not
     have is listed as skipped.
@@ -53,6 +54,8 @@ from kit.data.readers import fit_square, open_store
 from kit.decision import fit_nested
 from kit.errors import ConfigError
 from kit.metrics import balanced_accuracy
+from kit.records import Decision
+from kit.rundir import RunDir
 from kit.weights import populate_hf_cache
 
 COMPETITION = "isic-2018-task3"
@@ -197,10 +200,10 @@ def run_arms(args, folds_file: Path, images: np.ndarray, table: pd.DataFrame, fo
                                        decision="auto")
     t_e = time.perf_counter() - start
     add("(c)+tta", "(c) + 8-view TTA, no decision weights", *oof_of(run_c, "oof_tta.csv"), t_c + t_e)
-    fit_e = json.loads((run_c / "decision.json").read_text())
-    rows.append({"arm": "(e)", "what": "(d) + 8-view TTA (nested CV)", "mean_of_folds": fit_e["mean_after"],
-                 "pooled": fit_e["cv_after"], "wall_s": t_c + t_e, "note": f"submission {submission}"})
-    print(f"== (e): mean of folds {fit_e['mean_after']:.4f} pooled {fit_e['cv_after']:.4f}", flush=True)
+    fit_e = RunDir(run_c).load(Decision)
+    rows.append({"arm": "(e)", "what": "(d) + 8-view TTA (nested CV)", "mean_of_folds": fit_e.mean_after,
+                 "pooled": fit_e.cv_after, "wall_s": t_c + t_e, "note": f"submission {submission}"})
+    print(f"== (e): mean of folds {fit_e.mean_after:.4f} pooled {fit_e.cv_after:.4f}", flush=True)
     return rows
 
 
@@ -266,15 +269,14 @@ def run_recipes(args, folds_file: Path) -> list[dict]:
 
 
 def _ensemble_rows(args, rows: list[dict], runs: dict) -> list[dict]:
-    """The fitted blend of every arm (nested CV), and both submissions (best arm, blend) checked by kit submit."""
+    """The blends of every arm: equal weights (kit ensemble's default, whose submission is written) and weights
+    fitted in nested CV; both submissions (best arm, blend) checked by kit submit."""
     from kit.cli import main as kit
     from kit.pipeline import ensemble_and_submit
 
     start = time.perf_counter()
-    result, blend_sub, _ = ensemble_and_submit([r[0] for r in runs.values()], "fit", args.out / "submissions",
+    result, blend_sub, _ = ensemble_and_submit([r[0] for r in runs.values()], "mean", args.out / "submissions",
                                                "bench-blend")
-    score = next(r for r in result.scores if r.name == "blend fit")
-    weights = ", ".join(f"{k} {v:.2f}" for k, v in score.weights.items() if v)
     seconds = sum(r[1] + r[3] for r in runs.values()) + time.perf_counter() - start
     best = max((r for r in rows if r["arm"] in runs), key=lambda r: r["pooled"])
     best_sub = runs[best["arm"]][2]
@@ -284,10 +286,15 @@ def _ensemble_rows(args, rows: list[dict], runs: dict) -> list[dict]:
         if code:
             raise SystemExit(f"kit submit --dry-run rejected {path}")
     best["note"] = "; ".join(filter(None, [best["note"], f"best arm: {best_sub.name} passes kit submit --dry-run"]))
-    print(f"== (ens) blend fit: mean of folds {score.mean_of_folds:.4f} pooled {score.cv:.4f}", flush=True)
-    return [{"arm": "(ens)", "what": "every arm blended, weights fitted (kit ensemble --method fit, nested CV)",
-             "mean_of_folds": score.mean_of_folds, "pooled": score.cv, "wall_s": seconds,
-             "note": f"weights {weights}; submission {blend_sub.name} passes kit submit --dry-run"}]
+    mean = next(r for r in result.scores if r.name == "blend mean")
+    fit = next(r for r in result.scores if r.name == "blend fit")
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in fit.weights.items() if v)
+    print(f"== (ens) blend mean: pooled {mean.cv:.4f}; blend fit: pooled {fit.cv:.4f}", flush=True)
+    return [{"arm": "(ens)", "what": "every arm blended, equal weights (kit ensemble's default)",
+             "mean_of_folds": mean.mean_of_folds, "pooled": mean.cv, "wall_s": seconds,
+             "note": f"submission {blend_sub.name} passes kit submit --dry-run"},
+            {"arm": "(ens fit)", "what": "every arm blended, weights fitted (--method fit, nested CV)",
+             "mean_of_folds": fit.mean_of_folds, "pooled": fit.cv, "wall_s": seconds, "note": f"weights {weights}"}]
 
 
 def _decision_row(arm: str, what: str, fit, seconds: float) -> dict:

@@ -18,10 +18,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("components", ("kit.models", "kit.weights", "kit.losses", "kit.transforms", "kit.tta", "kit.gpu_augment",
                     "kit.mixing")),
     ("config", ("kit.config",)),
-    ("contracts", ("kit.records", "kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed",
-                   "kit.averaging")),
-    ("train", ("kit.warm_start", "kit.pseudo", "kit.train", "kit.epoch_handlers", "kit.parallel_folds",
-               "kit.trackers")),
+    ("contracts", ("kit.records", "kit.rundir", "kit.checkpoint", "kit.oof", "kit.runtime", "kit.distributed")),
+    ("train", ("kit.warm_start", "kit.pseudo", "kit.train", "kit.epoch_handlers", "kit.averaging",
+               "kit.parallel_folds", "kit.trackers")),
     ("tune", ("kit.tune",)),
     ("predict", ("kit.predict",)),
     ("diagnostics", ("kit.diagnostics",)),  # looks at a run with its fold models; the report embeds its pictures

@@ -8,8 +8,8 @@ import pandas as pd
 import kit.train
 from kit.checkpoint import load_checkpoint
 from kit.config import load_config
-from kit.epoch_handlers import EarlyStopping, EpochHandler, History, LastCheckpoint, build_handlers
-from kit.train import train_folds
+from kit.epoch_handlers import EarlyStopping, EpochHandler, History, LastCheckpoint
+from kit.train import build_handlers, train_folds
 
 HCD = "histopathologic-cancer-detection"
 TINY = ["model.name=test_resnet", "model.img_size=32", "train.batch_size=16", "n_folds=2", "train.warmup_epochs=0",

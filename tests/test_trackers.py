@@ -203,9 +203,8 @@ def test_a_resumed_run_and_fold_log_on_into_their_mlflow_runs(tmp_path, monkeypa
     from types import SimpleNamespace
 
     from kit.config import load_config
-    from kit.epoch_handlers import MlflowTracker
     from kit.rundir import RunDir
-    from kit.trackers import RunTracking
+    from kit.trackers import MlflowTracker, RunTracking
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = (tmp_path / "mlruns").as_uri()

@@ -14,7 +14,7 @@ from kit.data.dataset import ImageDataset
 from kit.data.labels import load_train_table
 from kit.data.readers import check_images_exist, open_store
 from kit.errors import KitError
-from kit.predict import ImageSource, _cached, _data_dir, _encoded_meta
+from kit.predict import ImageSource
 from kit.rundir import RunDir
 
 __all__ = ["RunImages", "require_ids"]
@@ -35,7 +35,7 @@ class RunImages:
 
     def __init__(self, run: RunDir, data_dir: str | Path | None = None):
         self.run, self.spec = run, run.competition()
-        self.data_dir = _data_dir(run, data_dir)
+        self.data_dir = run.data_folder(data_dir)
         self.store = open_store(self.spec, self.data_dir, "train")
         self.source = ImageSource(self.spec, self.data_dir, "train", self.store)
         self._table: pd.DataFrame | None = None
@@ -51,8 +51,8 @@ class RunImages:
         if ckpt.model.n_meta:
             if self._table is None:
                 self._table = load_train_table(self.spec, self.data_dir, features=True)
-            meta = _encoded_meta(ckpt, self._table)[pd.Index(self._table["id"]).get_indexer(ids)]
-        return self.source.dataset(ids, ckpt.input_size, _cached(ckpt), meta)
+            meta = ckpt.encoded_meta(self._table)[pd.Index(self._table["id"]).get_indexer(ids)]
+        return self.source.dataset(ids, ckpt.input_size, ckpt.cache_images, meta)
 
     def pixels(self, ids: Sequence[str], ckpt: Checkpoint) -> list[np.ndarray]:
         """H x W x 3 uint8 images of ``ids`` at ``ckpt``'s input size (the evaluation view, no TTA)."""
