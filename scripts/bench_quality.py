@@ -256,16 +256,23 @@ def run_recipes(args, folds_file: Path) -> list[dict]:
             continue
         add(arm, what, *oof_of(run), seconds)
         runs[arm] = (run, seconds, *_predicted(args, run))
-    run, seconds, note = _grow(args, folds_file)
-    add("(grow)", "growing sizes from (p)'s recipe", *oof_of(run), seconds, note)
-    runs["(grow)"] = (run, seconds, *_predicted(args, run))
+    if "grow" not in args.skip:
+        run, seconds, note = _grow(args, folds_file)
+        add("(grow)", "growing sizes from (p)'s recipe", *oof_of(run), seconds, note)
+        runs["(grow)"] = (run, seconds, *_predicted(args, run))
+    if "pl" not in args.skip:
+        _pseudo_round(args, folds_file, add, runs)
+    return rows + _ensemble_rows(args, rows, runs)
+
+
+def _pseudo_round(args, folds_file: Path, add, runs: dict) -> None:
+    """(pl): (p) retrained with (p)'s confident test predictions as soft labels; its time includes (p)'s."""
     preset, t_p, _, t_pred = runs["(p)"]
     run, seconds = kit_arm(args, "pl", folds_file, [f"data.pseudo={preset}", f"data.pseudo_threshold={args.pseudo}"])
     pseudo = pd.read_csv(run / "fold0" / "history.csv")["pseudo_images"].iloc[-1]
     add("(pl)", f"(p) + one pseudo-label round (threshold {args.pseudo})", *oof_of(run), t_p + t_pred + seconds,
         f"fold 0 trains on {pseudo} test images")
     runs["(pl)"] = (run, t_p + t_pred + seconds, *_predicted(args, run))
-    return rows + _ensemble_rows(args, rows, runs)
 
 
 def _ensemble_rows(args, rows: list[dict], runs: dict) -> list[dict]:
@@ -332,7 +339,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--pseudo", type=float, default=0.9, help="the pseudo-label round's data.pseudo_threshold")
     ap.add_argument("--skip-anchor", action="store_true", help="presets suite: leave out the anchor's arm (0)")
     ap.add_argument("--skip", type=lambda text: text.split(","), default=[], metavar="ARMS",
-                    help="recipes suite: leave out these of mix,swa,topk (e.g. swa,topk)")
+                    help="recipes suite: leave out these of mix,swa,topk,grow,pl (e.g. swa,topk)")
     return ap.parse_args()
 
 
