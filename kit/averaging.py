@@ -130,7 +130,7 @@ def _replace_best(trainer: FoldLoop, model: nn.Module, weights: str, epoch: int,
     best_epoch, best_metric = trainer.best_epoch()
     log.info(f"fold {trainer.k}: best.pt holds the {weights}: {metric_name} {metric:.4f} (the best single epoch, "
              f"{best_epoch}, had {best_metric:.4f})")
-    trainer.weights = weights
+    trainer.weights, trainer.weights_metric = weights, metric
     trainer.save_best(epoch, metric, model, probs)
     return metric
 

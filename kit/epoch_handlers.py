@@ -85,6 +85,8 @@ class FoldLoop(Protocol):
     rt: Runtime
     weights: str | None
     """What best.pt holds when it is not the best epoch's weights (an average); None: the best epoch's."""
+    weights_metric: float | None
+    """The validation metric of ``weights`` (result.json's ``best_metric`` then)."""
 
     def eval_model(self) -> nn.Module: ...
 

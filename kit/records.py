@@ -136,7 +136,9 @@ class FoldResult(Record):
     FILE: ClassVar[str] = "result.json"
     fold: int
     best_metric: float
+    """The validation metric of what best.pt holds: the best epoch's, or the average's when ``weights`` names one."""
     best_epoch: int
+    """The best single epoch (1-based)."""
     epochs_run: int
     weights: str = ""
     """What best.pt holds: "best epoch N", or an average ("SWA of epochs 4-6", "top-3 average of epochs 2,4,5");

@@ -489,6 +489,7 @@ class FoldTrainer:
         self.handlers: list[EpochHandler] = []
         self.stop: str | None = None  # set by a handler: the fold ends after this epoch
         self.weights: str | None = None  # set by a weight-averaging handler that replaced best.pt
+        self.weights_metric: float | None = None  # and the validation metric of those weights
 
     def _initial_model(self) -> nn.Module:
         """The fold's network: from its weights file, timm's pretrained weights, scratch, or (``model.init_from``)
@@ -701,8 +702,8 @@ class FoldTrainer:
 
     def _finish(self) -> FoldResult:
         p = self.progress
-        result = FoldResult(self.k, p.best_metric, p.best_epoch, len(p.history),
-                            self.weights or f"best epoch {p.best_epoch}")
+        kept = self.weights_metric if self.weights else p.best_metric  # the metric of what best.pt holds
+        result = FoldResult(self.k, kept, p.best_epoch, len(p.history), self.weights or f"best epoch {p.best_epoch}")
         if self.is_main:
             self.run.save(result, fold=self.k)  # last: marks the fold finished
             if not self.cfg.train.keep_last:  # finished: nothing will resume from it

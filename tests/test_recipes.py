@@ -283,5 +283,6 @@ def test_top_k_averages_the_best_epochs_into_best_pt(demo_data, tmp_path):
     ranked = history.sort_values(["auc", "val_loss", "epoch"], ascending=[False, True, True])["epoch"].head(2)
     assert result["weights"] == f"top-2 average of epochs {','.join(map(str, sorted(ranked)))}"
     oof = pd.read_csv(tmp_path / "run" / "fold0" / "oof.csv")  # the fold's OOF predictions are the average's
-    assert load_checkpoint(tmp_path / "run" / "fold0" / "best.pt").metric == pytest.approx(auc(oof["target"],
-                                                                                               oof["pred"]))
+    average = auc(oof["target"], oof["pred"])
+    assert load_checkpoint(tmp_path / "run" / "fold0" / "best.pt").metric == pytest.approx(average)
+    assert result["best_metric"] == pytest.approx(average)  # result.json scores what best.pt holds
