@@ -22,14 +22,16 @@ pooled over all OOF rows), with its wall time.
 --suite ablation: kit 0.1's ISIC preset taken apart, one change at a time (compare with the presets' arm (a)).
 
 Sizes: --limit images (whole lesions drawn at random; 0 = all 5,984), --size px (the shipped 128 px images
-area-resized), --epochs, --folds, --threads. The defaults (2,000 images, 48 px, 5 epochs, 2 folds, 1 thread) are
-sized for about 90 minutes of the recipes suite on the 2-core machine shared with other jobs (one arm of the presets
-suite took about 6 minutes there at load 8-10; the recipes suite trains 6.5 arms and predicts 7); closer to the real
-setting is --limit 0 --size 128 --epochs 8 --folds 5 --threads 2 (many hours on that machine).
+area-resized), --epochs, --folds, --threads. The defaults (all 5,984 images, 96 px, 5 epochs, 2 folds, 2 torch
+threads) ran the recipes suite in 48 minutes on the idle 2-core machine (2026-12-08); --size 128 costs about 1.8x
+that per arm. --limit 2000 --size 48 is the quick check (6.5 minutes there), and the presets and ablation suites'
+tables in the README were measured with --limit 2000 --size 48 --threads 1. Closer still to the real setting is
+--limit 0 --size 128 --epochs 8 --folds 5 (about 8x the default's training).
 
     PYTHONPATH=. .venv/bin/python scripts/bench_quality.py [--suite recipes|presets|ablation]
         [--data ../shared/data/isic-2018-task3] [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors]
-        [--folds 2] [--size 48] [--epochs 5] [--limit 2000] [--threads 1] [--out /tmp/bench_quality] [--skip-anchor]
+        [--folds 2] [--size 96] [--epochs 5] [--limit 0] [--threads 2] [--out /tmp/bench_quality] [--skip-anchor]
+        [--skip mix,swa,topk,grow,pl] [--pseudo 0.9]
 """
 
 from __future__ import annotations
@@ -331,11 +333,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / COMPETITION)
     ap.add_argument("--weights", type=Path, default=ROOT / "weights" / "tf_efficientnet_lite0.imagenet.safetensors")
     ap.add_argument("--folds", type=int, default=2)
-    ap.add_argument("--size", type=int, default=48)
+    ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_quality")
-    ap.add_argument("--limit", type=int, default=2000, help="train on this many images (whole lesions; 0 = all)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a machine shared with others)")
+    ap.add_argument("--limit", type=int, default=0, help="train on this many images (whole lesions; 0 = all)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with others)")
     ap.add_argument("--pseudo", type=float, default=0.9, help="the pseudo-label round's data.pseudo_threshold")
     ap.add_argument("--skip-anchor", action="store_true", help="presets suite: leave out the anchor's arm (0)")
     ap.add_argument("--skip", type=lambda text: text.split(","), default=[], metavar="ARMS",
