@@ -132,7 +132,6 @@ def resolve_folds(run: RunDir, folds: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-
 def tta_scores(spec: Competition, before: pd.DataFrame, after: pd.DataFrame, tta: TTA) -> TtaScores:
     f0, cv0 = score_oof(spec, before)
     f1, cv1 = score_oof(spec, after)
