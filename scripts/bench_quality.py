@@ -23,8 +23,8 @@ pooled over all OOF rows), with its wall time.
 
 Sizes: --limit images (whole lesions drawn at random; 0 = all 5,984), --size px (the shipped 128 px images
 area-resized), --epochs, --folds, --threads. The defaults (all 5,984 images, 96 px, 5 epochs, 2 folds, 2 torch
-threads) ran the recipes suite in 48 minutes on the idle 2-core machine (2026-12-08); --size 128 costs about 1.8x
-that per arm. --limit 2000 --size 48 is the quick check (6.5 minutes there), and the presets and ablation suites'
+threads) ran the recipes suite in 48 minutes on the idle 2-core machine (2026-12-08); --size 128 costs about 2.2x
+that per arm (--size 128 --skip mix,topk: 74 minutes). --limit 2000 --size 48 is the quick check (6.5 minutes there), and the presets and ablation suites'
 tables in the README were measured with --limit 2000 --size 48 --threads 1. Closer still to the real setting is
 --limit 0 --size 128 --epochs 8 --folds 5 (about 8x the default's training).
 
