@@ -271,9 +271,9 @@ def _pseudo_round(args, folds_file: Path, add, runs: dict) -> None:
     """(pl): (p) retrained with (p)'s confident test predictions as soft labels; its time includes (p)'s."""
     preset, t_p, _, t_pred = runs["(p)"]
     run, seconds = kit_arm(args, "pl", folds_file, [f"data.pseudo={preset}", f"data.pseudo_threshold={args.pseudo}"])
-    pseudo = pd.read_csv(run / "fold0" / "history.csv")["pseudo_images"].iloc[-1]
+    per_fold = [str(pd.read_csv(path)["pseudo_images"].iloc[-1]) for path in sorted(run.glob("fold*/history.csv"))]
     add("(pl)", f"(p) + one pseudo-label round (threshold {args.pseudo})", *oof_of(run), t_p + t_pred + seconds,
-        f"fold 0 trains on {pseudo} test images")
+        f"test images in each fold's training: {', '.join(per_fold)}")
     runs["(pl)"] = (run, t_p + t_pred + seconds, *_predicted(args, run))
 
 
