@@ -24,9 +24,10 @@ pooled over all OOF rows), with its wall time.
 Sizes: --limit images (whole lesions drawn at random; 0 = all 5,984), --size px (the shipped 128 px images
 area-resized), --epochs, --folds, --threads. The defaults (all 5,984 images, 96 px, 5 epochs, 2 folds, 2 torch
 threads) ran the recipes suite in 48 minutes on the idle 2-core machine (2026-12-08); --size 128 costs about 2.2x
-that per arm (--size 128 --skip mix,topk: 74 minutes). --limit 2000 --size 48 is the quick check (6.5 minutes there), and the presets and ablation suites'
-tables in the README were measured with --limit 2000 --size 48 --threads 1. Closer still to the real setting is
---limit 0 --size 128 --epochs 8 --folds 5 (about 8x the default's training).
+that per arm (--size 128 --skip mix,topk: 74 minutes). --limit 2000 --size 48 is the quick check (6.5 minutes
+there), and the presets and ablation suites' tables in the README were measured with --limit 2000 --size 48
+--threads 1. Closer still to the real setting is --limit 0 --size 128 --epochs 8 --folds 5 (about 8x the default's
+training).
 
     PYTHONPATH=. .venv/bin/python scripts/bench_quality.py [--suite recipes|presets|ablation]
         [--data ../shared/data/isic-2018-task3] [--weights ../shared/weights/tf_efficientnet_lite0.imagenet.safetensors]
@@ -271,7 +272,8 @@ def _pseudo_round(args, folds_file: Path, add, runs: dict) -> None:
     """(pl): (p) retrained with (p)'s confident test predictions as soft labels; its time includes (p)'s."""
     preset, t_p, _, t_pred = runs["(p)"]
     run, seconds = kit_arm(args, "pl", folds_file, [f"data.pseudo={preset}", f"data.pseudo_threshold={args.pseudo}"])
-    per_fold = [str(pd.read_csv(path)["pseudo_images"].iloc[-1]) for path in sorted(run.glob("fold*/history.csv"))]
+    folder = RunDir(run)
+    per_fold = [str(folder.history(k)["pseudo_images"].iloc[-1]) for k in folder.fold_numbers()]
     add("(pl)", f"(p) + one pseudo-label round (threshold {args.pseudo})", *oof_of(run), t_p + t_pred + seconds,
         f"test images in each fold's training: {', '.join(per_fold)}")
     runs["(pl)"] = (run, t_p + t_pred + seconds, *_predicted(args, run))
